@@ -1,0 +1,128 @@
+"""The one place the runner starts processes.
+
+Every command goes through `run` (or `spawn` for a long-lived one): argv lists
+only, never a shell string; each command is logged; any failure raises
+`CommandError` carrying the command, exit code and output, so callers never
+parse half-failed output. Commands that touch a user's files run *as that user*
+(`as_user`), which is how root avoids following a user's symlinks into files
+the user could not reach.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import sh
+
+log = logging.getLogger("t3-autoupdate.proc")
+
+
+@dataclass(frozen=True)
+class UserIds:
+    uid: int
+    gid: int
+    name: str = ""
+
+    @classmethod
+    def owner_of(cls, st: os.stat_result) -> "UserIds":
+        return cls(st.st_uid, st.st_gid)
+
+
+@dataclass(frozen=True)
+class Completed:
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class CommandError(Exception):
+    def __init__(self, argv, exit_code, stdout="", stderr="", *, reason=""):
+        self.argv = tuple(argv)
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        self.reason = reason or f"exit code {exit_code}"
+        tail = (stderr or stdout).strip().splitlines()[-5:]
+        detail = (": " + " | ".join(tail)) if tail else ""
+        super().__init__(f"command failed ({self.reason}): {format_argv(self.argv)}{detail}")
+
+
+def format_argv(argv: Sequence[str]) -> str:
+    """A readable, unambiguous rendering for logs (not for execution)."""
+    import shlex
+
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def _drop_privileges(user: UserIds | None):
+    if user is None or os.geteuid() != 0 or user.uid == 0:
+        return None
+
+    def preexec():
+        os.setgroups([user.gid])
+        os.setgid(user.gid)
+        os.setuid(user.uid)
+
+    return preexec
+
+
+def _decode(data) -> str:
+    if data is None:
+        return ""
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return str(data)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 120.0,
+    as_user: UserIds | None = None,
+    input: str | bytes | None = None,
+    ok_codes: Sequence[int] = (0,),
+) -> Completed:
+    """Run argv to completion; raise CommandError unless its exit code is in ok_codes."""
+    argv = tuple(str(a) for a in argv)
+    if not argv or not argv[0]:
+        raise ValueError("run: empty command")
+    log.debug("run: %s%s", format_argv(argv), f" (as uid {as_user.uid})" if as_user else "")
+    started = time.monotonic()
+    kwargs = dict(
+        _tty_out=False,
+        _return_cmd=True,
+        _ok_code=list(range(256)),
+        _timeout=timeout,
+        _env=dict(env) if env is not None else dict(os.environ),
+        _cwd=str(cwd) if cwd is not None else None,
+        _in=input,
+    )
+    preexec = _drop_privileges(as_user)
+    if preexec is not None:
+        kwargs["_preexec_fn"] = preexec
+    try:
+        cmd = sh.Command(argv[0])
+    except sh.CommandNotFound as exc:
+        raise CommandError(argv, 127, reason="program not found") from exc
+    try:
+        result = cmd(*argv[1:], **kwargs)
+    except sh.TimeoutException as exc:
+        raise CommandError(argv, exc.exit_code, reason=f"timed out after {timeout:g}s") from exc
+    except sh.SignalException as exc:
+        raise CommandError(argv, exc.exit_code, _decode(exc.stdout), _decode(exc.stderr),
+                           reason=f"killed by signal {-exc.exit_code}") from exc
+    except (OSError, sh.ForkException) as exc:
+        raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc
+    done = Completed(argv, result.exit_code, _decode(result.stdout), _decode(result.stderr),
+                     time.monotonic() - started)
+    log.debug("exit %d after %.2fs: %s", done.exit_code, done.seconds, argv[0])
+    if done.exit_code not in ok_codes:
+        raise CommandError(argv, done.exit_code, done.stdout, done.stderr)
+    return done

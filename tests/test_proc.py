@@ -1,0 +1,54 @@
+"""runner.proc: the one module that starts processes."""
+import os
+import sys
+
+import pytest
+
+from runner import proc
+
+
+def test_run_returns_output_and_exit_code():
+    done = proc.run([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"])
+    assert (done.exit_code, done.stdout, done.stderr) == (0, "out\n", "err\n")
+
+
+def test_failure_raises_with_command_code_and_output():
+    with pytest.raises(proc.CommandError) as info:
+        proc.run([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(4)"])
+    err = info.value
+    assert err.exit_code == 4 and "boom" in err.stderr
+    assert "exit code 4" in str(err) and "boom" in str(err)
+
+
+def test_ok_codes_accept_expected_failures():
+    assert proc.run([sys.executable, "-c", "raise SystemExit(3)"], ok_codes=(0, 3)).exit_code == 3
+
+
+def test_timeout_is_a_command_error():
+    with pytest.raises(proc.CommandError, match="timed out"):
+        proc.run([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+
+
+def test_missing_program_is_a_command_error(tmp_path):
+    with pytest.raises(proc.CommandError, match="not found"):
+        proc.run([str(tmp_path / "no-such-program")])
+
+
+def test_arguments_are_never_interpreted_by_a_shell(tmp_path):
+    marker = tmp_path / "pwned"
+    done = proc.run(["/bin/echo", f"; touch {marker}"])
+    assert done.stdout.strip() == f"; touch {marker}" and not marker.exists()
+
+
+def test_env_and_cwd_are_passed(tmp_path):
+    done = proc.run([sys.executable, "-c", "import os; print(os.getcwd(), os.environ['X'])"],
+                    env={**os.environ, "X": "y"}, cwd=tmp_path)
+    assert done.stdout.split() == [str(tmp_path), "y"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_as_user_runs_with_that_uid(tmp_path):
+    nobody = proc.UserIds(65534, 65534)
+    done = proc.run(["/bin/sh", "-c", "id -u; id -g"],
+                    as_user=nobody, cwd="/")
+    assert done.stdout.split()[:2] == ["65534", "65534"]
