@@ -1,0 +1,357 @@
+"""The runner's configuration: one validated, frozen `Config`, built once at start.
+
+Sources, later wins: built-in defaults (the runbook's), the TOML file named by `T3_CONFIG`
+(default `/etc/t3-autoupdate/config.toml`, optional unless named explicitly; keys are the
+`T3_*` names in lower case without `T3_`), then the `T3_*` environment variables.
+Everything is validated and every problem reported at once: `ConfigError.errors` holds one
+line each, naming the key and its source. The user map is loaded here too; its problems
+(`<file>:<line>: ...`) join the same list. `npm_config_registry` is only recorded, and
+reaches npm untouched through the environment.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from .usermap import OS_USER_RE, UserMapError, load_user_map
+from .versions import TRACKS, VersionError, validate_version
+
+__all__ = ["DEFAULT_CONFIG_FILE", "ConfigError", "Config", "load_config", "parse_duration"]
+
+DEFAULT_CONFIG_FILE = "/etc/t3-autoupdate/config.toml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; `errors` lists every problem, one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_PROGRAM_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*")
+_PACKAGE_RE = re.compile(r"(?:@[a-z0-9~][a-z0-9._~-]*/)?[a-z0-9~][a-z0-9._~-]*")
+_COOKIE_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90m`, `6h`, `2d`, `30s` or plain seconds (`3600`, `1.5`); else ValueError."""
+    match = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{_show(text)} is not a duration like 90m, 6h, 2d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+# Converters: a raw value (a string from the environment or a default, or a TOML value)
+# to the typed value. A ValueError's message is the problem, without key or source.
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw or _CONTROL_RE.search(raw):
+        raise ValueError(f"expected a non-empty string without control characters, got {_show(raw)}")
+    return raw
+
+
+def _path(raw: Any) -> Path:
+    text = _text(raw)
+    if not text.startswith("/"):
+        tilde = "'~' is not expanded; " if text.startswith("~") else ""
+        raise ValueError(f"{_show(text)}: {tilde}must be an absolute path")
+    if ".." in text.split("/"):
+        raise ValueError(f"{_show(text)}: must not contain '..'")
+    return Path(text)
+
+
+def _program(raw: Any) -> str:
+    text = _text(raw)
+    if "/" in text:
+        return str(_path(text))
+    if not _PROGRAM_RE.fullmatch(text):
+        raise ValueError(f"{_show(text)} is neither a bare program name nor an absolute path")
+    return text
+
+
+def _bool(raw: Any) -> bool:
+    word = raw.strip().lower() if isinstance(raw, str) else raw
+    for value, spellings in ((True, ("1", "true", "yes")), (False, ("0", "false", "no"))):
+        if word is value or word in spellings:
+            return value
+    raise ValueError(f"{_show(raw)} is not a boolean (1/0, true/false, yes/no)")
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def convert(raw: Any) -> int:
+        if isinstance(raw, str) and re.fullmatch(r"[0-9]{1,18}", raw.strip()):
+            raw = int(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ValueError(f"{_show(raw)} is not a whole number")
+        if raw < low or (high is not None and raw > high):
+            raise ValueError(f"{raw} is out of range {low}..{'' if high is None else high}")
+        return raw
+    return convert
+
+
+def _seconds(allow_zero: bool) -> Callable[[Any], float]:
+    def convert(raw: Any) -> float:
+        number = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+        value = float(raw) if number and math.isfinite(raw) else parse_duration(raw)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ValueError(f"{_show(raw)} must be {'at least' if allow_zero else 'more than'} zero")
+        return value
+    return convert
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def convert(raw: Any) -> str:
+        if raw not in allowed:
+            raise ValueError(f"{_show(raw)} is not one of {', '.join(allowed)}")
+        return raw
+    return convert
+
+
+def _matching(pattern: re.Pattern, what: str) -> Callable[[Any], str]:
+    def convert(raw: Any) -> str:
+        if not pattern.fullmatch(_text(raw)) or len(raw) > 214:
+            raise ValueError(f"{_show(raw)} is not a valid {what}")
+        return raw
+    return convert
+
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """No default; an empty string (e.g. `T3_PIN=`) clears a value set in the file."""
+    return lambda raw: None if raw is None or raw == "" else convert(raw)
+
+
+def _version(raw: Any) -> str:
+    try:
+        return validate_version(raw)
+    except VersionError as exc:
+        raise ValueError(f"{_show(raw)} is not a valid version: {exc.reason}") from None
+
+
+def _url(raw: Any) -> str:
+    parts = urlsplit(_text(raw))
+    try:  # .port raises ValueError on a malformed port
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0 \
+            and not (parts.username or parts.query or parts.fragment)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{_show(raw)} is not an http URL like http://127.0.0.1:3780")
+    return raw.rstrip("/")
+
+
+def _host(raw: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(_text(raw)))
+    except ValueError:
+        return _matching(_HOSTNAME_RE, "IP address or host name")(raw)
+
+
+# key -> (converter, default). A default of None on a path key is derived from state_dir.
+_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "track": (_choice(*TRACKS), "nightly"),
+    "pin": (_optional(_version), None),
+    "dry_run": (_bool, False),
+    "smoke_port": (_integer(0, 65535), 0),
+    "tmpdir": (_path, "/var/tmp"),
+    "freeze_file": (_path, "/etc/t3-autoupdate.freeze"),
+    "state_dir": (_path, "/var/lib/t3-autoupdate"),
+    "releases_dir": (_path, None),
+    "active_dir": (_path, None),
+    "backup_dest": (_path, "/var/backups/t3-state"),
+    "home_root": (_path, "/home"),
+    "bin_link": (_path, "/usr/local/bin/t3"),
+    "user_map": (_path, "/etc/ttyd-user-map"),
+    "dispatch": (_url, "http://127.0.0.1:3780"),
+    "dispatch_map": (_path, "/etc/t3-dispatch/dispatch.json"),
+    "serve_host": (_host, "0.0.0.0"),
+    "package": (_matching(_PACKAGE_RE, "npm package name"), "t3"),
+    "cookie_name": (_matching(_COOKIE_RE, "cookie name"), "t3_session"),
+    "npm": (_program, "npm"),
+    "systemctl": (_program, "systemctl"),
+    "sqlite3": (_program, "sqlite3"),
+    "min_age": (_optional(_seconds(allow_zero=True)), None),
+    "ready_timeout": (_seconds(allow_zero=False), 30),
+    "backup_timeout": (_seconds(allow_zero=False), 1800),
+    "gate_timeout": (_seconds(allow_zero=False), 900),
+    "busy_quiet": (_seconds(allow_zero=True), 120),
+    "keep_backups": (_integer(1), 3),
+}
+_DERIVED = {"releases_dir": "releases", "active_dir": "active"}
+ENV_NAMES = {f"T3_{key.upper()}": key for key in _KEYS}
+
+
+def _user(os_user: str) -> str:
+    if not isinstance(os_user, str) or not OS_USER_RE.fullmatch(os_user):
+        raise ValueError(f"invalid OS user name {os_user!r}")
+    return os_user
+
+
+@dataclass(frozen=True)
+class Config:
+    track: str
+    pin: str | None
+    dry_run: bool
+    smoke_port: int
+    tmpdir: Path
+    freeze_file: Path
+    state_dir: Path
+    releases_dir: Path
+    active_dir: Path
+    backup_dest: Path
+    home_root: Path
+    bin_link: Path
+    user_map: Path
+    dispatch: str
+    dispatch_map: Path
+    serve_host: str
+    package: str
+    cookie_name: str
+    npm: str
+    systemctl: str
+    sqlite3: str
+    min_age: float | None
+    ready_timeout: float
+    backup_timeout: float
+    gate_timeout: float
+    busy_quiet: float
+    keep_backups: int
+    users: Mapping[str, str]              # SSO name -> OS user
+    config_file: Path | None              # the TOML file actually read, if any
+    sources: Mapping[str, str]            # key -> "default" | "file" | "environment"
+    npm_config_registry: str | None = None
+    warnings: tuple[str, ...] = ()        # e.g. unknown T3_* environment variables
+
+    @property
+    def os_users(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.users.values())))
+
+    def home_dir(self, os_user: str) -> Path:
+        return self.home_root / _user(os_user)
+
+    def t3_base_dir(self, os_user: str) -> Path:
+        return self.home_dir(os_user) / ".t3"
+
+    def userdata_dir(self, os_user: str) -> Path:
+        return self.t3_base_dir(os_user) / "userdata"
+
+    def active_link(self, os_user: str) -> Path:
+        return self.active_dir / _user(os_user)
+
+    def release_dir(self, version: str) -> Path:
+        return self.releases_dir / validate_version(version)
+
+    runs_dir = property(lambda self: self.state_dir / "runs")
+    quarantine_dir = property(lambda self: self.state_dir / "quarantine")
+    deferred_dir = property(lambda self: self.state_dir / "deferred")
+    journal_path = property(lambda self: self.state_dir / "journal")
+    last_good_path = property(lambda self: self.state_dir / "last-good")
+    lock_path = property(lambda self: self.state_dir / "lock")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The effective settings, JSON-friendly (paths as strings)."""
+        out = {k: str(v) if isinstance(v, Path) else v for k in _KEYS for v in [getattr(self, k)]}
+        return {**out, "npm_config_registry": self.npm_config_registry, "users": dict(self.users)}
+
+    def check_lines(self) -> list[str]:
+        """`key = value  # source` lines for `t3-autoupdate config check`."""
+        lines = [f"# config file: {self.config_file or 'none'}"]
+        for key, value in self.as_dict().items():
+            source = self.sources.get(key) or ("environment" if value is not None else "unset")
+            if key == "users":
+                source = str(self.user_map)
+            shown = "(unset)" if value is None else json.dumps(value)
+            lines.append(f"{key} = {shown}  # {source}")
+        return lines + [f"# warning: {w}" for w in self.warnings]
+
+
+def _read_file(env: Mapping[str, str], errors: list[str]) -> tuple[dict[str, Any], Path | None]:
+    explicit = "T3_CONFIG" in env
+    try:
+        path = _path(env["T3_CONFIG"] if explicit else DEFAULT_CONFIG_FILE)
+    except ValueError as exc:
+        errors.append(f"T3_CONFIG (environment): {exc}")
+        return {}, None
+    try:
+        st = path.stat()
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        if explicit:  # only the default file is optional
+            errors.append(f"T3_CONFIG (environment): config file {path} does not exist")
+        return {}, None
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.append(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}")
+        return {}, None
+    except tomllib.TOMLDecodeError as exc:
+        errors.append(f"{path}: invalid TOML: {exc}")
+        return {}, path
+    if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
+        errors.append(f"{path}: writable by others than its owner, or not owned by root "
+                      "(it names programs run as root)")
+    for key in data:
+        if key not in _KEYS:
+            hint = difflib.get_close_matches(key, _KEYS, n=1)
+            errors.append(f"{path}: {key}: unknown key" + (f" (did you mean {hint[0]}?)" if hint else ""))
+    return {k: v for k, v in data.items() if k in _KEYS}, path
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Build the one `Config` from defaults, the TOML file and the environment (env wins)."""
+    env = os.environ if environ is None else environ
+    errors: list[str] = []
+    file_values, config_file = _read_file(env, errors)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for key, (convert, default) in _KEYS.items():
+        name = f"T3_{key.upper()}"
+        if name in env:
+            raw, sources[key], where[key] = env[name], "environment", f"{name} (environment)"
+        elif key in file_values:
+            raw, sources[key], where[key] = file_values[key], "file", f"{config_file}: {key}"
+        else:
+            raw, sources[key], where[key] = default, "default", f"{name} (default)"
+            if key in _DERIVED:
+                if isinstance(values.get("state_dir"), Path):
+                    values[key] = values["state_dir"] / _DERIVED[key]
+                continue
+        try:
+            values[key] = convert(raw)
+        except ValueError as exc:
+            errors.append(f"{where[key]}: {exc}")
+    users: dict[str, str] = {}
+    if isinstance(values.get("user_map"), Path):
+        try:
+            users = load_user_map(values["user_map"])
+        except UserMapError as exc:
+            errors.extend(exc.problems)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            errors.append(f"{where['user_map']}: cannot read {values['user_map']}: {reason}")
+        for sso, os_user in users.items():
+            if os_user == "root":
+                errors.append(f"{values['user_map']}: {sso} maps to root; t3 must not run as root")
+    if errors:
+        raise ConfigError(errors)
+    warnings = tuple(f"unknown environment variable {name} (ignored)" for name in sorted(env)
+                     if name.startswith("T3_") and name not in ENV_NAMES and name != "T3_CONFIG")
+    return Config(**values, users=types.MappingProxyType(dict(users)), config_file=config_file,
+                  sources=types.MappingProxyType(sources),
+                  npm_config_registry=env.get("npm_config_registry"), warnings=warnings)

@@ -1,0 +1,352 @@
+"""runner.config: defaults, TOML then environment, every error at once, the user map."""
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from runner import config as config_mod
+from runner.config import Config, ConfigError, load_config, parse_duration
+
+USER_MAP = "# SSO name = OS user\nvbarzin = wizard\nalice=alice\n\nbob = alice\n"
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """A user map in tmp_path, and the default config file pointed at a path that is absent."""
+    monkeypatch.setattr(config_mod, "DEFAULT_CONFIG_FILE", str(tmp_path / "etc" / "absent.toml"))
+    user_map = tmp_path / "ttyd-user-map"
+    user_map.write_text(USER_MAP)
+    return tmp_path
+
+
+def env_for(world: Path, **extra: str) -> dict[str, str]:
+    return {"T3_USER_MAP": str(world / "ttyd-user-map"), **extra}
+
+
+def write_toml(world: Path, text: str, name: str = "config.toml") -> Path:
+    path = world / name
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
+def errors_of(environ) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ)
+    assert str(info.value) == "\n".join(info.value.errors)
+    return info.value.errors
+
+
+def test_defaults(world):
+    cfg = load_config(env_for(world))
+    assert (cfg.track, cfg.pin, cfg.dry_run, cfg.smoke_port) == ("nightly", None, False, 0)
+    assert cfg.tmpdir == Path("/var/tmp")
+    assert cfg.freeze_file == Path("/etc/t3-autoupdate.freeze")
+    assert cfg.state_dir == Path("/var/lib/t3-autoupdate")
+    assert cfg.releases_dir == Path("/var/lib/t3-autoupdate/releases")
+    assert cfg.active_dir == Path("/var/lib/t3-autoupdate/active")
+    assert cfg.backup_dest == Path("/var/backups/t3-state")
+    assert cfg.home_root == Path("/home")
+    assert cfg.bin_link == Path("/usr/local/bin/t3")
+    assert cfg.dispatch == "http://127.0.0.1:3780"
+    assert cfg.dispatch_map == Path("/etc/t3-dispatch/dispatch.json")
+    assert cfg.serve_host == "0.0.0.0"
+    assert (cfg.package, cfg.cookie_name) == ("t3", "t3_session")
+    assert (cfg.npm, cfg.systemctl, cfg.sqlite3) == ("npm", "systemctl", "sqlite3")
+    assert cfg.min_age is None
+    assert (cfg.ready_timeout, cfg.backup_timeout, cfg.gate_timeout) == (30, 1800, 900)
+    assert (cfg.busy_quiet, cfg.keep_backups) == (120, 3)
+    assert cfg.config_file is None and cfg.npm_config_registry is None and cfg.warnings == ()
+    assert cfg.users == {"vbarzin": "wizard", "alice": "alice", "bob": "alice"}
+    assert cfg.os_users == ("alice", "wizard")
+    assert {k: v for k, v in cfg.sources.items() if v != "default"} == {"user_map": "environment"}
+
+
+def test_derived_paths_and_helpers(world):
+    cfg = load_config(env_for(world, T3_STATE_DIR=str(world / "state"), T3_HOME_ROOT=str(world / "home")))
+    state = world / "state"
+    assert (cfg.releases_dir, cfg.active_dir) == (state / "releases", state / "active")
+    assert (cfg.runs_dir, cfg.quarantine_dir, cfg.deferred_dir) == (
+        state / "runs", state / "quarantine", state / "deferred")
+    assert (cfg.journal_path, cfg.last_good_path, cfg.lock_path) == (
+        state / "journal", state / "last-good", state / "lock")
+    assert cfg.home_dir("wizard") == world / "home" / "wizard"
+    assert cfg.t3_base_dir("wizard") == world / "home" / "wizard" / ".t3"
+    assert cfg.userdata_dir("wizard") == world / "home" / "wizard" / ".t3" / "userdata"
+    assert cfg.active_link("wizard") == state / "active" / "wizard"
+    assert cfg.release_dir("0.0.25-nightly.20260608.497") == state / "releases" / "0.0.25-nightly.20260608.497"
+
+
+@pytest.mark.parametrize("bad_user", ["../root", "", "Wizard", "a/b", "wizard\n", ".t3"])
+def test_user_helpers_refuse_bad_names(world, bad_user):
+    cfg = load_config(env_for(world))
+    for helper in (cfg.home_dir, cfg.t3_base_dir, cfg.userdata_dir, cfg.active_link):
+        with pytest.raises(ValueError):
+            helper(bad_user)
+
+
+@pytest.mark.parametrize("bad_version", ["../x", "latest", "--foo", ""])
+def test_release_dir_validates_the_version(world, bad_version):
+    with pytest.raises(ValueError):
+        load_config(env_for(world)).release_dir(bad_version)
+
+
+def test_toml_then_environment(world):
+    path = write_toml(world, f'''
+track = "latest"
+state_dir = "{world / "file-state"}"
+dry_run = true
+min_age = 3600
+keep_backups = 5
+pin = "0.0.24"
+serve_host = "::"
+''')
+    cfg = load_config(env_for(world, T3_CONFIG=str(path), T3_TRACK="preview", T3_DRY_RUN="no"))
+    assert cfg.config_file == path
+    assert (cfg.track, cfg.dry_run) == ("preview", False)
+    assert (cfg.state_dir, cfg.min_age, cfg.keep_backups, cfg.pin) == (world / "file-state", 3600, 5, "0.0.24")
+    assert cfg.releases_dir == world / "file-state" / "releases"
+    assert cfg.serve_host == "::"
+    assert cfg.sources["track"] == "environment" and cfg.sources["dry_run"] == "environment"
+    assert cfg.sources["state_dir"] == "file" and cfg.sources["min_age"] == "file"
+    assert cfg.sources["gate_timeout"] == "default"
+
+    cfg = load_config(env_for(world, T3_CONFIG=str(path), T3_STATE_DIR=str(world / "env-state"), T3_PIN=""))
+    assert cfg.releases_dir == world / "env-state" / "releases"
+    assert cfg.pin is None   # an empty T3_PIN clears the file's pin
+
+
+def test_explicit_release_and_active_dirs_win_over_derived(world):
+    cfg = load_config(env_for(world, T3_STATE_DIR=str(world / "s"), T3_RELEASES_DIR=str(world / "r"),
+                              T3_ACTIVE_DIR=str(world / "a")))
+    assert (cfg.releases_dir, cfg.active_dir) == (world / "r", world / "a")
+
+
+def test_environ_defaults_to_os_environ(world, monkeypatch):
+    monkeypatch.setenv("T3_USER_MAP", str(world / "ttyd-user-map"))
+    monkeypatch.setenv("T3_TRACK", "latest")
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:4873/")
+    cfg = load_config()
+    assert cfg.track == "latest" and cfg.npm_config_registry == "http://127.0.0.1:4873/"
+
+
+def test_every_error_is_reported_at_once(world):
+    path = write_toml(world, 'state_dir = "relative/state"\nbogus = 1\nkeep_backups = 0\n')
+    errors = errors_of({
+        "T3_CONFIG": str(path),
+        "T3_USER_MAP": str(world / "ttyd-user-map"),
+        "T3_MIN_AGE": "3x",
+        "T3_DRY_RUN": "maybe",
+        "T3_SMOKE_PORT": "70000",
+        "T3_PIN": "v0.0.24",
+        "T3_DISPATCH": "ftp://127.0.0.1:3780",
+        "T3_TRACK": "stable",
+        "T3_NPM": "bin/npm",
+    })
+    expected = [
+        'T3_MIN_AGE (environment): "3x" is not a duration like 90m, 6h, 2d',
+        "T3_DRY_RUN (environment):", "T3_SMOKE_PORT (environment):", "T3_PIN (environment):",
+        "T3_DISPATCH (environment):", "T3_TRACK (environment):", "T3_NPM (environment):",
+        f"{path}: state_dir: ", f"{path}: bogus: unknown key", f"{path}: keep_backups: ",
+    ]
+    for fragment in expected:
+        assert sum(e.startswith(fragment) for e in errors) == 1, (fragment, errors)
+    assert len(errors) == len(expected)
+    assert any("must be an absolute path" in e for e in errors)
+
+
+def test_missing_explicit_config_file_is_an_error(world):
+    missing = world / "nope.toml"
+    (error,) = errors_of(env_for(world, T3_CONFIG=str(missing)))
+    assert error.startswith("T3_CONFIG (environment):") and str(missing) in error
+
+
+def test_relative_t3_config_is_an_error(world):
+    (error,) = errors_of(env_for(world, T3_CONFIG="config.toml"))
+    assert error.startswith("T3_CONFIG (environment):") and "absolute" in error
+
+
+def test_default_config_file_is_read_when_present(world, monkeypatch):
+    path = write_toml(world, 'track = "latest"\n', name="default.toml")
+    monkeypatch.setattr(config_mod, "DEFAULT_CONFIG_FILE", str(path))
+    cfg = load_config(env_for(world))
+    assert cfg.track == "latest" and cfg.config_file == path and cfg.sources["track"] == "file"
+
+
+def test_unknown_toml_key_suggests_the_right_one(world):
+    path = write_toml(world, 'statedir = "/srv/x"\n')
+    (error,) = errors_of(env_for(world, T3_CONFIG=str(path)))
+    assert error == f"{path}: statedir: unknown key (did you mean state_dir?)"
+
+
+def test_toml_section_is_an_unknown_key(world):
+    path = write_toml(world, '[paths]\nstate_dir = "/srv/x"\n')
+    (error,) = errors_of(env_for(world, T3_CONFIG=str(path)))
+    assert error.startswith(f"{path}: paths: unknown key")
+
+
+def test_malformed_toml_names_file_and_line(world):
+    path = write_toml(world, 'track = "nightly"\nstate_dir = /srv/x\n')
+    errors = errors_of(env_for(world, T3_CONFIG=str(path), T3_SMOKE_PORT="x"))
+    assert any(e.startswith(f"{path}: invalid TOML") and "line 2" in e for e in errors)
+    assert any(e.startswith("T3_SMOKE_PORT (environment)") for e in errors)  # still validated
+
+
+def test_toml_value_of_the_wrong_type(world):
+    path = write_toml(world, 'state_dir = 5\ndry_run = "perhaps"\nsmoke_port = true\n')
+    errors = errors_of(env_for(world, T3_CONFIG=str(path)))
+    assert sorted(e.split(":")[1].strip() for e in errors) == ["dry_run", "smoke_port", "state_dir"]
+
+
+def test_config_file_writable_by_others_is_refused(world):
+    path = write_toml(world, 'track = "latest"\n')
+    path.chmod(0o666)
+    (error,) = errors_of(env_for(world, T3_CONFIG=str(path)))
+    assert error.startswith(f"{path}: writable by others")
+
+
+def test_bad_user_map_lines_name_file_and_line(world):
+    user_map = world / "ttyd-user-map"
+    user_map.write_text("vbarzin=wizard\n# fine\nalice=Alice!\nnoequals\n")
+    errors = errors_of(env_for(world, T3_MIN_AGE="soon"))
+    assert any(e.startswith(f"{user_map}:3:") for e in errors)
+    assert any(e.startswith(f"{user_map}:4:") for e in errors)
+    assert any(e.startswith("T3_MIN_AGE (environment)") for e in errors)   # same list
+
+
+def test_missing_user_map_is_an_error(world):
+    (error,) = errors_of({"T3_USER_MAP": str(world / "missing-map")})
+    assert error.startswith("T3_USER_MAP (environment): cannot read") and "missing-map" in error
+
+
+def test_user_mapped_to_root_is_refused(world):
+    (world / "ttyd-user-map").write_text("admin = root\n")
+    (error,) = errors_of(env_for(world))
+    assert "root" in error and "admin" in error
+
+
+@pytest.mark.parametrize("key", ["T3_STATE_DIR", "T3_TMPDIR", "T3_BACKUP_DEST", "T3_HOME_ROOT",
+                                 "T3_FREEZE_FILE", "T3_BIN_LINK", "T3_USER_MAP", "T3_RELEASES_DIR"])
+@pytest.mark.parametrize("value,why", [
+    ("var/lib/t3", "must be an absolute path"),
+    ("~/state", "'~' is not expanded"),
+    ("~root/state", "'~' is not expanded"),
+    ("/var/lib/../../etc", "must not contain '..'"),
+    ("", "non-empty"),
+    ("/var/lib/t3\n", "control characters"),
+])
+def test_bad_paths_rejected(world, key, value, why):
+    errors = errors_of(env_for(world, **{key: value}))
+    assert any(e.startswith(f"{key} (environment):") and why in e for e in errors), errors
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("90m", 5400), ("6h", 21600), ("2d", 172800), ("30s", 30), ("3600", 3600), ("0", 0),
+    ("1.5h", 5400), ("0.5", 0.5), (" 6h ", 21600),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "3x", "h", "6 h", "-1", "-5m", "6H", "1e3", "inf", "nan",
+                                  "1h30m", "6hh", ".5", "5.", "１h", None, 5])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError, match="is not a duration like 90m, 6h, 2d"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("1", True), ("true", True), ("TRUE", True), ("yes", True), ("Yes", True),
+    ("0", False), ("false", False), ("False", False), ("no", False), ("NO", False),
+])
+def test_dry_run_booleans(world, text, expected):
+    assert load_config(env_for(world, T3_DRY_RUN=text)).dry_run is expected
+
+
+@pytest.mark.parametrize("text", ["", "2", "on", "off", "y", "n", "maybe", "true!"])
+def test_dry_run_rejects(world, text):
+    (error,) = errors_of(env_for(world, T3_DRY_RUN=text))
+    assert error.startswith("T3_DRY_RUN (environment):")
+
+
+@pytest.mark.parametrize("toml,expected", [("true", True), ("false", False)])
+def test_dry_run_toml_boolean(world, toml, expected):
+    path = write_toml(world, f"dry_run = {toml}\n")
+    assert load_config(env_for(world, T3_CONFIG=str(path))).dry_run is expected
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("T3_MIN_AGE", "6h", 21600), ("T3_MIN_AGE", "0", 0), ("T3_MIN_AGE", "", None),
+    ("T3_READY_TIMEOUT", "45", 45), ("T3_GATE_TIMEOUT", "20m", 1200),
+    ("T3_BACKUP_TIMEOUT", "1h", 3600), ("T3_BUSY_QUIET", "0", 0),
+    ("T3_SMOKE_PORT", "8080", 8080), ("T3_SMOKE_PORT", "65535", 65535),
+    ("T3_KEEP_BACKUPS", "1", 1),
+    ("T3_NPM", "/usr/bin/npm", "/usr/bin/npm"), ("T3_SQLITE3", "sqlite3", "sqlite3"),
+    ("T3_DISPATCH", "http://127.0.0.1:3780/", "http://127.0.0.1:3780"),
+    ("T3_DISPATCH", "http://localhost:3780", "http://localhost:3780"),
+    ("T3_PACKAGE", "@scope/t3", "@scope/t3"), ("T3_PACKAGE", "t3-code", "t3-code"),
+    ("T3_COOKIE_NAME", "t3_session_abc", "t3_session_abc"),
+    ("T3_SERVE_HOST", "127.0.0.1", "127.0.0.1"), ("T3_SERVE_HOST", "host.example", "host.example"),
+    ("T3_PIN", "0.0.25-nightly.20260608.497", "0.0.25-nightly.20260608.497"),
+])
+def test_accepted_values(world, key, value, expected):
+    cfg = load_config(env_for(world, **{key: value}))
+    assert getattr(cfg, key[3:].lower()) == expected
+
+
+@pytest.mark.parametrize("key,value", [
+    ("T3_READY_TIMEOUT", "0"), ("T3_GATE_TIMEOUT", "-5"), ("T3_BACKUP_TIMEOUT", "soon"),
+    ("T3_SMOKE_PORT", "-1"), ("T3_SMOKE_PORT", "65536"), ("T3_SMOKE_PORT", "0x50"),
+    ("T3_SMOKE_PORT", "8_080"), ("T3_SMOKE_PORT", "+80"), ("T3_KEEP_BACKUPS", "0"),
+    ("T3_KEEP_BACKUPS", "3.5"), ("T3_TRACK", "Nightly"), ("T3_TRACK", ""),
+    ("T3_PIN", "latest"), ("T3_PIN", "0.0.1; rm -rf /"), ("T3_PIN", "--foo"),
+    ("T3_NPM", "bin/npm"), ("T3_NPM", "-npm"), ("T3_NPM", "npm --registry x"), ("T3_SYSTEMCTL", ""),
+    ("T3_DISPATCH", "127.0.0.1:3780"), ("T3_DISPATCH", "ftp://127.0.0.1"), ("T3_DISPATCH", "http://"),
+    ("T3_DISPATCH", "http://u:p@127.0.0.1"), ("T3_DISPATCH", "http://127.0.0.1:99999"),
+    ("T3_DISPATCH", "http://127.0.0.1:3780/?x=1"),
+    ("T3_PACKAGE", "T3"), ("T3_PACKAGE", "-t3"), ("T3_PACKAGE", "t3@latest"), ("T3_PACKAGE", "../t3"),
+    ("T3_PACKAGE", ".t3"), ("T3_COOKIE_NAME", "t3 session"), ("T3_COOKIE_NAME", "a;b"),
+    ("T3_SERVE_HOST", "-h"), ("T3_SERVE_HOST", "0.0.0.0 --evil"), ("T3_SERVE_HOST", ""),
+])
+def test_rejected_values_name_the_key(world, key, value):
+    (error,) = errors_of(env_for(world, **{key: value}))
+    assert error.startswith(f"{key} (environment): ")
+
+
+def test_unknown_t3_environment_variable_is_a_warning(world):
+    cfg = load_config(env_for(world, T3_DRYRUN="1", T3_CONFIG_X="y"))
+    assert cfg.dry_run is False
+    assert any("T3_DRYRUN" in w for w in cfg.warnings)
+    assert any("T3_DRYRUN" in line for line in cfg.check_lines())
+
+
+def test_config_is_frozen(world):
+    cfg = load_config(env_for(world))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.track = "latest"
+    with pytest.raises(TypeError):
+        cfg.users["eve"] = "root"
+
+
+def test_as_dict_and_check_lines(world):
+    path = write_toml(world, 'track = "latest"\n')
+    cfg = load_config(env_for(world, T3_CONFIG=str(path), T3_MIN_AGE="2d",
+                              npm_config_registry="http://127.0.0.1:4873"))
+    data = cfg.as_dict()
+    assert data["track"] == "latest" and data["min_age"] == 172800 and data["pin"] is None
+    assert data["state_dir"] == "/var/lib/t3-autoupdate"
+    assert data["npm_config_registry"] == "http://127.0.0.1:4873"
+    assert data["users"]["vbarzin"] == "wizard"
+    lines = cfg.check_lines()
+    assert lines[0] == f"# config file: {path}"
+    assert 'track = "latest"  # file' in lines
+    assert "min_age = 172800.0  # environment" in lines
+    assert 'state_dir = "/var/lib/t3-autoupdate"  # default' in lines
+    assert "pin = (unset)  # default" in lines
+    assert 'npm_config_registry = "http://127.0.0.1:4873"  # environment' in lines
+
+
+def test_config_class_fields_match_the_key_table():
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert set(config_mod._KEYS) <= fields
+    assert set(config_mod.ENV_NAMES) == {f"T3_{k.upper()}" for k in config_mod._KEYS}
