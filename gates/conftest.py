@@ -1,0 +1,149 @@
+"""Options and fixtures of the gate suite, shared by the runner and by people.
+
+Every option defaults to the runner's own config (TOML plus `T3_*` environment),
+so on a production host `pytest gates -k vbarzin` needs no options. The runner
+passes explicit options for the build under test.
+
+Fail closed: a run that collects nothing, skips anything or passes nothing
+exits non-zero, and one summary line says PASS or FAIL.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# (option, config attribute, help)
+OPTIONS = [
+    ("--t3-bin", "bin_link", "t3 binary under test (default: T3_BIN_LINK)"),
+    ("--expect-version", None, "version the build under test must report (default: its package.json)"),
+    ("--seed-db", None, "populated database to copy for the health gate (default: newest pre-bump backup)"),
+    ("--seed-user", None, "OS user whose newest backup seeds the health gate (default: first in the user map)"),
+    ("--scratch", "tmpdir", "scratch directory on disk, never a tmpfs (default: T3_TMPDIR)"),
+    ("--serve-host", "serve_host", "host the throwaway server binds, as production (default: T3_SERVE_HOST)"),
+    ("--smoke-port", "smoke_port", "port of the throwaway server, 0 = any free (default: T3_SMOKE_PORT)"),
+    ("--ready-timeout", "ready_timeout", "seconds a server may take to become ready (default: T3_READY_TIMEOUT)"),
+    ("--cookie-name", "cookie_name", "session cookie name the dispatch expects (default: T3_COOKIE_NAME)"),
+    ("--dispatch", "dispatch", "dispatch URL (default: T3_DISPATCH)"),
+    ("--dispatch-map", "dispatch_map", "dispatch.json with each SSO user's port (default: T3_DISPATCH_MAP)"),
+    ("--user-map", "user_map", "sso=os_user map (default: T3_USER_MAP)"),
+    ("--active-dir", "active_dir", "per-user release links (default: T3_ACTIVE_DIR)"),
+    ("--backup-dest", "backup_dest", "pre-bump backups (default: T3_BACKUP_DEST)"),
+    ("--canary-version", None, "version every canary instance must run (default: the release its link points to)"),
+]
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("t3 gates")
+    for option, _, help_text in OPTIONS:
+        group.addoption(option, default=None, help=help_text)
+
+
+class GateSettings:
+    """Option values, falling back to the runner's config only when one is missing."""
+
+    def __init__(self, config: pytest.Config):
+        self._pytest_config = config
+        self._runner_config = None
+
+    def runner_config(self):
+        if self._runner_config is None:
+            from runner.config import load_config
+
+            self._runner_config = load_config()
+        return self._runner_config
+
+    def get(self, option: str):
+        value = self._pytest_config.getoption(option.lstrip("-").replace("-", "_"))
+        if value is not None:
+            return value
+        attribute = next(attr for opt, attr, _ in OPTIONS if opt == option)
+        if attribute is None:
+            return None
+        return getattr(self.runner_config(), attribute)
+
+    def path(self, option: str) -> Path | None:
+        value = self.get(option)
+        return Path(value) if value is not None else None
+
+    def users(self) -> dict[str, str]:
+        """SSO name -> OS user, from the user map."""
+        from runner.usermap import load_user_map
+
+        return load_user_map(self.path("--user-map"))
+
+    def dispatch_ports(self) -> dict[str, int]:
+        path = self.path("--dispatch-map")
+        data = json.loads(path.read_text())
+        return {sso: int(entry["port"]) for sso, entry in data.items()}
+
+
+def pytest_configure(config):
+    config._t3_gate = GateSettings(config)
+    config._t3_gate_counts = _COUNTS
+    config._t3_gate_notes = []
+
+
+@pytest.fixture(scope="session")
+def gate(pytestconfig) -> GateSettings:
+    return pytestconfig._t3_gate
+
+
+@pytest.fixture(scope="session")
+def gate_notes(pytestconfig) -> list[str]:
+    """Findings worth telling an operator that do not fail the gate (printed in the summary)."""
+    return pytestconfig._t3_gate_notes
+
+
+@pytest.fixture(scope="session")
+def scratch_root(gate):
+    root = gate.path("--scratch") or Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="t3-gate-", dir=root))
+    yield path
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_generate_tests(metafunc):
+    if "sso_user" in metafunc.fixturenames:
+        users = metafunc.config._t3_gate.users()
+        metafunc.parametrize("sso_user", sorted(users), ids=sorted(users), scope="module")
+
+
+_COUNTS = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report):
+    counts = _COUNTS
+    if report.when == "call" and report.passed:
+        counts["passed"] += 1
+    elif report.failed:
+        counts["failed" if report.when == "call" else "error"] += 1
+    elif report.skipped:
+        counts["skipped"] += 1
+
+
+def _verdict(counts: dict, exitstatus: int) -> str:
+    clean = exitstatus == 0 and counts["passed"] > 0 and not (counts["failed"] or counts["error"] or counts["skipped"])
+    return "PASS" if clean else "FAIL"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A skipped gate proved nothing: count it as a failure rather than a pass.
+    if session.exitstatus == 0 and _verdict(session.config._t3_gate_counts, 0) == "FAIL":
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = config._t3_gate_counts
+    for note in config._t3_gate_notes:
+        terminalreporter.write_line(f"T3-GATE NOTE {note}")
+    terminalreporter.write_line(
+        f"T3-GATE {_verdict(counts, exitstatus)} passed={counts['passed']} failed={counts['failed']} "
+        f"errors={counts['error']} skipped={counts['skipped']} exit={int(exitstatus)}"
+    )
