@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from gates import dbfacts
+from runner import proc
+from runner.versions import VersionError, parse_t3_version_output
 from gates.t3client import GateFailure, mint_credential, package_version_of
 from gates.throwaway import ThrowawayServer, copy_database
 
@@ -98,6 +100,16 @@ def test_precious_history_kept(candidate, gate_notes):
     if reset:
         gate_notes.append("auth tables reset by the migration (" + ", ".join(reset)
                           + "): this bump logs every browser out")
+
+
+def test_binary_reports_the_candidate_version(gate):
+    t3_bin = str(gate.get("--t3-bin"))
+    expected = gate.get("--expect-version") or package_version_of(t3_bin)
+    try:
+        reported = parse_t3_version_output(proc.run([t3_bin, "--version"], timeout=30).stdout)
+    except (proc.CommandError, VersionError) as exc:
+        raise GateFailure(f"`t3 --version` is unusable: {exc}") from None
+    assert reported == expected, f"`t3 --version` reports {reported}, the package is {expected}"
 
 
 def test_server_reports_the_candidate_version(candidate, gate):

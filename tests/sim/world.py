@@ -1,0 +1,253 @@
+"""The simulated deployment: a whole shared machine inside one temporary root.
+
+    <root>/etc/ttyd-user-map, etc/t3-dispatch/dispatch.json, etc/t3-serve/<u>.env,
+          etc/systemd/system/*.service (the project's own units, rendered),
+          etc/t3-autoupdate/config.toml (the runner's config for this world)
+    <root>/home/<u>/.t3/userdata/state.sqlite   populated history per user
+    <root>/var/lib/t3-autoupdate/{releases,active,...}, var/backups/t3-state, var/tmp
+    <root>/usr/local/bin/t3                      the operators' link
+    <root>/sim/bin/systemctl                     the systemctl stand-in
+    <root>/registry, npm-cache                   the local npm registry
+
+Everything real: npm installs from the registry, the stand-in runs real
+processes from the unit files, the dispatch pairs over real HTTP.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import requests
+
+from runner import proc
+from runner.units import load_template, render_unit, serve_unit_name
+
+from . import builds, dbgen
+from .dispatch import Dispatch
+from .prober import LoginProber
+from .registry import NpmRegistry
+from .systemctl import install_systemctl
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class SimUser:
+    sso: str
+    os_user: str
+
+
+DEPLOYMENT_USERS = (SimUser("vbarzin", "wizard"), SimUser("emil.barzin", "emo"), SimUser("ancaelena98", "ancamilea"))
+SCHEMA_OF = {v: builds.PROFILES[p].schema_level for v, p in builds.CATALOGUE}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until truthy or the deadline; never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        pause.wait(interval)
+
+
+class World:
+    def __init__(self, root: Path, *, users=DEPLOYMENT_USERS, installed: str = "0.0.24",
+                 threads: int = 4, messages_per_thread: int = 12):
+        self.root = Path(root)
+        self.users = tuple(users)
+        self.installed = installed
+        self.threads = threads
+        self.messages_per_thread = messages_per_thread
+        self.ports = {u.sso: free_port() for u in self.users}
+        r = self.root
+        self.etc = r / "etc"
+        self.user_map = self.etc / "ttyd-user-map"
+        self.dispatch_map = self.etc / "t3-dispatch" / "dispatch.json"
+        self.serve_env_dir = self.etc / "t3-serve"
+        self.unit_dir = self.etc / "systemd" / "system"
+        self.config_path = self.etc / "t3-autoupdate" / "config.toml"
+        self.freeze_file = self.etc / "t3-autoupdate.freeze"
+        self.home_root = r / "home"
+        self.state_dir = r / "var" / "lib" / "t3-autoupdate"
+        self.releases_dir = self.state_dir / "releases"
+        self.active_dir = self.state_dir / "active"
+        self.backup_dest = r / "var" / "backups" / "t3-state"
+        self.scratch = r / "var" / "tmp"
+        self.bin_link = r / "usr" / "local" / "bin" / "t3"
+        self.npm_cache = r / "npm-cache"
+        self.registry = NpmRegistry(r / "registry")
+        self.dispatch: Dispatch | None = None
+        self.systemctl: Path | None = None
+        self.mint_command: list[str] = []
+
+    # ------------------------------------------------------------------ paths
+    def userdata(self, os_user: str) -> Path:
+        return self.home_root / os_user / ".t3" / "userdata"
+
+    def database(self, os_user: str) -> Path:
+        return self.userdata(os_user) / "state.sqlite"
+
+    def port_of(self, sso: str) -> int:
+        return self.ports[sso]
+
+    def user(self, name: str) -> SimUser:
+        return next(u for u in self.users if name in (u.sso, u.os_user))
+
+    # ------------------------------------------------------------------ build
+    def build(self) -> "World":
+        for d in (self.etc, self.serve_env_dir, self.unit_dir, self.home_root, self.releases_dir,
+                  self.active_dir, self.backup_dest, self.scratch, self.bin_link.parent, self.config_path.parent):
+            d.mkdir(parents=True, exist_ok=True)
+        self._publish_catalogue()
+        self._write_maps()
+        self.install_release(self.installed)
+        for user in self.users:
+            self.point_user(user.os_user, self.installed)
+        (self.state_dir / "last-good").write_text(self.installed + "\n")
+        self._point_bin_link(self.installed)
+        self._install_units()
+        self._write_mint_helper()
+        self._write_config()
+        for user in self.users:
+            dbgen.make_database(self.database(user.os_user), SCHEMA_OF[self.installed], threads=self.threads,
+                                messages_per_thread=self.messages_per_thread)
+        for user in self.users:
+            self.systemctl_run("start", serve_unit_name(user.os_user))
+        for user in self.users:
+            self.wait_instance_ready(user.sso)
+        self.dispatch = Dispatch(self.dispatch_map, self.mint_command).start()
+        return self
+
+    def _publish_catalogue(self) -> None:
+        self.registry.start()
+        tarballs = builds.build_catalogue(self.root / "tarballs")
+        published = datetime(2026, 6, 1, 4, 0, tzinfo=timezone.utc)
+        for i, (version, _) in enumerate(builds.CATALOGUE):
+            self.registry.publish(tarballs[version], published_at=published + timedelta(hours=i))
+        self.registry.set_tag("latest", "0.0.24")
+        self.registry.set_tag("nightly", self.installed)
+
+    def _write_maps(self) -> None:
+        self.user_map.write_text("# sso_name=os_user\n" + "".join(f"{u.sso}={u.os_user}\n" for u in self.users))
+        self.dispatch_map.parent.mkdir(parents=True, exist_ok=True)
+        self.dispatch_map.write_text(json.dumps(
+            {u.sso: {"os_user": u.os_user, "port": self.ports[u.sso]} for u in self.users}, indent=2))
+        for u in self.users:
+            (self.serve_env_dir / f"{u.os_user}.env").write_text(f"T3_PORT={self.ports[u.sso]}\nT3_SERVE_HOST=0.0.0.0\n")
+
+    def _install_units(self) -> None:
+        values = {"ACTIVE_DIR": str(self.active_dir), "HOME_ROOT": str(self.home_root),
+                  "SERVE_ENV_DIR": str(self.serve_env_dir)}
+        (self.unit_dir / "t3-serve@.service").write_text(render_unit(load_template("t3-serve@.service"), values))
+        self.systemctl = install_systemctl(self.root / "sim", self.unit_dir)
+
+    def _write_mint_helper(self) -> None:
+        """What the dispatch runs to mint: the user's OWN linked binary (design.md phase 6)."""
+        helper = self.root / "sim" / "bin" / "t3-mint"
+        helper.parent.mkdir(parents=True, exist_ok=True)
+        helper.write_text(
+            "#!/bin/sh\n"
+            f'exec "{self.active_dir}/$1/bin/t3" auth pairing create --base-dir "{self.home_root}/$1/.t3" --ttl 5m --json\n')
+        helper.chmod(0o755)
+        self.mint_command = [str(helper)]
+
+    def _write_config(self) -> None:
+        values = {
+            "state_dir": self.state_dir, "releases_dir": self.releases_dir, "active_dir": self.active_dir,
+            "backup_dest": self.backup_dest, "tmpdir": self.scratch, "freeze_file": self.freeze_file,
+            "user_map": self.user_map, "dispatch_map": self.dispatch_map, "home_root": self.home_root,
+            "bin_link": self.bin_link, "systemctl": self.systemctl, "npm": "npm",
+        }
+        lines = [f'{k} = "{v}"' for k, v in values.items()]
+        self.config_path.write_text("# written by the simulated world\n" + "\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------------ operations
+    def npm_env(self) -> dict[str, str]:
+        return {**os.environ, **self.registry.npm_env(self.npm_cache)}
+
+    def runner_env(self, **overrides: str) -> dict[str, str]:
+        """Environment for a real `t3-autoupdate` run against this world."""
+        env = {**self.npm_env(), "T3_CONFIG": str(self.config_path),
+               "T3_DISPATCH": self.dispatch.url if self.dispatch else "http://127.0.0.1:9"}
+        env.update(overrides)
+        return env
+
+    def install_release(self, version: str) -> Path:
+        prefix = self.releases_dir / version
+        proc.run(["npm", "install", "--global", "--prefix", str(prefix), f"t3@{version}"],
+                 env=self.npm_env(), cwd=self.root, timeout=120)
+        return prefix
+
+    def point_user(self, os_user: str, version: str) -> None:
+        link = self.active_dir / os_user
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(self.releases_dir / version)
+
+    def _point_bin_link(self, version: str) -> None:
+        if self.bin_link.is_symlink():
+            self.bin_link.unlink()
+        self.bin_link.symlink_to(self.releases_dir / version / "bin" / "t3")
+
+    def systemctl_run(self, *args: str, ok_codes=(0,)) -> proc.Completed:
+        return proc.run([str(self.systemctl), *args], ok_codes=ok_codes, timeout=60)
+
+    def environment_of(self, sso: str) -> dict | None:
+        try:
+            response = requests.get(f"http://127.0.0.1:{self.ports[sso]}/.well-known/t3/environment", timeout=2)
+        except requests.RequestException:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def wait_instance_ready(self, sso: str, timeout: float = 30.0) -> dict:
+        unit = serve_unit_name(self.user(sso).os_user)
+
+        def ready():
+            if self.systemctl_run("is-active", unit, ok_codes=range(256)).exit_code != 0:
+                raise RuntimeError(f"{unit} is not active: {self.unit_log(unit)[-600:]}")
+            return self.environment_of(sso)
+
+        return wait_until(ready, timeout, f"{unit} to answer")
+
+    def unit_log(self, unit: str) -> str:
+        path = self.root / "sim" / "run" / "simctl" / f"{unit}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def server_version(self, sso: str) -> str | None:
+        env = self.environment_of(sso)
+        return env.get("serverVersion") if env else None
+
+    def prober(self, sso: str, interval: float = 0.5) -> LoginProber:
+        return LoginProber(self.dispatch.url, sso, interval=interval)
+
+    def stop(self) -> None:
+        if self.dispatch is not None:
+            self.dispatch.stop()
+        if self.systemctl is not None:
+            for user in self.users:
+                self.systemctl_run("stop", serve_unit_name(user.os_user), ok_codes=range(256))
+        self.registry.stop()
+
+    def __enter__(self) -> "World":
+        return self.build()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,108 @@
+"""The health gate against every simulated build: good ones pass, each bad one is
+caught by the check that should catch it, with the cause in plain words."""
+from __future__ import annotations
+
+import pytest
+
+from runner.gaterun import run_gate
+from tests.sim import builds, dbgen
+
+SEED_LEVEL = 30  # what a 0.0.24 fleet's databases are at
+
+
+@pytest.fixture(scope="module")
+def seed_db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("seed") / "state.sqlite"
+    dbgen.make_database(path, SEED_LEVEL, threads=4, messages_per_thread=15)
+    return path
+
+
+def health(tmp_path, version, seed_db, *, host="0.0.0.0", ready_timeout=5, **extra):
+    t3_bin = builds.install_layout(version, builds.profile_for(version), tmp_path / "release")
+    options = {"--t3-bin": t3_bin, "--seed-db": seed_db, "--scratch": tmp_path / "scratch",
+               "--serve-host": host, "--smoke-port": 0, "--ready-timeout": ready_timeout,
+               "--cookie-name": "t3_session", **extra}
+    (tmp_path / "scratch").mkdir()
+    return run_gate("health", run_dir=tmp_path / "run", options={k: str(v) for k, v in options.items()})
+
+
+@pytest.mark.parametrize("version", list(builds.GOOD_VERSIONS.values()))
+def test_good_build_passes_the_health_gate(tmp_path, seed_db, version):
+    result = health(tmp_path, version, seed_db)
+    assert result.passed, result.reason()
+    assert result.tests >= 10 and result.report.is_file()
+    assert result.summary.startswith("T3-GATE PASS")
+
+
+# profile -> (failing test, words the failure must contain)
+CAUGHT_BY = {
+    "migration-fails-populated": ("populated-copy", 'Migration "33_'),
+    "migration-drops-rows": ("test_precious_history_kept", "projection_thread_messages lost"),
+    "endpoint-renamed": ("test_pairing_handshake", "no pairing endpoint"),
+    "cookie-renamed": ("test_pairing_handshake", "the dispatch expects 't3_session'"),
+    "pairing-no-cookie": ("test_pairing_handshake", "200 from /api/auth/browser-session but no Set-Cookie"),
+    "never-ready": ("test_server_becomes_ready", "did not become ready within 2s"),
+    "version-lie": ("test_binary_reports_the_candidate_version", "`t3 --version` reports 0.0.28-nightly.20260616.571"),
+    "crash-at-start": ("test_server_becomes_ready", "exited with code 1 before becoming ready"),
+}
+
+
+@pytest.mark.parametrize("profile", sorted(builds.BAD_VERSIONS))
+def test_bad_build_fails_the_health_gate_naming_the_cause(tmp_path, seed_db, profile):
+    result = health(tmp_path, builds.BAD_VERSIONS[profile], seed_db, ready_timeout=2)
+    assert not result.passed
+    assert result.summary.startswith("T3-GATE FAIL")
+    test_name, cause = CAUGHT_BY[profile]
+    matching = [p for p in result.problems if test_name in p]
+    assert matching, result.problems
+    assert any(cause in p for p in matching), matching
+
+
+def test_every_bad_profile_has_an_expected_cause():
+    assert set(CAUGHT_BY) == set(builds.BAD_VERSIONS)
+
+
+def test_migration_that_fails_only_on_populated_data_passes_on_an_empty_database(tmp_path, seed_db):
+    result = health(tmp_path, builds.BAD_VERSIONS["migration-fails-populated"], seed_db)
+    assert not any("fresh-empty" in p for p in result.problems), result.problems
+
+
+def test_loopback_trap_cannot_recur(tmp_path, seed_db):
+    """0.0.28 names its cookie after port and path on a loopback host; bound like production it passes."""
+    good = builds.GOOD_VERSIONS["good-0.0.28"]
+    assert health(tmp_path / "prod", good, seed_db).passed
+    trapped = health(tmp_path / "loop", good, seed_db, host="127.0.0.1")
+    assert not trapped.passed
+    assert any("t3_session_" in p and "dispatch expects" in p for p in trapped.problems), trapped.problems
+
+
+def test_missing_binary_is_a_failure(tmp_path, seed_db):
+    (tmp_path / "scratch").mkdir()
+    result = run_gate("health", run_dir=tmp_path / "run", options={
+        "--t3-bin": str(tmp_path / "nope" / "t3"), "--seed-db": str(seed_db), "--scratch": str(tmp_path / "scratch"),
+        "--serve-host": "0.0.0.0", "--smoke-port": "0", "--ready-timeout": "2", "--cookie-name": "t3_session"})
+    assert not result.passed and result.errors + result.failures > 0
+    assert any("not found" in p for p in result.problems), result.problems
+
+
+def test_broken_seed_fixture_is_a_failure(tmp_path):
+    bogus = tmp_path / "not-a-database.sqlite"
+    bogus.write_text("this is not sqlite")
+    result = health(tmp_path, builds.GOOD_VERSIONS["good-0.0.24"], bogus)
+    assert not result.passed and result.errors > 0
+
+
+def test_empty_seed_is_refused(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    dbgen.make_database(empty, SEED_LEVEL, threads=0)
+    result = health(tmp_path, builds.GOOD_VERSIONS["good-0.0.24"], empty)
+    assert not result.passed
+    assert any("holds no history" in p for p in result.problems), result.problems
+
+
+def test_no_collected_tests_is_a_failure(tmp_path, seed_db):
+    t3_bin = builds.install_layout("0.0.24", "good-0.0.24", tmp_path / "release")
+    result = run_gate("health", run_dir=tmp_path / "run", keyword="no_such_test",
+                      options={"--t3-bin": str(t3_bin), "--seed-db": str(seed_db)})
+    assert not result.passed and result.tests == 0
+    assert result.exit_code != 0

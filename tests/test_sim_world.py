@@ -1,0 +1,38 @@
+"""The simulated deployment as a whole: what every later test stands on."""
+import os
+import sqlite3
+
+from runner.units import serve_unit_name
+from tests.sim.world import wait_until
+
+
+def test_every_user_serves_the_installed_build_and_pairs_through_the_dispatch(world):
+    for user in world.users:
+        assert world.server_version(user.sso) == "0.0.24"
+        prober = world.prober(user.sso, interval=0.05).start()
+        wait_until(lambda: len(prober.report().attempts) >= 2, 20, "two login attempts")
+        report = prober.stop()
+        assert report.ok, report.summary()
+
+
+def test_each_user_runs_their_own_release_link(world):
+    for user in world.users:
+        link = world.active_dir / user.os_user
+        assert os.readlink(link) == str(world.releases_dir / "0.0.24")
+        pid = world.systemctl_run("show", "-p", "MainPID", "--value", serve_unit_name(user.os_user)).stdout.strip()
+        exe_args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        assert any(str(link).encode() in a for a in exe_args), exe_args
+
+
+def test_users_have_populated_history(world):
+    for user in world.users:
+        with sqlite3.connect(world.database(user.os_user)) as conn:
+            assert conn.execute("select count(*) from projection_thread_messages").fetchone()[0] > 0
+            assert conn.execute("select max(migration_id) from effect_sql_migrations").fetchone()[0] == 30
+
+
+def test_list_units_shows_every_running_instance(world):
+    out = world.systemctl_run("list-units", "--type=service", "--state=running", "--no-legend", "--plain",
+                              "t3-serve@*").stdout
+    assert sorted(line.split()[0] for line in out.splitlines() if line.strip()) == sorted(
+        serve_unit_name(u.os_user) for u in world.users)
