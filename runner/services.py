@@ -1,0 +1,258 @@
+"""The users' `t3 serve` instances as systemd sees them: start, stop, restart, ask.
+
+Every systemctl command line is built by a pure `*_argv` function and run through
+`proc.run`. The only units this module ever names are `t3-serve@<os_user>.service`,
+built by `units.serve_unit_name` from a validated OS user: a unit name handed in is
+taken apart, its user validated, and the name rebuilt (anything else is refused),
+so nothing else ever reaches systemctl's command line.
+
+systemctl runs with `TZ=UTC`, so `ActiveEnterTimestamp` comes back as
+`Sat 2026-11-28 08:25:47 UTC` whatever the host's zone; any other shape is an error
+(fail closed: a caller that cannot tell when an instance started must not guess).
+
+`wait_serving` is the readiness check: it polls the instance's
+`/.well-known/t3/environment` every 50 ms until it answers 200 and returns the JSON;
+the moment `is_alive()` says the unit died it raises (a dead unit is a verdict, never
+something to keep polling).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import datetime, timezone
+from typing import Callable, Mapping
+
+import requests
+
+from . import proc
+from .units import serve_unit_name
+from .usermap import OS_USER_RE
+
+__all__ = [
+    "ServiceError", "NotServing", "Services", "unit_of", "user_of_unit",
+    "start_argv", "stop_argv", "restart_argv", "is_active_argv", "show_argv", "list_running_argv",
+    "systemctl_env", "parse_main_pid", "parse_timestamp", "parse_running_instances",
+    "environment_url", "wait_serving", "POLL_INTERVAL",
+]
+
+POLL_INTERVAL = 0.05
+SERVE_PATTERN = "t3-serve@*"
+_UNIT_RE = re.compile(r"t3-serve@(.*)\.service")
+_TIMESTAMP_RE = re.compile(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun) (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) UTC")
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+# systemctl is-active: 0 = active/reloading; 3 = not active (inactive, failed, activating, ...).
+_IS_ACTIVE_CODES = (0, 3)
+
+
+class ServiceError(RuntimeError):
+    """systemctl answered something this module cannot trust (or a bad unit/user was named)."""
+
+
+class NotServing(ServiceError):
+    """An instance did not become ready: it died, answered nonsense, or timed out."""
+
+
+# ------------------------------------------------------------------ names
+
+def _check_user(os_user: str) -> str:
+    if not isinstance(os_user, str) or not OS_USER_RE.fullmatch(os_user):
+        raise ServiceError(f"invalid OS user name {os_user!r} (must match {OS_USER_RE.pattern})")
+    return os_user
+
+
+def unit_of(os_user: str) -> str:
+    """`t3-serve@<os_user>.service` for a validated OS user."""
+    return serve_unit_name(_check_user(os_user))
+
+
+def user_of_unit(unit: str) -> str:
+    """The OS user of a `t3-serve@<os_user>.service` name; ServiceError for anything else."""
+    match = _UNIT_RE.fullmatch(unit) if isinstance(unit, str) else None
+    if match is None:
+        raise ServiceError(f"not a t3 serve unit: {unit!r} (expected t3-serve@<os_user>.service)")
+    return _check_user(match.group(1))
+
+
+def _unit(unit: str) -> str:
+    return unit_of(user_of_unit(unit))
+
+
+# ------------------------------------------------------------------ argv (pure)
+
+def start_argv(systemctl: str, unit: str) -> list[str]:
+    return [systemctl, "start", _unit(unit)]
+
+
+def stop_argv(systemctl: str, unit: str) -> list[str]:
+    return [systemctl, "stop", _unit(unit)]
+
+
+def restart_argv(systemctl: str, unit: str) -> list[str]:
+    return [systemctl, "restart", _unit(unit)]
+
+
+def is_active_argv(systemctl: str, unit: str) -> list[str]:
+    return [systemctl, "is-active", _unit(unit)]
+
+
+def show_argv(systemctl: str, unit: str, prop: str) -> list[str]:
+    if prop not in ("MainPID", "ActiveEnterTimestamp"):
+        raise ServiceError(f"property {prop!r} is not one this module reads")
+    return [systemctl, "show", "-p", prop, "--value", _unit(unit)]
+
+
+def list_running_argv(systemctl: str) -> list[str]:
+    return [systemctl, "list-units", "--type=service", "--state=running", "--no-legend", "--plain",
+            SERVE_PATTERN]
+
+
+def systemctl_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment with `TZ=UTC` (timestamps in UTC) and no pager."""
+    env = dict(os.environ if base is None else base)
+    env.update(TZ="UTC", SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
+    return env
+
+
+# ------------------------------------------------------------------ parsers (pure)
+
+def parse_main_pid(text: str) -> int | None:
+    """`show -p MainPID --value` output: a pid, or None for 0 (no main process)."""
+    value = text.strip()
+    if not re.fullmatch(r"[0-9]{1,10}", value):
+        raise ServiceError(f"unparseable MainPID {text!r}")
+    return int(value) or None
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """`Sat 2026-11-28 08:25:47 UTC` -> an aware UTC datetime; "" (never) -> None.
+
+    Anything else, a weekday that does not match the date included, raises ServiceError.
+    """
+    value = text.strip()
+    if not value:
+        return None
+    match = _TIMESTAMP_RE.fullmatch(value)
+    if match is None:
+        raise ServiceError(f"unparseable timestamp {text!r} (expected like 'Sat 2026-11-28 08:25:47 UTC')")
+    try:
+        moment = datetime.strptime(match.group(2), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise ServiceError(f"unparseable timestamp {text!r} (no such date or time)") from None
+    if _WEEKDAYS[moment.weekday()] != match.group(1):
+        raise ServiceError(f"unparseable timestamp {text!r} (weekday does not match the date)")
+    return moment
+
+
+def parse_running_instances(text: str) -> list[str]:
+    """OS users of the running `t3-serve@*` units in `list-units --plain --no-legend` output.
+
+    Each non-blank line must be `t3-serve@<user>.service loaded active running <description>`
+    with a valid user; any other line raises ServiceError (never silently skipped).
+    """
+    users = set()
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) < 4 or fields[1:4] != ["loaded", "active", "running"]:
+            raise ServiceError(f"unparseable list-units line {line!r}")
+        users.add(user_of_unit(fields[0]))
+    return sorted(users)
+
+
+# ------------------------------------------------------------------ the service manager
+
+class Services:
+    """The systemd units of the users' serve instances, through one systemctl program."""
+
+    def __init__(self, systemctl: str, *, timeout: float = 120.0, run=proc.run):
+        if not systemctl:
+            raise ValueError("Services: no systemctl program")
+        self.systemctl = str(systemctl)
+        self.timeout = timeout
+        self._run = run
+
+    def _call(self, argv: list[str], ok_codes=(0,)) -> proc.Completed:
+        return self._run(argv, env=systemctl_env(), timeout=self.timeout, ok_codes=ok_codes)
+
+    def start(self, unit: str) -> None:
+        self._call(start_argv(self.systemctl, unit))
+
+    def stop(self, unit: str) -> None:
+        self._call(stop_argv(self.systemctl, unit))
+
+    def restart(self, unit: str) -> None:
+        self._call(restart_argv(self.systemctl, unit))
+
+    def is_active(self, unit: str) -> bool:
+        done = self._call(is_active_argv(self.systemctl, unit), ok_codes=_IS_ACTIVE_CODES)
+        return done.exit_code == 0
+
+    def main_pid(self, unit: str) -> int | None:
+        return parse_main_pid(self._call(show_argv(self.systemctl, unit, "MainPID")).stdout)
+
+    def active_since(self, unit: str) -> datetime | None:
+        return parse_timestamp(self._call(show_argv(self.systemctl, unit, "ActiveEnterTimestamp")).stdout)
+
+    def running_instances(self) -> list[str]:
+        return parse_running_instances(self._call(list_running_argv(self.systemctl)).stdout)
+
+    def liveness(self, unit: str) -> Callable[[], bool]:
+        """An `is_alive` for `wait_serving`: the unit is active with the main process it has now.
+
+        A unit that went inactive, failed, is waiting to auto-restart, or came back with a
+        different main process (Restart=on-failure) counts as dead.
+        """
+        unit = _unit(unit)
+        pid = self.main_pid(unit)
+
+        def is_alive() -> bool:
+            return pid is not None and self.is_active(unit) and self.main_pid(unit) == pid
+
+        return is_alive
+
+
+# ------------------------------------------------------------------ readiness
+
+def environment_url(port: int) -> str:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"invalid port {port!r}")
+    return f"http://127.0.0.1:{port}/.well-known/t3/environment"
+
+
+def wait_serving(port: int, timeout: float, *, is_alive: Callable[[], bool],
+                 interval: float = POLL_INTERVAL) -> dict:
+    """Poll the instance on `port` until `/.well-known/t3/environment` answers 200; return its JSON.
+
+    Before every attempt `is_alive()` is asked: False raises NotServing at once. A 200
+    that is not a JSON object raises at once too. Connection errors and other statuses
+    are polled through until `timeout` seconds pass (then NotServing).
+    """
+    url = environment_url(port)
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    with requests.Session() as session:
+        session.trust_env = False  # loopback: never through a proxy from the environment
+        while True:
+            if not is_alive():
+                raise NotServing(f"the instance on port {port} died while waiting for it to serve ({last})")
+            remaining = deadline - time.monotonic()
+            try:
+                response = session.get(url, timeout=max(0.05, min(2.0, remaining)))
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        data = response.json()
+                    except ValueError:
+                        data = None
+                    if not isinstance(data, dict):
+                        raise NotServing(f"{url} answered 200 without a JSON object: {response.text[:200]!r}")
+                    return data
+                last = f"HTTP {response.status_code}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NotServing(f"the instance on port {port} did not serve within {timeout:g}s ({last})")
+            time.sleep(min(interval, remaining))
