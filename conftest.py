@@ -65,15 +65,21 @@ class _Guard:
             )
             if writing and path is not None and not self.allowed_path(path):
                 self.refuse(f"write to {path!r} outside the test root")
-        elif event in ("os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate", "os.utime"):
-            path = args[0]
-            dir_fd = args[-1] if event in ("os.remove", "os.rmdir", "os.mkdir") else None
-            if dir_fd in (None, -1) and not self.allowed_path(path):
+        elif event in ("os.remove", "os.rmdir", "os.mkdir"):
+            path = _at(args[0], args[-1])
+            if not self.allowed_path(path):
                 self.refuse(f"{event} on {path!r} outside the test root")
-        elif event in ("os.rename", "os.link", "os.symlink"):
-            for path in args[1:2]:
-                if not self.allowed_path(path):
-                    self.refuse(f"{event} to {path!r} outside the test root")
+        elif event in ("os.chmod", "os.chown", "os.truncate", "os.utime"):
+            if not self.allowed_path(args[0]):
+                self.refuse(f"{event} on {args[0]!r} outside the test root")
+        elif event in ("os.rename", "os.link"):
+            path = _at(args[1], args[3])
+            if not self.allowed_path(path):
+                self.refuse(f"{event} to {path!r} outside the test root")
+        elif event == "os.symlink":
+            path = _at(args[1], args[2])
+            if not self.allowed_path(path):
+                self.refuse(f"{event} at {path!r} outside the test root")
         elif event == "shutil.rmtree":
             if not self.allowed_path(args[0]):
                 self.refuse(f"rmtree of {args[0]!r} outside the test root")
@@ -99,6 +105,19 @@ class _Guard:
                 host = address[0]
                 if not _is_loopback(host):
                     self.refuse(f"network connection to {address!r} (loopback only)")
+
+
+def _at(path, dir_fd):
+    """A directory-relative path as the absolute path it names (through /proc/self/fd)."""
+    if isinstance(path, int) or not isinstance(dir_fd, int) or dir_fd < 0:
+        return path
+    text = os.fsdecode(path)
+    if os.path.isabs(text):
+        return text
+    try:
+        return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), text)
+    except OSError:
+        return path
 
 
 def _is_loopback(host: str) -> bool:

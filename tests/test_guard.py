@@ -14,7 +14,8 @@ ESCAPES = {
 
 def _run_inner(pytester, body):
     pytester.makeconftest((__import__("pathlib").Path(__file__).parents[1] / "conftest.py").read_text())
-    pytester.makepyfile(test_inner=textwrap.dedent(f"""
+    tests_dir = pytester.mkdir("tests")
+    (tests_dir / "test_inner.py").write_text(textwrap.dedent(f"""
         def test_escape():
             try:
                 {body}
@@ -44,3 +45,22 @@ def test_child_process_reaching_systemctl_by_path_is_trapped(pytester):
     result = _run_inner(pytester, "import subprocess; assert subprocess.run(['systemctl', 'status']).returncode == 97")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*real systemctl was reached*"])
+
+
+def test_gate_runs_outside_tests_dir_are_not_guarded(pytester):
+    """`pytest gates` on a live host must act on the real machine; only tests/ is guarded."""
+    pytester.makeconftest((__import__("pathlib").Path(__file__).parents[1] / "conftest.py").read_text())
+    gates_dir = pytester.mkdir("gates")
+    (gates_dir / "test_probe.py").write_text(
+        "import sys\ndef test_guard_is_off():\n    assert sys.modules['conftest'].GUARD.active is False\n")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "gates").assert_outcomes(passed=1)
+
+
+def test_directory_relative_writes_are_judged_by_their_directory(pytester):
+    """A dir_fd-relative rename into /etc is refused; one inside the root is allowed."""
+    body = ("import os, tempfile; d = tempfile.mkdtemp(); fd = os.open(d, os.O_RDONLY); "
+            "open(os.path.join(d, 'a'), 'w').close(); os.rename('a', 'b', src_dir_fd=fd, dst_dir_fd=fd); "
+            "etc = os.open('/etc', os.O_RDONLY); os.rename('b', 'probe', src_dir_fd=fd, dst_dir_fd=etc)")
+    result = _run_inner(pytester, body)
+    assert result.parseoutcomes().get("errors", 0) == 1
+    assert "/etc/probe" in result.stdout.str()
