@@ -126,3 +126,52 @@ def run(
     if done.exit_code not in ok_codes:
         raise CommandError(argv, done.exit_code, done.stdout, done.stderr)
     return done
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: str | os.PathLike,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    as_user: UserIds | None = None,
+):
+    """Start a long-lived process (a throwaway server) in its own session.
+
+    Output goes to log_path so a failure can quote it. Returns the Popen; stop it
+    with `terminate`.
+    """
+    import subprocess
+
+    argv = tuple(str(a) for a in argv)
+    log.debug("spawn: %s", format_argv(argv))
+    with open(log_path, "ab") as out:
+        try:
+            return subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None, cwd=cwd,
+                start_new_session=True, preexec_fn=_drop_privileges(as_user),
+            )
+        except OSError as exc:
+            raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc
+
+
+def terminate(popen, timeout: float = 10.0) -> int:
+    """SIGTERM the process group, SIGKILL after `timeout`; returns the exit code."""
+    import signal
+    import subprocess
+
+    if popen.poll() is None:
+        try:
+            os.killpg(popen.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            popen.wait(timeout)
+    return popen.returncode

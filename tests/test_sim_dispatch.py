@@ -557,3 +557,45 @@ def test_with_the_simulated_t3(tmp_path, version, profile, endpoint, literal_ok)
                 assert {(f.step, f.detail) for f in report.failures} == {
                     ("proxy", "status 302: re-paired, the session cookie was not accepted")}
             assert d.errors == []
+
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_restart_grace_rides_through_a_refused_upstream(tmp_path):
+    """A restarting instance (connection refused) is waited for within the grace;
+    without a grace the same moment is a 502."""
+    from tests.sim.dispatch import Dispatch
+    from tests.sim.world import wait_until
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "dispatch.json").write_text(json.dumps({"vbarzin": {"os_user": "wizard", "port": port}}))
+    headers = {"X-authentik-username": "vbarzin", "Cookie": "t3_session=x"}
+    with Dispatch(tmp_path / "dispatch.json", ["/bin/false"]) as strict:
+        assert requests.get(strict.url + "/", headers=headers, timeout=10).status_code == 502
+
+    with Dispatch(tmp_path / "dispatch.json", ["/bin/false"], restart_grace=20.0) as patient:
+        answers = []
+        client = threading.Thread(target=lambda: answers.append(
+            requests.get(patient.url + "/", headers=headers, timeout=30).status_code))
+        client.start()
+        wait_until(lambda: patient.refused_connects >= 2, 10, "the dispatch to meet a refused connection")
+        server = ThreadingHTTPServer(("127.0.0.1", port), _Ok)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            client.join(30)
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert answers == [200]

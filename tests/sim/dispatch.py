@@ -120,6 +120,7 @@ class Dispatch:
         mint_timeout: float = 30.0,
         upstream_host: str = "127.0.0.1",
         upstream_timeout: float = 30.0,
+        restart_grace: float = 0.0,
     ) -> None:
         self.dispatch_json = Path(dispatch_json)
         self.mint_command = [os.fspath(a) for a in mint_command]
@@ -129,6 +130,11 @@ class Dispatch:
         self.mint_timeout = mint_timeout
         self.upstream_host = upstream_host
         self.upstream_timeout = upstream_timeout
+        # Seconds to keep retrying a refused connection to an instance: a restart
+        # (~0.5 s) is not an outage, as for a proxy that retries upstream connects.
+        # Refusals only: an instance that answers with an error is never retried.
+        self.restart_grace = restart_grace
+        self.refused_connects = 0
         self.log: list[str] = []
         self.errors: list[str] = []  # unexpected handler exceptions (should stay empty)
         self._lock = threading.Lock()
@@ -307,7 +313,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _upstream(self, port: int) -> http.client.HTTPConnection:
         d = self.dispatch
-        return http.client.HTTPConnection(d.upstream_host, port, timeout=d.upstream_timeout)
+        deadline = time.monotonic() + d.restart_grace
+        pause = threading.Event()
+        while True:
+            conn = http.client.HTTPConnection(d.upstream_host, port, timeout=d.upstream_timeout)
+            try:
+                conn.connect()
+                return conn
+            except ConnectionRefusedError:
+                conn.close()
+                with d._lock:
+                    d.refused_connects += 1
+                if time.monotonic() >= deadline:
+                    raise
+                pause.wait(0.05)
 
     # -- the request -------------------------------------------------------------
     def _handle(self) -> None:
@@ -348,7 +367,10 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _alive(self, sso: str, os_user: str, port: int, cookie: str) -> bool:
-        conn = self._upstream(port)
+        try:
+            conn = self._upstream(port)
+        except OSError as exc:
+            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason={_one_line(exc)}") from None
         try:
             conn.request("GET", SESSION_PATH, headers={
                 "Cookie": f"{self.dispatch.cookie_name}={cookie}",
@@ -409,7 +431,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _proxy(self, sso: str, os_user: str, port: int, body: bytes) -> None:
         d = self.dispatch
         listed = {t.strip().lower() for v in self.headers.get_all("Connection") or [] for t in v.split(",")}
-        conn = self._upstream(port)
+        try:
+            conn = self._upstream(port)
+        except OSError as exc:
+            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}") from None
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             has_host = False

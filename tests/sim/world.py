@@ -77,6 +77,7 @@ class World:
         self.threads = threads
         self.messages_per_thread = messages_per_thread
         self.ports = {u.sso: free_port() for u in self.users}
+        self.dispatch_port = free_port()
         r = self.root
         self.etc = r / "etc"
         self.user_map = self.etc / "ttyd-user-map"
@@ -133,7 +134,9 @@ class World:
             self.systemctl_run("start", serve_unit_name(user.os_user))
         for user in self.users:
             self.wait_instance_ready(user.sso)
-        self.dispatch = Dispatch(self.dispatch_map, self.mint_command).start()
+        # restart_grace: a canary restart (~0.5 s) must not fail a login (see Dispatch).
+        self.dispatch = Dispatch(self.dispatch_map, self.mint_command, port=self.dispatch_port,
+                                 restart_grace=15.0).start()
         return self
 
     def _publish_catalogue(self) -> None:
@@ -160,12 +163,14 @@ class World:
         self.systemctl = install_systemctl(self.root / "sim", self.unit_dir)
 
     def _write_mint_helper(self) -> None:
-        """What the dispatch runs to mint: the user's OWN linked binary (design.md phase 6)."""
+        """What the dispatch runs to mint: the project's own `t3-autoupdate mint <os_user>`,
+        which runs the user's OWN linked binary as that user (design.md phase 6)."""
         helper = self.root / "sim" / "bin" / "t3-mint"
         helper.parent.mkdir(parents=True, exist_ok=True)
         helper.write_text(
             "#!/bin/sh\n"
-            f'exec "{self.active_dir}/$1/bin/t3" auth pairing create --base-dir "{self.home_root}/$1/.t3" --ttl 5m --json\n')
+            f'export T3_CONFIG="{self.config_path}" PYTHONPATH="{PROJECT_ROOT}"\n'
+            f'exec "{sys.executable}" -m runner.cli mint "$1"\n')
         helper.chmod(0o755)
         self.mint_command = [str(helper)]
 
@@ -175,9 +180,11 @@ class World:
             "backup_dest": self.backup_dest, "tmpdir": self.scratch, "freeze_file": self.freeze_file,
             "user_map": self.user_map, "dispatch_map": self.dispatch_map, "home_root": self.home_root,
             "bin_link": self.bin_link, "systemctl": self.systemctl, "npm": "npm",
+            "dispatch": f"http://127.0.0.1:{self.dispatch_port}",
         }
         lines = [f'{k} = "{v}"' for k, v in values.items()]
         self.config_path.write_text("# written by the simulated world\n" + "\n".join(lines) + "\n")
+        self.config_path.chmod(0o644)
 
     # ------------------------------------------------------------------ operations
     def npm_env(self) -> dict[str, str]:
@@ -185,8 +192,7 @@ class World:
 
     def runner_env(self, **overrides: str) -> dict[str, str]:
         """Environment for a real `t3-autoupdate` run against this world."""
-        env = {**self.npm_env(), "T3_CONFIG": str(self.config_path),
-               "T3_DISPATCH": self.dispatch.url if self.dispatch else "http://127.0.0.1:9"}
+        env = {**self.npm_env(), "T3_CONFIG": str(self.config_path), "PYTHONPATH": str(PROJECT_ROOT)}
         env.update(overrides)
         return env
 
@@ -237,6 +243,11 @@ class World:
 
     def prober(self, sso: str, interval: float = 0.5) -> LoginProber:
         return LoginProber(self.dispatch.url, sso, interval=interval)
+
+    def run_tracker(self, *args: str, timeout: float = 600, **env: str) -> proc.Completed:
+        """A real `t3-autoupdate` process against this world; any exit code is returned."""
+        return proc.run([sys.executable, "-m", "runner.cli", *args], env=self.runner_env(**env), cwd=self.root,
+                        timeout=timeout, ok_codes=range(256))
 
     def stop(self) -> None:
         if self.dispatch is not None:

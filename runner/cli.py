@@ -1,0 +1,208 @@
+"""`t3-autoupdate`: the timer's job and the runbook's operations as commands.
+
+Exit codes: 0 done or nothing to do; 1 an expected failure, handled (a gate
+failed, the run was refused, another run holds the lock); 2 bad usage or
+config; 3 a bug (traceback kept in the state dir's runs/).
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+from .events import EventLog
+
+OK, FAILED, USAGE, BUG = 0, 1, 2, 3
+
+
+def cmd_run(cfg: Config, args, events: EventLog) -> int:
+    from .context import RunContext
+    from .tracker import tracker_run
+
+    if cfg.dry_run:
+        return cmd_dry_run(cfg, args, events)
+    return tracker_run(RunContext.build(cfg, events=events))
+
+
+def cmd_dry_run(cfg: Config, args, events: EventLog) -> int:
+    from .context import RunContext
+    from .dryrun import dry_run
+
+    return dry_run(RunContext.build(cfg, events=events), stdout=sys.stdout)
+
+
+def cmd_freeze(cfg: Config, args, events: EventLog) -> int:
+    from .state import write_freeze
+
+    who = os.environ.get("SUDO_USER") or getpass.getuser()
+    freeze = write_freeze(cfg.freeze_file, args.reason, by=who)
+    events("FROZEN", reason=freeze.reason, by=freeze.by, at=freeze.at, freeze_file=str(cfg.freeze_file))
+    return OK
+
+
+def cmd_unfreeze(cfg: Config, args, events: EventLog) -> int:
+    try:
+        Path(cfg.freeze_file).unlink()
+    except FileNotFoundError:
+        print(f"not frozen ({cfg.freeze_file} does not exist)")
+        return OK
+    events("UNFROZEN", freeze_file=str(cfg.freeze_file))
+    return OK
+
+
+def cmd_status(cfg: Config, args, events: EventLog) -> int:
+    from .status import collect_status, format_status
+
+    status = collect_status(cfg)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return OK
+
+
+def cmd_verify(cfg: Config, args, events: EventLog) -> int:
+    from .gaterun import run_gate
+    from .state import new_run_id
+
+    run_dir = cfg.runs_dir / f"verify-{new_run_id()}"
+    options = {"--dispatch": cfg.dispatch, "--dispatch-map": str(cfg.dispatch_map), "--user-map": str(cfg.user_map),
+               "--active-dir": str(cfg.active_dir), "--cookie-name": cfg.cookie_name}
+    if args.users:
+        options["--users"] = args.users
+    result = run_gate("canary", run_dir=run_dir, options=options, timeout=cfg.gate_timeout)
+    events("VERIFY " + ("PASSED" if result.passed else "FAILED"), tests=result.tests,
+           reason=None if result.passed else result.reason(), report=str(result.report))
+    return OK if result.passed else FAILED
+
+
+def cmd_config_check(cfg: Config, args, events: EventLog) -> int:
+    for line in cfg.check_lines():
+        print(line)
+    return OK
+
+
+def cmd_mint(cfg: Config, args, events: EventLog) -> int:
+    from .mint import mint_main
+
+    return mint_main(cfg, args.os_user, sys.stdout)
+
+
+def cmd_quarantine(cfg: Config, args, events: EventLog) -> int:
+    from . import quarantine
+    from .versions import validate_version
+
+    if args.clear:
+        version = validate_version(args.clear, "quarantine --clear")
+        if quarantine.clear_quarantine(cfg.quarantine_dir, version):
+            events("QUARANTINE CLEARED", version=version)
+            return OK
+        print(f"{version} is not quarantined", file=sys.stderr)
+        return FAILED
+    for version in sorted(quarantine.quarantined_versions(cfg.quarantine_dir)):
+        record = quarantine.read_quarantine(cfg.quarantine_dir, version) or {}
+        print(f"{version}\t{record.get('when', '?')}\t{record.get('reason', '?')}\t{record.get('report_path') or '-'}")
+    return OK
+
+
+def cmd_drain(cfg: Config, args, events: EventLog) -> int:
+    from .context import RunContext
+    from .drain import drain_deferred
+
+    return drain_deferred(RunContext.build(cfg, events=events))
+
+
+def cmd_rollback(cfg: Config, args, events: EventLog) -> int:
+    from .context import RunContext
+    from .manual import manual_rollback
+
+    return manual_rollback(RunContext.build(cfg, events=events), to_version=args.to)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t3-autoupdate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="one gated tracker run (the default; what the timer runs)").set_defaults(func=cmd_run)
+    sub.add_parser("dry-run", help="resolve, stage in a temp prefix, health gate; change nothing").set_defaults(
+        func=cmd_dry_run)
+    p = sub.add_parser("freeze", help="hold the current build until unfrozen")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_freeze)
+    sub.add_parser("unfreeze", help="resume tracking").set_defaults(func=cmd_unfreeze)
+    p = sub.add_parser("status", help="versions, links, running builds, deferrals, freeze, quarantine")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("verify", help="run the canary gate for every user (or --users a,b)")
+    p.add_argument("--users", default=None)
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("config", help="config check: print the effective config")
+    p.add_argument("action", choices=["check"])
+    p.set_defaults(func=cmd_config_check)
+    p = sub.add_parser("mint", help="mint a pairing credential for OS_USER with their own linked build")
+    p.add_argument("os_user")
+    p.set_defaults(func=cmd_mint)
+    p = sub.add_parser("quarantine", help="list quarantined builds, or --clear VERSION")
+    p.add_argument("--clear", metavar="VERSION")
+    p.set_defaults(func=cmd_quarantine)
+    sub.add_parser("drain-deferred", help="restart deferred users who are idle now").set_defaults(func=cmd_drain)
+    p = sub.add_parser("rollback", help="manual rollback to last-good (or --to VERSION) with database restore")
+    p.add_argument("--to", default=None)
+    p.set_defaults(func=cmd_rollback)
+    return parser
+
+
+def _record_crash(cfg: Config | None) -> str:
+    text = traceback.format_exc()
+    if cfg is None:
+        return "(no config: traceback on stderr)"
+    try:
+        from .state import atomic_write, new_run_id
+
+        path = cfg.runs_dir / f"crash-{new_run_id()}.txt"
+        atomic_write(path, text, mode=0o600)
+        return str(path)
+    except OSError:
+        return "(could not write traceback)"
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args.func, args.command = cmd_run, "run"
+    events = EventLog()
+    try:
+        cfg = load_config()
+    except ConfigError as exc:
+        print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
+        return USAGE
+    if args.command == "config":
+        pass
+    elif getattr(cfg, "warnings", None):
+        for warning in cfg.warnings:
+            print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
+    from .state import LockBusy
+    from .tracker import RunRefused
+    from .versions import VersionError
+
+    try:
+        return args.func(cfg, args, events)
+    except LockBusy as exc:
+        events("LOCKED", reason=str(exc))
+        return FAILED
+    except RunRefused as exc:
+        events("REFUSED", reason=str(exc))
+        return FAILED
+    except VersionError as exc:
+        print(f"t3-autoupdate: {exc}", file=sys.stderr)
+        return USAGE
+    except Exception as exc:  # noqa: BLE001 - exit 3 with the traceback kept for a person
+        where = _record_crash(cfg)
+        events("CRASHED", command=args.command, error=f"{type(exc).__name__}: {exc}", traceback=where)
+        return BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

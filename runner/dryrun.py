@@ -1,0 +1,55 @@
+"""`t3-autoupdate dry-run` (or T3_DRY_RUN=1): preview the tracked build without
+changing anything: resolve, stage into a temporary prefix, run the health gate
+on a fresh online copy of a user's database, print PASS or FAIL with the report.
+No backup, no quarantine, no link, no restart."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import backup, resolve
+from .context import RunContext
+from .stage import StageError, stage_release
+from .state import new_run_id
+
+
+def dry_run(ctx: RunContext, *, stdout) -> int:
+    cfg, events = ctx.cfg, ctx.events
+    installed = (cfg.last_good_path.read_text().strip() if cfg.last_good_path.exists() else None)
+    try:
+        target = None if cfg.pin else resolve.resolve_target(cfg.npm, cfg.package, cfg.track, env=ctx.env,
+                                                             scratch_dir=Path(cfg.tmpdir))
+    except resolve.ResolveError as exc:
+        events("RESOLVE FAILED", track=cfg.track, reason=str(exc))
+        return 1
+    version = cfg.pin or target.version
+    decision = resolve.decide(target, installed=installed, track=cfg.track, pin=cfg.pin, quarantined=set(),
+                              min_age=cfg.min_age, now=ctx.now())
+    ctx.run_id = "dry-run-" + new_run_id(ctx.now())
+    ctx.run_dir = cfg.runs_dir / ctx.run_id
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="t3-dry-run-", dir=cfg.tmpdir))
+    try:
+        seeds = []
+        for os_user in cfg.os_users:
+            seeds += backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), work / "seeds", version,
+                                                  sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout, keep=1)
+        try:
+            staged = stage_release(cfg.npm, cfg.package, version, work / "releases", env=ctx.env)
+        except StageError as exc:
+            print(f"DRY-RUN FAIL {version}: staging failed: {exc}", file=stdout)
+            return 1
+        from .tracker import largest_state_backup, run_health_gate
+
+        seed = largest_state_backup({"all": seeds})
+        if seed is None:
+            print(f"DRY-RUN FAIL {version}: no populated database to seed the health gate", file=stdout)
+            return 1
+        gate = run_health_gate(ctx, staged, seed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    verdict = "PASS" if gate.passed else "FAIL"
+    note = f" (a real run would hold: {decision.reason})" if decision.action != "install" else ""
+    print(f"DRY-RUN {verdict} {version}{note}: {gate.reason()} report={gate.report}", file=stdout)
+    return 0 if gate.passed else 1

@@ -1,0 +1,46 @@
+"""`t3-autoupdate rollback [--to VERSION]`: the runbook's manual rollback, safely.
+
+For a problem found after a bump the gates let through: freeze first, then for
+each user not on the target build, stop, relink, restore the backup taken
+before they were bumped (kept-aside copies of the replaced databases keep every
+row written since), start. The operators' `t3` link and last-good follow.
+"""
+from __future__ import annotations
+
+from . import activate
+from .context import RunContext
+from .rollout import roll_back_users
+from .state import RunLock, atomic_write, read_text_or_none, write_freeze
+from .versions import validate_version
+
+
+def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
+    cfg, events = ctx.cfg, ctx.events
+    target = validate_version(to_version, "--to") if to_version else read_text_or_none(cfg.last_good_path)
+    if not target or not (cfg.release_dir(target) / "bin" / "t3").exists():
+        events("ROLLBACK FAILED", reason=f"no installed release for {target or '(no last-good)'}")
+        return 1
+    with RunLock(cfg.lock_path):
+        write_freeze(cfg.freeze_file, f"manual rollback to {target}", by="t3-autoupdate rollback")
+        events("FROZEN", reason=f"manual rollback to {target}", freeze_file=str(cfg.freeze_file))
+        failed_all = []
+        by_version: dict[str, list[str]] = {}
+        for os_user in cfg.os_users:
+            current = activate.release_of_link(cfg.active_link(os_user))
+            if current and current != target:
+                by_version.setdefault(current, []).append(os_user)
+        for version, users in by_version.items():
+            from . import backup
+
+            taken = {}
+            for os_user in users:
+                record = backup.latest_backup(cfg.backup_dest, os_user, "state.sqlite", version=version)
+                taken[os_user] = {record.db_name: str(record.path)} if record else {}
+            failed_all += roll_back_users(ctx, users, good_release=cfg.release_dir(target),
+                                          failed_version=version, backups=taken)
+        atomic_write(cfg.last_good_path, target + "\n")
+        activate.point_bin_link(cfg.bin_link, cfg.release_dir(target))
+        if failed_all:
+            return 1
+        events("ROLLED BACK", to=target, users=",".join(u for us in by_version.values() for u in us) or "-")
+        return 0

@@ -1,0 +1,46 @@
+"""Phase 0: a run that finds an unfinished journal finishes or undoes that run first.
+
+Before the canary nothing a user runs was touched, so the stage is discarded.
+During the canary some users may already be on the new build: they are put
+back on last-good with their pre-bump databases (replaced files are kept
+aside, so no row is lost), and the next decision starts from a clean state.
+A run that died while committing is finished: every user already passed.
+"""
+from __future__ import annotations
+
+from . import activate, release
+from .context import RunContext
+from .journal import clear_journal, load_journal
+from .rollout import roll_back_users
+from .state import write_freeze
+
+
+def recover_unfinished_run(ctx: RunContext) -> None:
+    cfg, events = ctx.cfg, ctx.events
+    journal = load_journal(cfg.journal_path)
+    if journal is None:
+        return
+    if journal.phase == "commit":
+        from .tracker import commit
+
+        commit(ctx, journal)
+        events("RECOVERED", run=journal.run_id, phase=journal.phase, action="finished")
+        return
+    if journal.phase == "canary" and journal.moving:
+        good = journal.from_version
+        failed = roll_back_users(ctx, list(journal.moving), good_release=cfg.release_dir(good),
+                                 failed_version=journal.version, backups=journal.backups)
+        if failed:
+            reason = f"recovery of run {journal.run_id} could not roll back {','.join(failed)}"
+            write_freeze(cfg.freeze_file, reason, by="t3-autoupdate recovery")
+            events("FROZEN", reason=reason, freeze_file=str(cfg.freeze_file))
+        action = "rolled back " + ",".join(journal.moving)
+    else:
+        action = "discarded stage"
+    if journal.release is not None or journal.phase in ("stage", "health", "canary"):
+        in_use = {activate.release_of_link(cfg.active_link(u)) for u in cfg.os_users}
+        if journal.version not in in_use:
+            release.remove_release(cfg.releases_dir, journal.version)
+    release.clean_staging(cfg.releases_dir)
+    clear_journal(cfg.journal_path)
+    events("RECOVERED", run=journal.run_id, phase=journal.phase, action=action)

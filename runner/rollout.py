@@ -1,0 +1,143 @@
+"""Phases 6 and 7: move users one at a time through the canary, and undo on failure.
+
+Each user's serve and mint run that user's own release link, and the link moves
+only when that user is restarted, so a running server and its mints always
+agree on the build. Busy users are deferred, never killed. On the first canary
+failure every user moved in this run goes back to last-good *with* their
+databases restored from the pre-bump backup (an older binary on a migrated
+database breaks the next login: the 2026-06-09 failure).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import activate, activity, backup
+from .context import RunContext
+from .gaterun import run_gate
+from .journal import Journal
+from .mint import maintenance_marker
+from .state import atomic_write
+from .services import unit_of, wait_serving
+
+
+@dataclass
+class RolloutResult:
+    moved: list[str] = field(default_factory=list)
+    deferred: dict[str, str] = field(default_factory=dict)
+    failed_user: str | None = None
+    failure: str = ""
+    reports: list[str] = field(default_factory=list)
+
+
+def canary_options(ctx: RunContext, version: str) -> dict[str, str]:
+    cfg = ctx.cfg
+    return {"--dispatch": cfg.dispatch, "--dispatch-map": str(cfg.dispatch_map), "--user-map": str(cfg.user_map),
+            "--active-dir": str(cfg.active_dir), "--cookie-name": cfg.cookie_name, "--canary-version": version}
+
+
+def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int) -> dict:
+    """Stop, switch the link, start: the link never moves under a running server, so no
+    mint of the new build can migrate the database under the old one (2026-06-09)."""
+    unit = unit_of(os_user)
+    ctx.services.stop(unit)
+    activate.point_user(ctx.cfg.active_dir, os_user, release_dir)
+    ctx.services.start(unit)
+    return wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+
+
+def busy_reason(ctx: RunContext, os_user: str) -> str | None:
+    """Why this user must not be restarted now, or None when idle. Unjudgeable counts as busy."""
+    try:
+        owner = activity.owner_of(ctx.cfg.home_dir(os_user))
+    except Exception as exc:  # noqa: BLE001 - fail closed: a user we cannot judge is not restarted
+        return f"cannot judge activity: {exc}"
+    busy, reason = activity.assess(ctx.cfg.userdata_dir(os_user) / "state.sqlite", sqlite3=ctx.cfg.sqlite3,
+                                   as_user=owner, now=ctx.now(), quiet_seconds=ctx.cfg.busy_quiet)
+    return reason if busy else None
+
+
+def roll_out(ctx: RunContext, journal: Journal, release_dir: Path) -> RolloutResult:
+    cfg, events = ctx.cfg, ctx.events
+    result = RolloutResult()
+    ports = ctx.ports()
+    running = set(ctx.services.running_instances())
+    for os_user in cfg.os_users:
+        if os_user not in running:
+            activate.mark_deferred(cfg.deferred_dir, os_user, version=journal.version, reason="not running")
+            result.deferred[os_user] = "not running"
+            events("DEFERRED", user=os_user, version=journal.version, reason="not running")
+            continue
+        reason = busy_reason(ctx, os_user)
+        if reason:
+            activate.mark_deferred(cfg.deferred_dir, os_user, version=journal.version, reason=reason)
+            result.deferred[os_user] = reason
+            events("DEFERRED", user=os_user, version=journal.version, reason=reason)
+            continue
+        journal.moving.append(os_user)
+        journal.save(cfg.journal_path)  # recorded before the link moves: a crash here is undone
+        failure = None
+        try:
+            move_and_restart(ctx, os_user, release_dir, ports[os_user])
+        except Exception as exc:  # noqa: BLE001 - any doubt is a failure
+            failure = f"instance did not come back: {exc}"
+        if failure is None:
+            options = {**canary_options(ctx, journal.version), "--users": ",".join(ctx.sso_names(os_user))}
+            gate = run_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env,
+                            timeout=cfg.gate_timeout, label=f"canary-{os_user}")
+            result.reports.append(str(gate.report))
+            if not gate.passed:
+                failure = f"canary gate failed: {gate.reason()}"
+        if failure:
+            result.failed_user, result.failure = os_user, failure
+            events("CANARY FAILED", user=os_user, version=journal.version, reason=failure)
+            return result
+        journal.passed.append(os_user)
+        journal.save(cfg.journal_path)
+        activate.clear_deferred(cfg.deferred_dir, os_user)
+        result.moved.append(os_user)
+        events("CANARY PASSED", user=os_user, version=journal.version)
+    return result
+
+
+def restore_databases(ctx: RunContext, os_user: str, failed_version: str, taken: dict[str, str]) -> None:
+    """Restore every database backed up for this bump; set aside any the new build created."""
+    cfg, events = ctx.cfg, ctx.events
+    userdata = cfg.userdata_dir(os_user)
+    for db_name, path in sorted(taken.items()):
+        record = backup.latest_backup(cfg.backup_dest, os_user, db_name, version=failed_version)
+        if record is None or str(record.path) != path:
+            raise backup.BackupError(f"{os_user}: the pre-bump backup {path} is no longer the newest backup "
+                                     f"of {db_name} for {failed_version}; refusing to guess")
+        report = backup.restore_user_database(record, userdata, cfg.backup_dest, failed_version=failed_version,
+                                              sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout)
+        events("RESTORED", user=os_user, database=db_name, backup=path, kept_aside=str(report.kept_aside),
+               rows_since_backup=report.rows_since_backup)
+    for db_name in backup.find_user_databases(userdata):
+        if db_name not in taken:  # e.g. a statev2.sqlite the failed build created
+            backup.set_aside_database(os_user, userdata, cfg.backup_dest, db_name, failed_version=failed_version,
+                                      sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout)
+            events("SET ASIDE", user=os_user, database=db_name, version=failed_version)
+
+
+def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, failed_version: str,
+                    backups: dict[str, dict[str, str]]) -> list[str]:
+    """Put each user back on last-good with their pre-bump databases; returns the users that failed."""
+    cfg, events = ctx.cfg, ctx.events
+    ports = ctx.ports()
+    failed = []
+    for os_user in reversed(users):
+        unit = unit_of(os_user)
+        marker = maintenance_marker(cfg, os_user)
+        try:
+            atomic_write(marker, f"restoring for {failed_version}\n")
+            ctx.services.stop(unit)
+            activate.point_user(cfg.active_dir, os_user, good_release)
+            restore_databases(ctx, os_user, failed_version, backups.get(os_user, {}))
+            marker.unlink()
+            ctx.services.start(unit)
+            wait_serving(ports[os_user], cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+        except Exception as exc:  # noqa: BLE001 - keep rolling back the others, then report loudly
+            failed.append(os_user)
+            events("ROLLBACK FAILED", user=os_user, version=failed_version, reason=str(exc))
+    return failed

@@ -1,0 +1,71 @@
+"""`t3-autoupdate status`: what runs where, and what needs a person.
+
+Stale servers are visible here: a running instance whose serverVersion differs
+from its release link (never restarted, deferred, or updated itself over the
+API) is a finding, not something to ignore.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import requests
+
+from . import activate, quarantine
+from .journal import JournalError, load_journal
+from .state import read_freeze, read_text_or_none
+
+
+def _server_version(port: int | None) -> str | None:
+    if port is None:
+        return None
+    try:
+        response = requests.get(f"http://127.0.0.1:{port}/.well-known/t3/environment", timeout=2)
+        return response.json().get("serverVersion") if response.status_code == 200 else None
+    except (requests.RequestException, ValueError, AttributeError):
+        return None
+
+
+def collect_status(cfg) -> dict:
+    freeze = read_freeze(cfg.freeze_file)
+    try:
+        ports = {str(e["os_user"]): int(e["port"]) for e in json.loads(Path(cfg.dispatch_map).read_text()).values()}
+    except (OSError, ValueError, KeyError, TypeError):
+        ports = {}
+    deferred = activate.deferred_users(cfg.deferred_dir)
+    users = {}
+    for os_user in cfg.os_users:
+        linked = activate.release_of_link(cfg.active_link(os_user))
+        running = _server_version(ports.get(os_user))
+        users[os_user] = {"link": linked, "serving": running, "stale": bool(running and linked and running != linked),
+                          "deferred": deferred.get(os_user)}
+    try:
+        journal = load_journal(cfg.journal_path)
+        unfinished = journal.__dict__ if journal else None
+    except JournalError as exc:
+        unfinished = {"error": str(exc)}
+    return {
+        "last_good": read_text_or_none(cfg.last_good_path),
+        "frozen": freeze.__dict__ if freeze else None,
+        "quarantined": sorted(quarantine.quarantined_versions(cfg.quarantine_dir)),
+        "unfinished_run": unfinished,
+        "users": users,
+    }
+
+
+def format_status(status: dict) -> str:
+    lines = [f"last-good: {status['last_good'] or '(none)'}"]
+    frozen = status["frozen"]
+    lines.append(f"frozen: {'yes: ' + frozen['reason'] if frozen else 'no'}")
+    lines.append(f"quarantined: {', '.join(status['quarantined']) or 'none'}")
+    if status["unfinished_run"]:
+        lines.append(f"unfinished run: {status['unfinished_run']}")
+    for user, info in sorted(status["users"].items()):
+        flags = []
+        if info["stale"]:
+            flags.append("STALE: serving differs from link")
+        if info["deferred"]:
+            flags.append(f"deferred: {info['deferred']}")
+        lines.append(f"  {user}: link={info['link'] or '-'} serving={info['serving'] or 'down'}"
+                     + (f"  [{'; '.join(flags)}]" if flags else ""))
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""One tracker run, phase by phase (design.md "Phases of one run").
+
+Every way out ends in a known-good state: the previous build active, each
+touched user's databases restored, and after a canary failure the tracker
+frozen until a person looks. Exit codes: 0 done or nothing to do, 1 a gate
+failed (or the run was refused) and was handled; 2 and 3 are the CLI's.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from . import activate, backup, release, resolve
+from .context import RunContext
+from .gaterun import run_gate
+from .journal import Journal, clear_journal, load_journal
+from .recover import recover_unfinished_run
+from .rollout import roll_back_users, roll_out
+from .state import RunLock, atomic_json, atomic_write, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
+
+
+class RunRefused(Exception):
+    """Stopped before touching anything a user runs (exit 1)."""
+
+
+def health_options(ctx: RunContext, staged, seed: Path, scratch: Path) -> dict[str, str]:
+    cfg = ctx.cfg
+    return {"--t3-bin": str(staged.bin), "--expect-version": staged.version, "--seed-db": str(seed),
+            "--scratch": str(scratch), "--serve-host": cfg.serve_host, "--smoke-port": str(cfg.smoke_port),
+            "--ready-timeout": str(cfg.ready_timeout), "--cookie-name": cfg.cookie_name}
+
+
+def largest_state_backup(records: dict[str, list]) -> Path | None:
+    """The richest history makes the best seed for the migration check."""
+    states = [r for rs in records.values() for r in rs if r.db_name == "state.sqlite"]
+    return max(states, key=lambda r: r.bytes).path if states else None
+
+
+def installed_version(ctx: RunContext) -> str | None:
+    return read_text_or_none(ctx.cfg.last_good_path)
+
+
+def start_run_dir(ctx: RunContext) -> None:
+    ctx.run_id = new_run_id(ctx.now())
+    ctx.run_dir = ctx.cfg.runs_dir / ctx.run_id
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    ctx.events.also_to(ctx.run_dir / "events.log")
+
+
+def write_summary(ctx: RunContext, **fields) -> None:
+    if ctx.run_dir is None:
+        return
+    summary = {"run_id": ctx.run_id, "finished_at": iso(ctx.now()), **ctx.outcome, **fields}
+    atomic_json(ctx.run_dir / "summary.json", summary)
+
+
+def choose_target(ctx: RunContext, installed: str | None):
+    cfg = ctx.cfg
+    # A pin needs no registry answer: it names the version itself.
+    target = None if cfg.pin else resolve.resolve_target(cfg.npm, cfg.package, cfg.track, env=ctx.env,
+                                                           scratch_dir=Path(cfg.tmpdir))
+    decision = resolve.decide(target, installed=installed, track=cfg.track, pin=cfg.pin,
+                              quarantined=release.quarantined_versions(cfg.quarantine_dir),
+                              min_age=cfg.min_age, now=ctx.now())
+    return target, decision
+
+
+def back_up_everyone(ctx: RunContext, version: str) -> dict[str, list]:
+    cfg = ctx.cfg
+    records = {}
+    for os_user in cfg.os_users:
+        userdata = cfg.userdata_dir(os_user)
+        records[os_user] = backup.backup_user_databases(
+            os_user, userdata, cfg.backup_dest, version, sqlite3=cfg.sqlite3,
+            timeout=cfg.backup_timeout, keep=cfg.keep_backups)
+        for record in records[os_user]:
+            ctx.events("BACKED UP", user=os_user, database=record.db_name, path=str(record.path), bytes=record.bytes)
+    return records
+
+
+def run_health_gate(ctx: RunContext, staged, seed: Path):
+    scratch = Path(ctx.cfg.tmpdir) / f"t3-health-{ctx.run_id}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        return run_gate("health", run_dir=ctx.run_dir, options=health_options(ctx, staged, seed, scratch),
+                        env=ctx.env, timeout=ctx.cfg.gate_timeout)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def tracker_run(ctx: RunContext) -> int:
+    cfg, events = ctx.cfg, ctx.events
+    with RunLock(cfg.lock_path):
+        recover_unfinished_run(ctx)
+        freeze = read_freeze(cfg.freeze_file)
+        if freeze is not None:
+            events("FROZEN", reason=freeze.reason, by=freeze.by or None, at=freeze.at or None,
+                   freeze_file=str(cfg.freeze_file))
+            return 0
+        installed = installed_version(ctx)
+        if installed is None:
+            raise RunRefused(f"no last-good version at {cfg.last_good_path}: nothing to roll back to, "
+                             "so no gated bump can start")
+        try:
+            target, decision = choose_target(ctx, installed)
+        except resolve.ResolveError as exc:
+            events("RESOLVE FAILED", track=cfg.track, reason=str(exc))
+            return 1
+        if decision.action != "install":
+            events("HOLD", installed=installed, candidate=target.version if target else cfg.pin,
+                   code=decision.code, reason=decision.reason)
+            return 0
+        version = decision.version
+        start_run_dir(ctx)
+        ctx.outcome.update({"from": installed, "to": version, "decision": decision.code})
+        events("UPDATE START", run=ctx.run_id, installed=installed, target=version, reason=decision.reason)
+        journal = Journal(run_id=ctx.run_id, version=version, from_version=installed)
+        return bump(ctx, journal)
+
+
+def bump(ctx: RunContext, journal: Journal) -> int:
+    cfg, events = ctx.cfg, ctx.events
+    version = journal.version
+    journal.enter(cfg.journal_path, "backup")
+    try:
+        records = back_up_everyone(ctx, version)
+    except backup.BackupError as exc:
+        events("BACKUP FAILED", version=version, reason=str(exc))
+        clear_journal(cfg.journal_path)
+        write_summary(ctx, result="backup-failed", reason=str(exc))
+        return 1
+    journal.backups = {u: {r.db_name: str(r.path) for r in rs} for u, rs in records.items()}
+    ctx.outcome["backups"] = journal.backups
+    journal.enter(cfg.journal_path, "stage")
+    try:
+        staged = release.stage_release(cfg.npm, cfg.package, version, cfg.releases_dir, env=ctx.env)
+    except release.StageError as exc:
+        events("STAGE FAILED", version=version, reason=str(exc))
+        clear_journal(cfg.journal_path)
+        write_summary(ctx, result="stage-failed", reason=str(exc))
+        return 1
+    journal.release = str(staged.prefix)
+    journal.enter(cfg.journal_path, "health")
+    seed = largest_state_backup(records)
+    if seed is None:
+        gate_failure, report = "no populated database to seed the health gate", None
+    else:
+        gate = run_health_gate(ctx, staged, seed)
+        gate_failure, report = (None if gate.passed else gate.reason()), gate.report
+        ctx.outcome["health_report"] = str(gate.report)
+    if gate_failure:
+        release.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
+                                 report_path=str(report) if report else None, run_id=ctx.run_id)
+        release.remove_release(cfg.releases_dir, version)
+        clear_journal(cfg.journal_path)
+        events("HEALTH-CHECK FAILED", version=version, reason=gate_failure, report=str(report) if report else None)
+        write_summary(ctx, result="health-check-failed", reason=gate_failure)
+        return 1
+    events("HEALTH-CHECK PASSED", version=version, report=str(report))
+    journal.enter(cfg.journal_path, "canary")
+    result = roll_out(ctx, journal, staged.prefix)
+    ctx.outcome.update({"moved": result.moved, "deferred": result.deferred, "canary_reports": result.reports})
+    if result.failed_user:
+        return fail_canary(ctx, journal, result)
+    journal.enter(cfg.journal_path, "commit")
+    commit(ctx, journal)
+    return 0
+
+
+def fail_canary(ctx: RunContext, journal: Journal, result) -> int:
+    cfg, events = ctx.cfg, ctx.events
+    good = journal.from_version
+    users = list(journal.moving)
+    failed = roll_back_users(ctx, users, good_release=cfg.release_dir(good), failed_version=journal.version,
+                             backups=journal.backups)
+    reason = f"canary failed for {result.failed_user} on {journal.version}: {result.failure}"
+    write_freeze(cfg.freeze_file, reason, by=f"t3-autoupdate run {ctx.run_id}")
+    release.quarantine_build(cfg.quarantine_dir, journal.version, reason=reason,
+                             report_path=result.reports[-1] if result.reports else None, run_id=ctx.run_id)
+    clear_journal(cfg.journal_path)
+    if failed:
+        events("ROLLBACK FAILED", version=journal.version, users=",".join(failed), reason=reason)
+        write_summary(ctx, result="rollback-failed", reason=reason, rolled_back=users, rollback_failed=failed)
+        return 1
+    events("ROLLED BACK", version=journal.version, to=good, users=",".join(users), reason=reason)
+    events("FROZEN", reason=reason, freeze_file=str(cfg.freeze_file))
+    write_summary(ctx, result="rolled-back", reason=reason, rolled_back=users)
+    return 1
+
+
+def commit(ctx: RunContext, journal: Journal) -> None:
+    cfg = ctx.cfg
+    release_dir = Path(journal.release)
+    atomic_write(cfg.last_good_path, journal.version + "\n")
+    activate.point_bin_link(cfg.bin_link, release_dir)
+    write_summary(ctx, result="updated", per_user={u: "updated" for u in journal.passed} | {
+        u: f"deferred: {r}" for u, r in ctx.outcome.get("deferred", {}).items()})
+    clear_journal(cfg.journal_path)
+    ctx.events("update complete", version=journal.version, previous=journal.from_version,
+               users=",".join(journal.passed) or "-", deferred=",".join(ctx.outcome.get("deferred", {})) or None)
