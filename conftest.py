@@ -85,6 +85,10 @@ class _Guard:
                 self.refuse(f"rmtree of {args[0]!r} outside the test root")
         elif event == "sqlite3.connect":
             database = args[0]
+            if isinstance(database, str) and database.startswith("file:"):  # a URI: judge its path
+                from urllib.parse import unquote, urlsplit
+
+                database = unquote(urlsplit(database).path) or ":memory:"
             if not self.allowed_path(database):
                 self.refuse(f"sqlite3 open of {database!r} outside the test root")
         elif event in ("subprocess.Popen", "os.exec", "os.posix_spawn"):

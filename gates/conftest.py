@@ -32,6 +32,7 @@ OPTIONS = [
     ("--user-map", "user_map", "sso=os_user map (default: T3_USER_MAP)"),
     ("--active-dir", "active_dir", "per-user release links (default: T3_ACTIVE_DIR)"),
     ("--backup-dest", "backup_dest", "pre-bump backups (default: T3_BACKUP_DEST)"),
+    ("--users", None, "comma-separated SSO users the canary checks (default: everyone in the user map)"),
     ("--canary-version", None, "version every canary instance must run (default: the release its link points to)"),
 ]
 
@@ -111,8 +112,16 @@ def scratch_root(gate):
 
 def pytest_generate_tests(metafunc):
     if "sso_user" in metafunc.fixturenames:
-        users = metafunc.config._t3_gate.users()
-        metafunc.parametrize("sso_user", sorted(users), ids=sorted(users), scope="module")
+        gate = metafunc.config._t3_gate
+        users = sorted(gate.users())
+        chosen = gate.get("--users")
+        if chosen is not None:
+            wanted = [name for name in chosen.split(",") if name]
+            unknown = sorted(set(wanted) - set(users))
+            if unknown:
+                raise pytest.UsageError(f"--users names {unknown} not in the user map")
+            users = wanted
+        metafunc.parametrize("sso_user", users, ids=users, scope="module")
 
 
 _COUNTS = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import TextIO
 
@@ -25,6 +23,7 @@ from . import proc
 from .activate import ActivationError, release_of_link
 from .activity import ActivityError, owner_of
 from .usermap import OS_USER_RE
+from .userlock import UserLockTimeout, user_lock
 
 __all__ = ["MintError", "UnknownUser", "mint_argv", "mint_env", "mint_for", "mint_main", "MINT_TTL"]
 
@@ -95,33 +94,16 @@ def mint_for(cfg, os_user: str, *, timeout: float = MINT_TIMEOUT, run=proc.run) 
     return done.stdout
 
 
-def maintenance_marker(cfg, os_user: str) -> Path:
-    """Present while the tracker restores this user's databases: a mint then would open
-    (and migrate) the database being replaced, so mints wait for it to go."""
-    return Path(cfg.state_dir) / "maintenance" / os_user
-
-
-def wait_out_maintenance(cfg, os_user: str, timeout: float = MAINTENANCE_WAIT) -> bool:
-    """Poll until no restore is in progress for this user; False if it outlasts `timeout`."""
-    marker = maintenance_marker(cfg, os_user)
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while marker.exists():
-        if time.monotonic() >= deadline:
-            return False
-        pause.wait(0.05)
-    return True
-
-
 def mint_main(cfg, os_user: str, stdout: TextIO, stderr: TextIO | None = None) -> int:
     """The `t3-autoupdate mint <os_user>` command: 0 ok, 2 unknown user, 1 mint failed."""
     stderr = sys.stderr if stderr is None else stderr
     try:
         _known_user(cfg, os_user)
-        if not wait_out_maintenance(cfg, os_user):
-            print(f"t3-autoupdate mint: {os_user}'s databases are being restored; try again shortly", file=stderr)
-            return 1
-        text = mint_for(cfg, os_user)
+        with user_lock(cfg.state_dir, os_user, exclusive=False, timeout=MAINTENANCE_WAIT):
+            text = mint_for(cfg, os_user)
+    except UserLockTimeout as exc:
+        print(f"t3-autoupdate mint: {exc}", file=stderr)
+        return 1
     except UnknownUser as exc:
         print(f"t3-autoupdate mint: {exc}", file=stderr)
         return 2

@@ -16,8 +16,8 @@ from . import activate, activity, backup
 from .context import RunContext
 from .gaterun import run_gate
 from .journal import Journal
-from .mint import maintenance_marker
-from .state import atomic_write
+from .mint import MINT_TIMEOUT
+from .userlock import user_lock
 from .services import unit_of, wait_serving
 
 
@@ -40,10 +40,11 @@ def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int
     """Stop, switch the link, start: the link never moves under a running server, so no
     mint of the new build can migrate the database under the old one (2026-06-09)."""
     unit = unit_of(os_user)
-    ctx.services.stop(unit)
-    activate.point_user(ctx.cfg.active_dir, os_user, release_dir)
-    ctx.services.start(unit)
-    return wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+    with user_lock(ctx.cfg.state_dir, os_user, exclusive=True, timeout=MINT_TIMEOUT):
+        ctx.services.stop(unit)
+        activate.point_user(ctx.cfg.active_dir, os_user, release_dir)
+        ctx.services.start(unit)
+        return wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
 
 
 def busy_reason(ctx: RunContext, os_user: str) -> str | None:
@@ -128,15 +129,14 @@ def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, fa
     failed = []
     for os_user in reversed(users):
         unit = unit_of(os_user)
-        marker = maintenance_marker(cfg, os_user)
         try:
-            atomic_write(marker, f"restoring for {failed_version}\n")
-            ctx.services.stop(unit)
-            activate.point_user(cfg.active_dir, os_user, good_release)
-            restore_databases(ctx, os_user, failed_version, backups.get(os_user, {}))
-            marker.unlink()
-            ctx.services.start(unit)
-            wait_serving(ports[os_user], cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+            # Mints wait while the database is replaced (they would open and migrate it).
+            with user_lock(cfg.state_dir, os_user, exclusive=True, timeout=MINT_TIMEOUT):
+                ctx.services.stop(unit)
+                activate.point_user(cfg.active_dir, os_user, good_release)
+                restore_databases(ctx, os_user, failed_version, backups.get(os_user, {}))
+                ctx.services.start(unit)
+                wait_serving(ports[os_user], cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
         except Exception as exc:  # noqa: BLE001 - keep rolling back the others, then report loudly
             failed.append(os_user)
             events("ROLLBACK FAILED", user=os_user, version=failed_version, reason=str(exc))

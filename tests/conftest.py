@@ -14,3 +14,18 @@ def world(tmp_path):
         yield built.build()
     finally:
         built.stop()
+
+
+@pytest.fixture
+def make_world(tmp_path):
+    """A factory for worlds with options (db_options, installed, ...); all stopped at teardown."""
+    built = []
+
+    def make(name: str = "world", **options) -> World:
+        world = World(tmp_path / name, **options)
+        built.append(world)
+        return world.build()
+
+    yield make
+    for world in built:
+        world.stop()

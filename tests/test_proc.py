@@ -52,3 +52,32 @@ def test_as_user_runs_with_that_uid(tmp_path):
     done = proc.run(["/bin/sh", "-c", "id -u; id -g"],
                     as_user=nobody, cwd="/")
     assert done.stdout.split()[:2] == ["65534", "65534"]
+
+
+def test_spawn_logs_output_and_terminate_stops_the_group(tmp_path):
+    log_path = tmp_path / "server.log"
+    popen = proc.spawn([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+                       log_path=log_path)
+    import time
+    deadline = time.monotonic() + 10
+    while b"ready" not in log_path.read_bytes() and time.monotonic() < deadline:
+        popen.poll()
+        threading_event_wait(0.05)
+    assert b"ready" in log_path.read_bytes()
+    assert proc.terminate(popen, timeout=5) == -15
+
+
+def test_terminate_kills_a_process_that_ignores_sigterm(tmp_path):
+    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('x', flush=True); time.sleep(60)"
+    log_path = tmp_path / "log"
+    popen = proc.spawn([sys.executable, "-c", script], log_path=log_path)
+    import time
+    deadline = time.monotonic() + 10
+    while not log_path.read_bytes() and time.monotonic() < deadline:
+        threading_event_wait(0.05)
+    assert proc.terminate(popen, timeout=0.5) == -9
+
+
+def threading_event_wait(seconds):
+    import threading
+    threading.Event().wait(seconds)

@@ -70,6 +70,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     _bad("migration-fails-populated",
          "migration 33 breaks a NOT NULL only when threads exist: empty databases migrate, real ones fail",
          migration_variants=((33, "fails-populated"),)),
+    _bad("migration-fails-archived",
+         "migration 33 breaks a NOT NULL only when archived threads exist: passes a seed without any, "
+         "fails the canary of a user who has some", migration_variants=((33, "fails-on-archived"),)),
     _bad("migration-drops-rows", "migration 33 silently deletes every third message and succeeds",
          migration_variants=((33, "drops-rows"),)),
     _bad("endpoint-renamed", "credential exchange moved to /api/auth/pair: both standard paths 404",
@@ -98,6 +101,7 @@ BAD_VERSIONS: dict[str, str] = {
     "never-ready": "0.0.29-nightly.20260620.606",
     "version-lie": "0.0.29-nightly.20260620.607",
     "crash-at-start": "0.0.29-nightly.20260620.608",
+    "migration-fails-archived": "0.0.29-nightly.20260620.609",
 }
 VERSIONS: dict[str, str] = {**GOOD_VERSIONS, **BAD_VERSIONS}  # profile name -> version
 CATALOGUE: list[tuple[str, str]] = [(version, name) for name, version in VERSIONS.items()]

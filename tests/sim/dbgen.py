@@ -54,7 +54,8 @@ def _when(updated_at: str | datetime) -> datetime:
 
 def make_database(path: Path | str, schema_level: int, *, threads: int = 3, messages_per_thread: int = 10,
                   sessions: int = 2, pairing_links: int = 2, in_flight: bool = False,
-                  updated_at: str | datetime = "old", target_bytes: int | None = None) -> dict:
+                  updated_at: str | datetime = "old", target_bytes: int | None = None,
+                  archived_threads: int = 0) -> dict:
     """Create a populated state.sqlite at `path` (which must not exist yet).
 
     threads, messages_per_thread: projection rows (each thread also gets a
@@ -66,7 +67,9 @@ def make_database(path: Path | str, schema_level: int, *, threads: int = 3, mess
     updated_at: when threads and provider sessions last changed: "old" (7 days ago),
       "recent" (5 s ago) or a datetime;
     target_bytes: pad message text (and add messages when 16 KiB each is not
-      enough) until the file is about this size.
+      enough) until the file is about this size;
+    archived_threads: the last N threads are archived (deleted_at set), history
+      some users have and others do not.
 
     Returns facts: {"path", "schema_level", "counts": {table: rows}, "bytes",
     "active_turns": {thread_id: turn_id}}.
@@ -92,6 +95,9 @@ def make_database(path: Path | str, schema_level: int, *, threads: int = 3, mess
         t3sim.run_migrations(conn, schema_level)
         conn.execute("BEGIN")
         active_turns = _insert_projection(conn, threads, messages_per_thread, text_bytes, in_flight, stamp)
+        if archived_threads:
+            conn.execute("UPDATE projection_threads SET deleted_at = updated_at WHERE thread_id IN (SELECT thread_id"
+                         " FROM projection_threads ORDER BY thread_id DESC LIMIT ?)", (archived_threads,))
         if schema_level >= AUTH_LEVEL:
             _insert_auth(conn, schema_level, sessions, pairing_links)
         conn.execute("COMMIT")

@@ -70,12 +70,13 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 
 class World:
     def __init__(self, root: Path, *, users=DEPLOYMENT_USERS, installed: str = "0.0.24",
-                 threads: int = 4, messages_per_thread: int = 12):
+                 threads: int = 4, messages_per_thread: int = 12, db_options: dict | None = None):
         self.root = Path(root)
         self.users = tuple(users)
         self.installed = installed
         self.threads = threads
         self.messages_per_thread = messages_per_thread
+        self.db_options = db_options or {}  # os_user -> extra dbgen.make_database arguments
         self.ports = {u.sso: free_port() for u in self.users}
         self.dispatch_port = free_port()
         r = self.root
@@ -128,8 +129,9 @@ class World:
         self._write_mint_helper()
         self._write_config()
         for user in self.users:
-            dbgen.make_database(self.database(user.os_user), SCHEMA_OF[self.installed], threads=self.threads,
-                                messages_per_thread=self.messages_per_thread)
+            options = {"threads": self.threads, "messages_per_thread": self.messages_per_thread,
+                       **self.db_options.get(user.os_user, {})}
+            dbgen.make_database(self.database(user.os_user), SCHEMA_OF[self.installed], **options)
         for user in self.users:
             self.systemctl_run("start", serve_unit_name(user.os_user))
         for user in self.users:

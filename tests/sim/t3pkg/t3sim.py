@@ -245,6 +245,16 @@ MIGRATION_VARIANTS: dict[str, Migration] = {
             pinned_at TEXT NOT NULL)""",
         "INSERT INTO projection_thread_pins (thread_id, pinned_at) SELECT thread_id, deleted_at FROM projection_threads",
     )),
+    # Pins every live thread at its last update and archived ones at... nothing: breaks the
+    # NOT NULL only for users who have archived threads. A seed without any passes.
+    "fails-on-archived": Migration(33, "ThreadPinned", (
+        "ALTER TABLE projection_threads ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE projection_thread_pins (
+            thread_id TEXT PRIMARY KEY REFERENCES projection_threads(thread_id),
+            pinned_at TEXT NOT NULL)""",
+        "INSERT INTO projection_thread_pins (thread_id, pinned_at) SELECT thread_id,"
+        " CASE WHEN deleted_at IS NULL THEN updated_at END FROM projection_threads",
+    )),
     # A "dedupe" step gone wrong: deletes every third message and reports success.
     "drops-rows": Migration(33, "ThreadPinned", (
         "ALTER TABLE projection_threads ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0",

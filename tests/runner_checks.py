@@ -1,0 +1,78 @@
+"""Assertions about a simulated deployment after a tracker run, shared by the end-to-end tests."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+
+from runner.units import serve_unit_name
+from tests.sim import dbgen
+
+
+def fingerprints(world) -> dict[str, dict]:
+    return {u.os_user: dbgen.precious_fingerprint(world.database(u.os_user)) for u in world.users}
+
+
+def link_version(world, os_user: str) -> str:
+    return Path(os.readlink(world.active_dir / os_user)).name
+
+
+def main_pids(world) -> dict[str, str]:
+    return {u.os_user: world.systemctl_run("show", "-p", "MainPID", "--value",
+                                           serve_unit_name(u.os_user)).stdout.strip() for u in world.users}
+
+
+def integrity(path: Path) -> str:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def assert_user_on(world, sso: str, version: str) -> None:
+    user = world.user(sso)
+    assert link_version(world, user.os_user) == version
+    assert world.server_version(sso) == version
+    assert integrity(world.database(user.os_user)) == "ok"
+
+
+def assert_history_kept(world, before: dict[str, dict]) -> None:
+    after = fingerprints(world)
+    for os_user, tables in before.items():
+        for table, (count, digest) in tables.items():
+            assert after[os_user][table] == (count, digest), f"{os_user}: {table} changed ({count} rows before)"
+
+
+def assert_logs_in(world, sso: str) -> None:
+    prober = world.prober(sso, interval=0.05).start()
+    from tests.sim.world import wait_until
+
+    try:
+        wait_until(lambda: len(prober.report().attempts) >= 1, 30, f"a login attempt for {sso}")
+    finally:
+        report = prober.stop()
+    assert report.ok, report.summary()
+
+
+@contextmanager
+def probing_logins(world, interval: float = 0.25):
+    """A login prober per user for the duration; yields a dict filled with their reports at exit."""
+    probers = {u.sso: world.prober(u.sso, interval=interval).start() for u in world.users}
+    reports: dict = {}
+    try:
+        yield reports
+    finally:
+        for sso, prober in probers.items():
+            reports[sso] = prober.stop()
+        reports["dispatch failures"] = [line for line in world.dispatch.log
+                                        if "failed" in line or "forbidden" in line]
+
+
+def summary_of(world) -> dict:
+    runs = sorted((world.state_dir / "runs").glob("*/summary.json"))
+    assert runs, "no run summary written"
+    return json.loads(runs[-1].read_text())
+
+
+def events(done) -> list[str]:
+    return [line.split("t3-autoupdate: ", 1)[1] for line in done.stderr.splitlines() if line.startswith("t3-autoupdate: ")]

@@ -1,0 +1,117 @@
+"""End to end: real tracker runs on the simulated deployment (real npm, registry,
+systemctl stand-in, dispatch, three users with populated databases)."""
+from __future__ import annotations
+
+import json
+import os
+
+from tests.runner_checks import (assert_history_kept, assert_logs_in, assert_user_on, events, fingerprints,
+                                 link_version, main_pids, probing_logins, summary_of)
+from tests.sim import builds
+
+V24 = "0.0.24"
+V28 = builds.GOOD_VERSIONS["good-0.0.28"]
+
+
+def test_good_nightly_bump_moves_everyone_with_zero_failed_logins(world):
+    before = fingerprints(world)
+    world.registry.set_tag("nightly", V28)
+    with probing_logins(world) as logins:
+        done = world.run_tracker()
+    assert done.exit_code == 0, done.stderr
+    assert not logins.pop("dispatch failures")
+    for sso, report in logins.items():
+        assert report.ok and len(report.attempts) >= 5, f"{sso}: {report.summary()}"
+    for user in world.users:
+        assert_user_on(world, user.sso, V28)
+    assert_history_kept(world, before)
+    assert (world.state_dir / "last-good").read_text().strip() == V28
+    assert os.readlink(world.bin_link) == str(world.releases_dir / V28 / "bin" / "t3")
+    assert not (world.state_dir / "journal").exists()
+    summary = summary_of(world)
+    assert (summary["from"], summary["to"], summary["result"]) == (V24, V28, "updated")
+    assert sorted(summary["per_user"]) == sorted(u.os_user for u in world.users)
+    reports = [summary["health_report"], *summary["canary_reports"]]
+    assert len(reports) == 1 + len(world.users) and all(os.path.isfile(r) for r in reports)
+    for user in world.users:
+        backups = list((world.backup_dest / user.os_user).glob(f"state-prebump-{V28}-*.sqlite"))
+        assert len(backups) == 1
+        assert_logs_in(world, user.sso)
+    assert any(e.startswith("update complete version=" + V28) for e in events(done))
+
+
+def test_busy_user_is_deferred_and_keeps_logging_in(make_world):
+    world = make_world(db_options={"emo": {"in_flight": True}})
+    world.registry.set_tag("nightly", V28)
+    with probing_logins(world) as logins:
+        done = world.run_tracker()
+    assert done.exit_code == 0, done.stderr
+    assert not logins.pop("dispatch failures")
+    assert all(r.ok for r in logins.values()), {s: r.summary() for s, r in logins.items()}
+    assert_user_on(world, "emil.barzin", V24)  # old link, old server, old schema: consistent
+    assert_user_on(world, "vbarzin", V28)
+    marker = json.loads((world.state_dir / "deferred" / "emo").read_text())
+    assert marker["version"] == V28 and "turn" in marker["reason"]
+    assert any(e.startswith("DEFERRED user=emo") for e in events(done))
+    assert_logs_in(world, "emil.barzin")
+    # The turn ends; the idle-gated drain job moves emo with the same safe routine.
+    import sqlite3
+    with sqlite3.connect(world.database("emo")) as conn:
+        conn.execute("UPDATE projection_thread_sessions SET active_turn_id = NULL, status = 'ready',"
+                     " updated_at = '2026-01-01T00:00:00Z'")
+    drained = world.run_tracker("drain-deferred")
+    assert drained.exit_code == 0, drained.stderr
+    assert_user_on(world, "emil.barzin", V28)
+    assert not (world.state_dir / "deferred" / "emo").exists()
+    assert_logs_in(world, "emil.barzin")
+
+
+def test_bad_build_is_stopped_by_the_health_gate_with_zero_failed_logins(world):
+    bad = builds.BAD_VERSIONS["migration-drops-rows"]
+    before, pids = fingerprints(world), main_pids(world)
+    world.registry.set_tag("nightly", bad)
+    with probing_logins(world) as logins:
+        done = world.run_tracker()
+    assert done.exit_code == 1
+    assert not logins.pop("dispatch failures")
+    assert all(r.ok for r in logins.values()), {s: r.summary() for s, r in logins.items()}
+    assert main_pids(world) == pids  # nobody restarted
+    for user in world.users:
+        assert_user_on(world, user.sso, V24)
+    assert_history_kept(world, before)
+    quarantined = json.loads((world.state_dir / "quarantine" / f"{bad}.json").read_text())
+    assert "projection_thread_messages lost" in quarantined["reason"]
+    assert not (world.releases_dir / bad).exists()
+    assert not world.freeze_file.exists()  # a health failure touches no user: no freeze needed
+    assert any(e.startswith("HEALTH-CHECK FAILED") and "lost" in e for e in events(done))
+    again = world.run_tracker()  # quarantined: never retried
+    assert again.exit_code == 0 and any("code=quarantined" in e for e in events(again))
+
+
+def test_canary_failure_on_the_second_user_restores_both_and_freezes(make_world):
+    # wizard has the most history (the health seed) and no archived threads; emo, moved
+    # second, has one: the build's migration fails on emo's data only.
+    world = make_world(db_options={"wizard": {"threads": 8}, "emo": {"archived_threads": 1}})
+    bad = builds.BAD_VERSIONS["migration-fails-archived"]
+    before = fingerprints(world)
+    world.registry.set_tag("nightly", bad)
+    done = world.run_tracker()
+    assert done.exit_code == 1, done.stderr
+    lines = events(done)
+    assert any(e.startswith("CANARY PASSED user=ancamilea") for e in lines), lines
+    assert any(e.startswith("CANARY FAILED user=emo") for e in lines), lines
+    assert any(e.startswith("ROLLED BACK") for e in lines), lines
+    for user in world.users:
+        assert_user_on(world, user.sso, V24)
+        assert_logs_in(world, user.sso)
+    assert_history_kept(world, before)
+    for os_user in ("ancamilea", "emo"):  # both touched users: restored, replaced file kept aside
+        assert list((world.backup_dest / os_user).glob(f"state-rolledback-{bad}-*.sqlite"))
+        assert any(e.startswith(f"RESTORED user={os_user}") for e in lines)
+    assert not list((world.backup_dest / "wizard").glob("state-rolledback-*"))
+    freeze = json.loads(world.freeze_file.read_text())
+    assert "canary failed for emo" in freeze["reason"]
+    assert (world.state_dir / "quarantine" / f"{bad}.json").exists()
+    assert (world.state_dir / "last-good").read_text().strip() == V24
+    held = world.run_tracker()
+    assert held.exit_code == 0 and any(e.startswith("FROZEN") for e in events(held))
