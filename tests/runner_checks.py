@@ -55,7 +55,7 @@ def assert_logs_in(world, sso: str) -> None:
 
 
 @contextmanager
-def probing_logins(world, interval: float = 0.25):
+def probing_logins(world, interval: float = 0.5):
     """A login prober per user for the duration; yields a dict filled with their reports at exit."""
     probers = {u.sso: world.prober(u.sso, interval=interval).start() for u in world.users}
     reports: dict = {}

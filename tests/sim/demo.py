@@ -1,0 +1,82 @@
+"""The demo: three real tracker runs on the built-in simulated world.
+
+    ./dev demo [--out DIR]
+
+Builds a deployment (three users on t3 0.0.24 with populated histories, a local
+npm registry, the systemctl and dispatch stand-ins) and runs the real
+`t3-autoupdate` against it, with a login prober per user throughout:
+
+1. a good nightly bump (0.0.24 -> 0.0.25 nightly): every user moved and verified;
+2. a bad nightly whose migration silently drops messages: stopped by the health
+   gate, quarantined, nobody touched;
+3. a nightly whose migration fails only on data one user has: passes the health
+   gate, fails that user's canary; both moved users restored, tracker frozen.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tests.runner_checks import events, probing_logins
+from tests.sim import builds
+from tests.sim.world import PROJECT_ROOT, World
+
+SCENARIOS = [
+    ("good nightly bump", builds.GOOD_VERSIONS["good-0.0.25"]),
+    ("bad build: migration drops messages", builds.BAD_VERSIONS["migration-drops-rows"]),
+    ("bad build: migration fails on archived threads (emo has some)", builds.BAD_VERSIONS["migration-fails-archived"]),
+]
+
+
+def run_scenario(world: World, title: str, version: str, out) -> int:
+    print(f"\n=== {title}: nightly -> {version}", file=out)
+    world.registry.set_tag("nightly", version)
+    started = time.monotonic()
+    with probing_logins(world) as logins:
+        done = world.run_tracker()
+    dispatch_failures = logins.pop("dispatch failures")
+    print(f"exit code {done.exit_code} after {time.monotonic() - started:.1f}s", file=out)
+    for line in events(done):
+        print(f"  {line}", file=out)
+    for sso, report in logins.items():
+        print(f"  logins for {sso}: {len(report.attempts)} attempts, {len(report.failures)} failed", file=out)
+    if dispatch_failures:
+        print(f"  dispatch failures: {dispatch_failures}", file=out)
+    return done.exit_code
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to build the world (default: demo-out/<timestamp> in the project)")
+    args = parser.parse_args(argv)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    root = (args.out or PROJECT_ROOT / "demo-out" / stamp).resolve()
+    out = sys.stdout
+    print(f"building the simulated world in {root} ...", file=out)
+    world = World(root, db_options={"wizard": {"threads": 8}, "emo": {"archived_threads": 1}})
+    codes = []
+    try:
+        world.build()
+        print("users: " + ", ".join(f"{u.sso}={u.os_user}" for u in world.users) + "; all on 0.0.24", file=out)
+        for title, version in SCENARIOS:
+            codes.append(run_scenario(world, title, version, out))
+        status = world.run_tracker("status")
+        print("\n=== t3-autoupdate status\n" + status.stdout, file=out)
+        reports = sorted((world.state_dir / "runs").glob("*/junit-*.xml"))
+        print("junit reports:", file=out)
+        for report in reports:
+            print(f"  {report}", file=out)
+    finally:
+        world.stop()
+    expected = [0, 1, 1]
+    verdict = "as expected" if codes == expected else f"UNEXPECTED (wanted {expected})"
+    print(f"\nexit codes {codes}: {verdict}. The world is kept in {root}.", file=out)
+    return 0 if codes == expected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
