@@ -55,6 +55,17 @@ class _Guard:
         self.violations.append(what)
         raise GuardViolation(f"test guard: refused {what}")
 
+    def check_npm_prefix(self, argv, env) -> None:
+        """npm may only run with its prefix inside the test root: never the machine's global one."""
+        if not argv or os.path.basename(os.fsdecode(list(argv)[0])) != "npm":
+            return
+        words = [os.fsdecode(a) for a in argv]
+        explicit = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--prefix"]
+        explicit += [w.split("=", 1)[1] for w in words if w.startswith("--prefix=")]
+        prefix = explicit[-1] if explicit else (env if env is not None else os.environ).get("npm_config_prefix")
+        if not prefix or not self.allowed_path(prefix):
+            self.refuse(f"npm with the machine's global prefix ({prefix or 'npm default'})")
+
     def hook(self, event: str, args: tuple) -> None:
         if not self.active:
             return
@@ -96,6 +107,8 @@ class _Guard:
             argv = args[1] if len(args) > 1 else None
             if isinstance(argv, (str, bytes)):
                 argv = [argv]
+            env = args[3] if event == "subprocess.Popen" else (args[2] if len(args) > 2 else None)
+            self.check_npm_prefix(argv, env)
             for candidate in (executable, (list(argv)[0] if argv else None)):
                 if candidate is None:
                     continue

@@ -61,3 +61,11 @@ def test_instance_on_another_build_than_its_link_fails_the_canary(world, tmp_pat
 def test_unknown_user_selection_collects_nothing_and_fails(world, tmp_path):
     result = run_gate("canary", run_dir=tmp_path, options=canary_options(world), keyword="nosuchuser")
     assert not result.passed and result.tests == 0
+
+
+def test_every_good_build_passes_the_canary(world, tmp_path):
+    for version in builds.GOOD_VERSIONS.values():
+        if version != "0.0.24":
+            restart_on(world, "vbarzin", version)
+        result = run_gate("canary", run_dir=tmp_path / version, options=canary_options(world), keyword="vbarzin")
+        assert result.passed, f"{version}: {result.reason()}"

@@ -8,6 +8,8 @@ ESCAPES = {
     "mkdir_var": "import os; os.mkdir('/var/lib/t3-guard-probe')",
     "sqlite_home": "import sqlite3; sqlite3.connect('/home/t3-guard-probe.sqlite')",
     "real_systemctl": "import subprocess; subprocess.run(['/usr/bin/systemctl', 'status'])",
+    "npm_global_prefix": "import os, subprocess; env = dict(os.environ); env.pop('npm_config_prefix'); "
+                         "subprocess.run(['npm', 'prefix', '-g'], env=env)",
     "non_loopback": "import socket; s = socket.socket(); s.settimeout(0.2); s.connect(('192.0.2.1', 80))",
 }
 
