@@ -103,7 +103,7 @@ def cmd_quarantine(cfg: Config, args, events: EventLog) -> int:
         return FAILED
     for version in sorted(quarantine.quarantined_versions(cfg.quarantine_dir)):
         record = quarantine.read_quarantine(cfg.quarantine_dir, version) or {}
-        print(f"{version}\t{record.get('when', '?')}\t{record.get('reason', '?')}\t{record.get('report_path') or '-'}")
+        print(f"{version}\t{record.get('when', '?')}\t{record.get('reason', '?')}\t{record.get('report') or '-'}")
     return OK
 
 
@@ -169,7 +169,10 @@ def _record_crash(cfg: Config | None) -> str:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help (0) and bad usage (2); main returns its code
+        return exc.code if isinstance(exc.code, int) else USAGE
     if args.command is None:
         args.func, args.command = cmd_run, "run"
     events = EventLog()
@@ -183,6 +186,16 @@ def main(argv=None) -> int:
     elif getattr(cfg, "warnings", None):
         for warning in cfg.warnings:
             print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
+    code = dispatch_command(args, cfg, events)
+    if args.command in COUNTED_COMMANDS:
+        _record_metrics(cfg, args.command, code, events)
+    return code
+
+
+COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback"}
+
+
+def dispatch_command(args, cfg: Config, events: EventLog) -> int:
     from .state import LockBusy
     from .tracker import RunRefused
     from .versions import VersionError
@@ -202,6 +215,17 @@ def main(argv=None) -> int:
         where = _record_crash(cfg)
         events("CRASHED", command=args.command, error=f"{type(exc).__name__}: {exc}", traceback=where)
         return BUG
+
+
+def _record_metrics(cfg: Config, command: str, code: int, events: EventLog) -> None:
+    from .metrics import record_run
+    from .state import read_freeze, read_text_or_none
+
+    try:
+        record_run(cfg.state_dir, command=command, exit_code=code, lines=events.lines,
+                   frozen=read_freeze(cfg.freeze_file) is not None, last_good=read_text_or_none(cfg.last_good_path))
+    except OSError as exc:  # metrics must never turn a handled outcome into a crash
+        print(f"t3-autoupdate: warning: could not write metrics: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

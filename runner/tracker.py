@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import activate, backup, release, resolve
+from . import activate, backup, metrics, release, resolve
 from .context import RunContext
 from .gaterun import run_gate
 from .journal import Journal, clear_journal, load_journal
@@ -155,6 +155,7 @@ def bump(ctx: RunContext, journal: Journal) -> int:
         release.remove_release(cfg.releases_dir, version)
         clear_journal(cfg.journal_path)
         events("HEALTH-CHECK FAILED", version=version, reason=gate_failure, report=str(report) if report else None)
+        report_streak(ctx, version, "health", gate_failure)
         write_summary(ctx, result="health-check-failed", reason=gate_failure)
         return 1
     events("HEALTH-CHECK PASSED", version=version, report=str(report))
@@ -183,14 +184,24 @@ def fail_canary(ctx: RunContext, journal: Journal, result) -> int:
         events("ROLLBACK FAILED", version=journal.version, users=",".join(failed), reason=reason)
         write_summary(ctx, result="rollback-failed", reason=reason, rolled_back=users, rollback_failed=failed)
         return 1
+    report_streak(ctx, journal.version, "canary", result.failure)
     events("ROLLED BACK", version=journal.version, to=good, users=",".join(users), reason=reason)
     events("FROZEN", reason=reason, freeze_file=str(cfg.freeze_file))
     write_summary(ctx, result="rolled-back", reason=reason, rolled_back=users)
     return 1
 
 
+def report_streak(ctx: RunContext, version: str, gate: str, reason: str) -> None:
+    streak = metrics.note_rejection(ctx.cfg.state_dir, version=version, gate=gate, reason=reason)
+    if streak["count"] >= metrics.REPEATED_AFTER:
+        ctx.events("REPEATED REJECTIONS", count=streak["count"], same_cause=streak["same_cause"],
+                   versions=",".join(streak["versions"]),
+                   reason="the gates rejected every build in a row; suspect the gate or the host, not only the builds")
+
+
 def commit(ctx: RunContext, journal: Journal) -> None:
     cfg = ctx.cfg
+    metrics.clear_rejections(cfg.state_dir)
     release_dir = Path(journal.release)
     atomic_write(cfg.last_good_path, journal.version + "\n")
     activate.point_bin_link(cfg.bin_link, release_dir)
