@@ -66,6 +66,14 @@ def choose_target(ctx: RunContext, installed: str | None):
     return target, decision
 
 
+def release_in_use(ctx: RunContext, version: str) -> bool:
+    """Whether some user's link still runs this release (a deferred user, a pin back to it)."""
+    try:
+        return version in {activate.release_of_link(ctx.cfg.active_link(u)) for u in ctx.cfg.os_users}
+    except activate.ActivationError:
+        return True  # cannot tell: keep it (a leftover directory harms nobody)
+
+
 def back_up_everyone(ctx: RunContext, version: str) -> dict[str, list]:
     cfg = ctx.cfg
     records = {}
@@ -152,7 +160,8 @@ def bump(ctx: RunContext, journal: Journal) -> int:
     if gate_failure:
         release.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
                                  report_path=str(report) if report else None, run_id=ctx.run_id)
-        release.remove_release(cfg.releases_dir, version)
+        if not release_in_use(ctx, version):
+            release.remove_release(cfg.releases_dir, version)
         clear_journal(cfg.journal_path)
         events("HEALTH-CHECK FAILED", version=version, reason=gate_failure, report=str(report) if report else None)
         report_streak(ctx, version, "health", gate_failure)
@@ -173,12 +182,14 @@ def fail_canary(ctx: RunContext, journal: Journal, result) -> int:
     cfg, events = ctx.cfg, ctx.events
     good = journal.from_version
     users = list(journal.moving)
-    failed = roll_back_users(ctx, users, good_release=cfg.release_dir(good), failed_version=journal.version,
-                             backups=journal.backups)
     reason = f"canary failed for {result.failed_user} on {journal.version}: {result.failure}"
+    # Quarantine and freeze before the rollback: a run killed while rolling back is undone by
+    # the next run's recovery, which must then hold, not install the failed build again.
     write_freeze(cfg.freeze_file, reason, by=f"t3-autoupdate run {ctx.run_id}")
     release.quarantine_build(cfg.quarantine_dir, journal.version, reason=reason,
                              report_path=result.reports[-1] if result.reports else None, run_id=ctx.run_id)
+    failed = roll_back_users(ctx, users, good_release=cfg.release_dir(good), failed_version=journal.version,
+                             backups=journal.backups)
     clear_journal(cfg.journal_path)
     if failed:
         events("ROLLBACK FAILED", version=journal.version, users=",".join(failed), reason=reason)

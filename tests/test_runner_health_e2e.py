@@ -1,0 +1,124 @@
+"""End to end: every bad build the health gate exists for is stopped there, by a real tracker run.
+
+One profile per bad nightly in builds.BAD_VERSIONS, except `migration-fails-archived` (it
+passes a seed without archived threads by design: the canary's job, see test_runner_bump)
+and `version-lie` (caught earlier, at staging: test_runner_refusals). For each: exit 1, a
+`HEALTH-CHECK FAILED` line naming the cause, the build quarantined with its junit report
+(the file exists), its release directory removed, no instance restarted, every user still on
+0.0.24 with every precious row and logging in, and the next run does not retry it.
+
+The profiles share one world: a health-gate failure touches no user, and each profile is a
+different version, so their quarantine records do not interfere.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from xml.etree import ElementTree
+
+import pytest
+
+from tests.runner_checks import (assert_history_kept, assert_logs_in, assert_user_on, events, fingerprints,
+                                 link_version, main_pids, summary_of)
+from tests.sim import builds
+from tests.sim.world import World
+
+V24 = "0.0.24"
+NOT_HEALTH = {"migration-fails-archived", "version-lie"}
+HEALTH_PROFILES = [name for name in builds.BAD_VERSIONS if name not in NOT_HEALTH]
+
+# What the HEALTH-CHECK FAILED line must say, per profile: the cause, in plain words.
+CAUSES = {
+    "migration-fails-populated": 'Migration "33_ThreadPinned" failed',
+    "migration-drops-rows": "projection_thread_messages lost",
+    "endpoint-renamed": "no pairing endpoint",
+    "cookie-renamed": "the dispatch expects 't3_session'",
+    "pairing-no-cookie": "but no Set-Cookie",
+    "never-ready": "did not become ready within 8s (process still running)",
+    "crash-at-start": "exited with code 1 before becoming ready",
+}
+EXITS_AT_START = {"migration-fails-populated", "crash-at-start"}
+# A server that never listens is judged at the ready timeout; 8 s (not the default 30) keeps
+# the suite short and is still far above a good build's start-up here.
+ENV = {"never-ready": {"T3_READY_TIMEOUT": "8"}}
+
+
+def field(line: str, key: str) -> str:
+    """One key=value field of an event line (values with spaces are JSON strings)."""
+    match = re.search(rf' {key}=("(?:[^"\\]|\\.)*"|\S+)', line)
+    assert match, f"no {key}= in {line}"
+    value = match.group(1)
+    return json.loads(value) if value.startswith('"') else value
+
+
+def test_every_health_profile_has_a_cause():
+    assert sorted(CAUSES) == sorted(HEALTH_PROFILES)
+
+
+@pytest.fixture(scope="module")
+def health_world(machine_guard, tmp_path_factory):
+    world = World(tmp_path_factory.mktemp("health-e2e") / "world")
+    try:
+        yield world.build()
+    finally:
+        world.stop()
+
+
+@pytest.mark.parametrize("profile", HEALTH_PROFILES)
+def test_bad_build_is_stopped_by_the_health_gate(health_world, profile):
+    world = health_world
+    bad = builds.BAD_VERSIONS[profile]
+    quarantine = world.state_dir / "quarantine"
+    before, pids = fingerprints(world), main_pids(world)
+    releases = sorted(p.name for p in world.releases_dir.iterdir())
+    world.registry.set_tag("nightly", bad)
+    try:
+        done = world.run_tracker(**ENV.get(profile, {}))
+        lines = events(done)
+        assert done.exit_code == 1, done.stderr
+        failed = [e for e in lines if e.startswith("HEALTH-CHECK FAILED ")]
+        assert len(failed) == 1, lines
+        assert field(failed[0], "version") == bad and CAUSES[profile] in field(failed[0], "reason"), failed[0]
+        assert not any(e.startswith(("CANARY", "update complete", "ROLLED BACK")) for e in lines), lines
+
+        # Quarantined, with a junit report that exists and is the one the event names.
+        record = json.loads((quarantine / f"{bad}.json").read_text())
+        assert CAUSES[profile] in record["reason"]
+        assert os.path.isfile(record["report"]) and record["report"].endswith(".xml")
+        assert field(failed[0], "report") == record["report"]
+        if profile in EXITS_AT_START:
+            # A server that exited is a verdict at once: the whole gate (two throwaway servers)
+            # takes far less than the 30 s ready timeout it would cost to keep polling each one.
+            suite = ElementTree.parse(record["report"]).getroot()
+            suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+            assert float(suite.get("time")) < 20, suite.get("time")
+        listed = world.run_tracker("quarantine")
+        assert listed.exit_code == 0, listed.stderr
+        row = next(r.split("\t") for r in listed.stdout.splitlines() if r.startswith(bad + "\t"))
+        assert row[3] == record["report"], row  # the operators' listing shows where the report is
+
+        # Nothing a user runs was touched.
+        assert not (world.releases_dir / bad).exists()
+        assert sorted(p.name for p in world.releases_dir.iterdir()) == releases
+        assert main_pids(world) == pids, "an instance was restarted"
+        for user in world.users:
+            assert_user_on(world, user.sso, V24)
+            assert_logs_in(world, user.sso)
+        assert_history_kept(world, before)
+        assert (world.state_dir / "last-good").read_text().strip() == V24
+        assert os.readlink(world.bin_link) == str(world.releases_dir / V24 / "bin" / "t3")
+        assert not world.freeze_file.exists()  # a health failure needs no freeze: nobody moved
+        assert not (world.state_dir / "journal").exists()
+        assert summary_of(world)["result"] == "health-check-failed"
+
+        # Never retried: the next run holds, touching nothing.
+        again = world.run_tracker()
+        assert again.exit_code == 0, again.stderr
+        assert any(e.startswith("HOLD ") and "code=quarantined" in e and f"candidate={bad}" in e
+                   for e in events(again)), events(again)
+        assert not any(e.startswith(("UPDATE START", "BACKED UP")) for e in events(again))
+        assert main_pids(world) == pids
+        assert {link_version(world, u.os_user) for u in world.users} == {V24}
+    finally:
+        world.registry.set_tag("nightly", V24)
