@@ -11,7 +11,7 @@ from pathlib import Path
 from . import backup, resolve
 from .context import RunContext
 from .stage import StageError, stage_release
-from .state import new_run_id
+from .state import new_run_id, read_freeze
 
 
 def dry_run(ctx: RunContext, *, stdout) -> int:
@@ -51,5 +51,8 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
         shutil.rmtree(work, ignore_errors=True)
     verdict = "PASS" if gate.passed else "FAIL"
     note = f" (a real run would hold: {decision.reason})" if decision.action != "install" else ""
+    freeze = read_freeze(cfg.freeze_file)
+    if freeze is not None:  # a PASS must not read as "the next run installs it"
+        note = f" (a real run would hold: frozen: {freeze.reason})"
     print(f"DRY-RUN {verdict} {version}{note}: {gate.reason()} report={gate.report}", file=stdout)
     return 0 if gate.passed else 1

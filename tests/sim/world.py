@@ -244,7 +244,8 @@ class World:
         return env.get("serverVersion") if env else None
 
     def prober(self, sso: str, interval: float = 0.5) -> LoginProber:
-        return LoginProber(self.dispatch.url, sso, interval=interval)
+        # A browser waits far longer than 15 s for a login; a slower one counts as failed.
+        return LoginProber(self.dispatch.url, sso, interval=interval, timeout=15.0)
 
     def run_tracker(self, *args: str, timeout: float = 600, **env: str) -> proc.Completed:
         """A real `t3-autoupdate` process against this world; any exit code is returned."""

@@ -1,0 +1,136 @@
+"""`t3-autoupdate rollback` (the runbook's manual rollback) and the CLI's exit 3 on a bug,
+through the real CLI on the simulated world."""
+from __future__ import annotations
+
+import json
+import os
+
+from tests.cli_checks import snapshot, tree
+from tests.runner_checks import (assert_history_kept, assert_logs_in, assert_user_on, events, fingerprints,
+                                 integrity, link_version)
+from tests.sim import builds
+
+V24 = "0.0.24"
+V26 = builds.GOOD_VERSIONS["good-0.0.26"]
+V28 = builds.GOOD_VERSIONS["good-0.0.28"]
+
+
+def test_manual_rollback_after_a_good_bump_restores_everyone_to_the_pre_bump_state(world):
+    before = fingerprints(world)
+    world.registry.set_tag("nightly", V28)
+    bumped = world.run_tracker()
+    assert bumped.exit_code == 0, bumped.stderr
+    for user in world.users:
+        assert_user_on(world, user.sso, V28)
+        assert_logs_in(world, user.sso)  # rows written on 0.0.28 after the backup
+
+    # Everyone is on last-good already: a bare `rollback` has nothing to go back to, and says
+    # how to name the build, instead of reporting a rollback that moved nobody.
+    on_28 = snapshot(world)
+    bare = world.run_tracker("rollback")
+    assert bare.exit_code == 1, bare.stderr
+    assert "--to" in bare.stderr and V24 in bare.stderr
+    assert not any(e.startswith("ROLLED BACK") for e in events(bare))
+    assert snapshot(world) == on_28
+
+    done = world.run_tracker("rollback", "--to", V24)
+    assert done.exit_code == 0, done.stderr
+    lines = events(done)
+    frozen = [i for i, e in enumerate(lines) if e.startswith("FROZEN ")]
+    restored = [i for i, e in enumerate(lines) if e.startswith("RESTORED ")]
+    assert frozen and len(restored) == len(world.users) and frozen[0] < min(restored), lines  # freeze FIRST
+    assert any(e.startswith(f"ROLLED BACK to={V24}") for e in lines), lines
+    freeze = json.loads(world.freeze_file.read_text())
+    assert freeze["reason"] == f"manual rollback to {V24}"
+    for user in world.users:
+        assert_user_on(world, user.sso, V24)
+        aside = list((world.backup_dest / user.os_user).glob(f"state-rolledback-{V28}-*.sqlite"))
+        assert len(aside) == 1 and integrity(aside[0]) == "ok"  # the 0.0.28 database, rows since kept
+        assert any(e.startswith(f"RESTORED user={user.os_user}") and "rows_since_backup=" in e for e in lines)
+    assert_history_kept(world, before)
+    assert fingerprints(world) == before
+    assert (world.state_dir / "last-good").read_text().strip() == V24
+    assert os.readlink(world.bin_link) == str(world.releases_dir / V24 / "bin" / "t3")
+    for user in world.users:
+        assert_logs_in(world, user.sso)
+
+    held = world.run_tracker()  # the freeze holds the fleet on 0.0.24 although 0.0.28 is still nightly
+    assert held.exit_code == 0 and any(e.startswith("FROZEN reason=") for e in events(held))
+    assert link_version(world, "wizard") == V24
+
+
+def test_rollback_never_moves_a_user_it_has_no_pre_bump_backup_for(world):
+    """emo was moved to 0.0.26 by hand (no tracker run, so no pre-bump backup of 0.0.26): rolling
+    emo back would run 0.0.24 on a database 0.0.26 migrated, or start emo on an empty one."""
+    world.install_release(V26)
+    world.point_user("emo", V26)
+    world.systemctl_run("restart", "t3-serve@emo.service")
+    world.wait_instance_ready("emil.barzin")
+    assert world.server_version("emil.barzin") == V26
+    before, backups = fingerprints(world), tree(world.backup_dest)
+    done = world.run_tracker("rollback")  # to last-good, 0.0.24
+    assert done.exit_code == 1, done.stderr
+    assert any(e.startswith("ROLLBACK FAILED") and "emo" in e and "no pre-bump backup" in e for e in events(done))
+    assert not any(e.startswith("ROLLED BACK") for e in events(done))
+    assert_user_on(world, "emil.barzin", V26)  # left as it was, serving its own migrated database
+    assert fingerprints(world) == before and tree(world.backup_dest) == backups
+    assert_logs_in(world, "emil.barzin")
+    assert world.freeze_file.exists()  # frozen all the same: a person has to look
+
+
+def test_an_unreadable_dispatch_map_mid_run_is_exit_3_with_a_traceback_and_nobody_moved(world):
+    world.registry.set_tag("nightly", V28)
+    good_map = world.dispatch_map.read_text()
+    world.dispatch_map.write_text("{ this is not json")  # e.g. a half-written edit by hand
+    pids = snapshot(world)["pids"]
+    done = world.run_tracker()
+    assert done.exit_code == 3, done.stderr
+    crashed = [e for e in events(done) if e.startswith("CRASHED ")]
+    assert len(crashed) == 1 and "command=run" in crashed[0] and "JSONDecodeError" in crashed[0], done.stderr
+    crashes = list((world.state_dir / "runs").glob("crash-*.txt"))
+    assert len(crashes) == 1 and f"traceback={crashes[0]}" in crashed[0]
+    text = crashes[0].read_text()
+    assert text.startswith("Traceback (most recent call last)") and "json.decoder.JSONDecodeError" in text
+    assert any(e.startswith("HEALTH-CHECK PASSED") for e in events(done))  # it got as far as the canary
+    for user in world.users:
+        assert link_version(world, user.os_user) == V24
+        assert world.server_version(user.sso) == V24
+    assert snapshot(world)["pids"] == pids
+
+    world.dispatch_map.write_text(good_map)
+    status = json.loads(world.run_tracker("status", "--json").stdout)
+    assert status["unfinished_run"]["phase"] == "canary" and status["unfinished_run"]["version"] == V28
+    assert world.run_tracker("freeze", "--reason", "look at the crash").exit_code == 0
+    next_run = world.run_tracker()  # recovers the crashed run first, then honours the freeze
+    assert next_run.exit_code == 0, next_run.stderr
+    assert any(e.startswith("RECOVERED") and "discarded" in e for e in events(next_run)), next_run.stderr
+    assert not (world.state_dir / "journal").exists() and not (world.releases_dir / V28).exists()
+    for user in world.users:
+        assert_user_on(world, user.sso, V24)
+        assert_logs_in(world, user.sso)
+
+
+def test_rollback_leaves_a_deferred_user_behind_the_target_untouched(make_world):
+    """emo was busy during the bump, so stays on 0.0.24 with a deferral marker: a bare `rollback`
+    (to last-good 0.0.28) must not "roll back" emo forward with no backup; `--to 0.0.24` moves the
+    others back and leaves emo, already there, alone."""
+    world = make_world(db_options={"emo": {"in_flight": True}})
+    world.registry.set_tag("nightly", V28)
+    bumped = world.run_tracker()
+    assert bumped.exit_code == 0, bumped.stderr
+    assert link_version(world, "emo") == V24 and (world.state_dir / "deferred" / "emo").exists()
+    emo_before, emo_pid = fingerprints(world)["emo"], snapshot(world)["pids"]["emo"]
+
+    bare = world.run_tracker("rollback")
+    assert bare.exit_code == 1, bare.stderr
+    assert "nothing to roll back" in bare.stderr and not world.freeze_file.exists()
+    assert not [e for e in events(bare) if e.startswith(("SET ASIDE", "RESTORED", "ROLLED BACK"))]
+
+    done = world.run_tracker("rollback", "--to", V24)
+    assert done.exit_code == 0, done.stderr
+    assert any(e.startswith(f"ROLLED BACK to={V24}") and "emo" not in e for e in events(done)), done.stderr
+    assert not any("user=emo" in e for e in events(done))
+    for user in world.users:
+        assert_user_on(world, user.sso, V24)
+    assert fingerprints(world)["emo"] == emo_before and snapshot(world)["pids"]["emo"] == emo_pid
+    assert not list((world.backup_dest / "emo").glob("state-rolledback-*"))
