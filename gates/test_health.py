@@ -20,9 +20,9 @@ from gates.throwaway import ThrowawayServer, copy_database
 MIGRATION_FAILED = re.compile(r'Migration "\d+_[^"]*" failed')
 
 
-def _seed_database(gate) -> Path:
-    seed = gate.path("--seed-db")
-    if seed is not None:
+def _seed_database(gate, given: str | None) -> Path:
+    if given is not None:
+        seed = Path(given)
         if not seed.is_file():
             raise GateFailure(f"seed database {seed} does not exist")
         return seed
@@ -46,20 +46,35 @@ class Candidate:
         self.auth_before = dbfacts.auth_row_counts(server.db) if seeded else {}
 
 
-@pytest.fixture(scope="module", params=["populated-copy", "fresh-empty"])
-def candidate(request, gate, scratch_root):
+def health_cases(seed_option: str | None) -> list[tuple[str, str | None]]:
+    """(case id, seed path) per populated seed given (one per schema level the fleet is at),
+    then a fresh empty database. Without --seed-db the seed is found when the case runs."""
+    seeds = [s for s in (seed_option or "").split(",") if s] or [None]
+    cases = [("populated-copy" if len(seeds) == 1 else f"populated-copy-{i + 1}", seed) for i, seed in enumerate(seeds)]
+    return cases + [("fresh-empty", None)]
+
+
+def pytest_generate_tests(metafunc):
+    if "health_case" in metafunc.fixturenames:
+        cases = health_cases(metafunc.config.getoption("seed_db"))
+        metafunc.parametrize("health_case", cases, ids=[c[0] for c in cases], scope="module")
+
+
+@pytest.fixture(scope="module")
+def candidate(health_case, gate, scratch_root):
     """The build under test serving a copy of a populated database, or an empty one."""
     t3_bin = str(gate.get("--t3-bin"))
     if not Path(t3_bin).exists():
         raise GateFailure(f"t3 binary under test not found: {t3_bin}")
+    case, given_seed = health_case
     server = ThrowawayServer(
-        t3_bin, scratch_root / request.param,
+        t3_bin, scratch_root / case,
         host=str(gate.get("--serve-host")), port=int(gate.get("--smoke-port") or 0),
         ready_timeout=float(gate.get("--ready-timeout")),
     )
-    seeded = request.param == "populated-copy"
+    seeded = case != "fresh-empty"
     if seeded:
-        seed = _seed_database(gate)
+        seed = _seed_database(gate, given_seed)
         copy_database(seed, server.db)
         if not any(count for count, _ in dbfacts.precious_fingerprint(server.db).values()):
             raise GateFailure(f"seed database {seed} holds no history; the gate needs a populated copy")

@@ -40,13 +40,13 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
         except StageError as exc:
             print(f"DRY-RUN FAIL {version}: staging failed: {exc}", file=stdout)
             return 1
-        from .tracker import largest_state_backup, run_health_gate
+        from .tracker import health_seeds, run_health_gate
 
-        seed = largest_state_backup({"all": seeds})
-        if seed is None:
+        seed_paths = health_seeds({"all": seeds})
+        if not seed_paths:
             print(f"DRY-RUN FAIL {version}: no populated database to seed the health gate", file=stdout)
             return 1
-        gate = run_health_gate(ctx, staged, seed)
+        gate = run_health_gate(ctx, staged, seed_paths)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     verdict = "PASS" if gate.passed else "FAIL"

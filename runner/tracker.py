@@ -20,21 +20,35 @@ from .rollout import roll_back_users, roll_out
 from .state import RunLock, atomic_json, atomic_write, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
 
 
+# Staging steps whose failure is a property of the build itself (its --version, its tarball's
+# manifest), not of the network or the disk: such a build is quarantined like a gate failure.
+DETERMINISTIC_STAGE_STEPS = {"version", "tarball"}
+
+
 class RunRefused(Exception):
     """Stopped before touching anything a user runs (exit 1)."""
 
 
-def health_options(ctx: RunContext, staged, seed: Path, scratch: Path) -> dict[str, str]:
+def health_options(ctx: RunContext, staged, seeds: list[Path], scratch: Path) -> dict[str, str]:
     cfg = ctx.cfg
-    return {"--t3-bin": str(staged.bin), "--expect-version": staged.version, "--seed-db": str(seed),
+    return {"--t3-bin": str(staged.bin), "--expect-version": staged.version,
+            "--seed-db": ",".join(str(seed) for seed in seeds),
             "--scratch": str(scratch), "--serve-host": cfg.serve_host, "--smoke-port": str(cfg.smoke_port),
             "--ready-timeout": str(cfg.ready_timeout), "--cookie-name": cfg.cookie_name}
 
 
-def largest_state_backup(records: dict[str, list]) -> Path | None:
-    """The richest history makes the best seed for the migration check."""
-    states = [r for rs in records.values() for r in rs if r.db_name == "state.sqlite"]
-    return max(states, key=lambda r: r.bytes).path if states else None
+def health_seeds(records: dict[str, list]) -> list[Path]:
+    """One seed per schema level the fleet's databases are at (a deferred user may lag
+    behind), each the richest history at that level: the migration is proven from every
+    starting point it will really start from."""
+    from gates.dbfacts import migration_level
+
+    richest: dict[int, object] = {}
+    for record in (r for rs in records.values() for r in rs if r.db_name == "state.sqlite"):
+        level = migration_level(record.path)
+        if level not in richest or record.bytes > richest[level].bytes:
+            richest[level] = record
+    return [richest[level].path for level in sorted(richest)]
 
 
 def installed_version(ctx: RunContext) -> str | None:
@@ -87,11 +101,11 @@ def back_up_everyone(ctx: RunContext, version: str) -> dict[str, list]:
     return records
 
 
-def run_health_gate(ctx: RunContext, staged, seed: Path):
+def run_health_gate(ctx: RunContext, staged, seeds: list[Path]):
     scratch = Path(ctx.cfg.tmpdir) / f"t3-health-{ctx.run_id}"
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        return run_gate("health", run_dir=ctx.run_dir, options=health_options(ctx, staged, seed, scratch),
+        return run_gate("health", run_dir=ctx.run_dir, options=health_options(ctx, staged, seeds, scratch),
                         env=ctx.env, timeout=ctx.cfg.gate_timeout)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -145,16 +159,19 @@ def bump(ctx: RunContext, journal: Journal) -> int:
         staged = release.stage_release(cfg.npm, cfg.package, version, cfg.releases_dir, env=ctx.env)
     except release.StageError as exc:
         events("STAGE FAILED", version=version, reason=str(exc))
+        if exc.step in DETERMINISTIC_STAGE_STEPS:  # the same build fails the same way every night
+            release.quarantine_build(cfg.quarantine_dir, version, reason=str(exc), report_path=None,
+                                     run_id=ctx.run_id)
         clear_journal(cfg.journal_path)
         write_summary(ctx, result="stage-failed", reason=str(exc))
         return 1
     journal.release = str(staged.prefix)
     journal.enter(cfg.journal_path, "health")
-    seed = largest_state_backup(records)
-    if seed is None:
+    seeds = health_seeds(records)
+    if not seeds:
         gate_failure, report = "no populated database to seed the health gate", None
     else:
-        gate = run_health_gate(ctx, staged, seed)
+        gate = run_health_gate(ctx, staged, seeds)
         gate_failure, report = (None if gate.passed else gate.reason()), gate.report
         ctx.outcome["health_report"] = str(gate.report)
     if gate_failure:

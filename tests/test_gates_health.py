@@ -120,3 +120,24 @@ def test_no_collected_tests_is_a_failure(tmp_path, seed_db):
                       options={"--t3-bin": str(t3_bin), "--seed-db": str(seed_db)})
     assert not result.passed and result.tests == 0
     assert result.exit_code != 0
+
+
+def test_one_populated_case_per_seed_given(tmp_path, seed_db):
+    """The runner passes one seed per schema level its users are at; each is migrated and checked."""
+    newer = tmp_path / "level-32.sqlite"
+    dbgen.make_database(newer, 32, threads=3)
+    result = health(tmp_path, builds.GOOD_VERSIONS["good-0.0.28"], f"{seed_db},{newer}")
+    assert result.passed, result.reason()
+    import xml.etree.ElementTree as ET
+    names = {case.get("name") for case in ET.parse(result.report).getroot().iter("testcase")}
+    assert {"test_precious_history_kept[populated-copy-1]", "test_precious_history_kept[populated-copy-2]",
+            "test_precious_history_kept[fresh-empty]"} <= names
+
+
+def test_an_old_build_on_a_newer_seed_is_refused(tmp_path):
+    """0.0.24 cannot write a database migrated past it (no column named role): refused."""
+    newer = tmp_path / "level-32.sqlite"
+    dbgen.make_database(newer, 32, threads=3)
+    result = health(tmp_path, "0.0.24", newer)
+    assert not result.passed
+    assert any("no column named role" in p for p in result.problems), result.problems

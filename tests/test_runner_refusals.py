@@ -236,8 +236,11 @@ def test_wrong_version_is_caught_at_stage(shared):
     assert done.exit_code == 1, done.stderr
     line = event_line(done, "STAGE FAILED ")
     assert f"t3 --version reports {V28}, expected {LIE}" in line, line
-    # A stage failure is not a gate verdict: no quarantine record (the quarantine dir is part of
-    # the unchanged state), the release is not kept, nobody was touched.
+    # A build that lies about its version lies every night: it is quarantined (not downloaded
+    # and backed up for again), the release is not kept, nobody was touched.
+    quarantined = json.loads((shared.state_dir / "quarantine" / f"{LIE}.json").read_text())
+    assert "reports" in quarantined["reason"]
+    (shared.state_dir / "quarantine" / f"{LIE}.json").unlink()
     before.assert_unchanged(V24)
     assert not (shared.releases_dir / LIE).exists()
     assert not any(e.startswith(("HEALTH-CHECK", "CANARY")) for e in events(done))
