@@ -121,6 +121,13 @@ def cmd_rollback(cfg: Config, args, events: EventLog) -> int:
     return manual_rollback(RunContext.build(cfg, events=events), to_version=args.to)
 
 
+def cmd_install_units(cfg: Config, args, events: EventLog) -> int:
+    from .install import install_units
+
+    install_units(cfg, dest=Path(args.dest), serve_env_dir=Path(args.serve_env_dir), bin_path=args.bin, events=events)
+    return OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t3-autoupdate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -147,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", metavar="VERSION")
     p.set_defaults(func=cmd_quarantine)
     sub.add_parser("drain-deferred", help="restart deferred users who are idle now").set_defaults(func=cmd_drain)
+    p = sub.add_parser("install-units", help="install the units and enable (never start) the daily timer")
+    p.add_argument("--dest", default="/etc/systemd/system")
+    p.add_argument("--serve-env-dir", default="/etc/t3-serve", help="holds <os_user>.env with T3_PORT")
+    p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
+    p.set_defaults(func=cmd_install_units)
     p = sub.add_parser("rollback", help="manual rollback to last-good (or --to VERSION) with database restore")
     p.add_argument("--to", default=None)
     p.set_defaults(func=cmd_rollback)
