@@ -33,7 +33,7 @@ import secrets
 import stat
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -476,6 +476,8 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
         needed = sum(_size_at(tree.fd, n) + _size_at(tree.fd, n + "-wal") for n in names)
         bdir = _open_backup_dir(stack, backup_root, os_user, owner)
         _remove_stale(bdir, TMP_PREFIX)
+        while any(lstat_at(bdir.fd, backup_file_name(n, "prebump", version, ts)) is not None for n in names):
+            taken_at, ts = _timestamp(taken_at + timedelta(seconds=1))  # a killed run's backup took this second
         check_free_space(bdir.path, needed, margin, free_bytes=free_bytes or (lambda _p: free_bytes_fd(bdir.fd)))
         tools = _Tools(owner, sqlite3=sqlite3, dd=dd, mv=mv, timeout=timeout, scratch=bdir.path)
         records = []
@@ -596,6 +598,10 @@ def _keep_aside(tools: _Tools, tree: _Dir, bdir: _Dir, db_name: str, failed_vers
                 ts: str) -> tuple[Path, dict[str, int] | None]:
     """Copy the live database (with its WAL content) to `<stem>-rolledback-<ver>-<ts><ext>`."""
     kept = backup_file_name(db_name, "rolledback", failed_version, ts)
+    n = 1
+    while lstat_at(bdir.fd, kept) is not None:  # kept aside this second already (a rerun's recovery)
+        kept = backup_file_name(db_name, "rolledback", failed_version, f"{ts}-{n}")
+        n += 1
     c = _copy_into_backup_dir(tools, tree.path / db_name, bdir, kept, require_ok=False)
     if c.problems:
         log.error("kept aside %s, but the copy does not verify: %s", bdir.path / kept, " | ".join(c.problems))

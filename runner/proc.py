@@ -71,6 +71,29 @@ def _drop_privileges(user: UserIds | None):
     return preexec
 
 
+def _die_with_parent(user: UserIds | None):
+    """preexec for a long-lived child: drop privileges, then ask the kernel to SIGKILL it
+    when its parent dies, so a killed runner or gate never leaves a throwaway server running.
+    (PR_SET_PDEATHSIG is cleared by a change of credentials, so it is set after the drop.)"""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+    parent = os.getpid()
+    drop = _drop_privileges(user)
+    pr_set_pdeathsig = 1
+
+    def preexec():
+        if drop is not None:
+            drop()
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(126)
+
+    return preexec
+
+
 def _decode(data) -> str:
     if data is None:
         return ""
@@ -139,7 +162,7 @@ def spawn(
     """Start a long-lived process (a throwaway server) in its own session.
 
     Output goes to log_path so a failure can quote it. Returns the Popen; stop it
-    with `terminate`.
+    with `terminate`. It is SIGKILLed by the kernel if this process dies first.
     """
     import subprocess
 
@@ -150,7 +173,7 @@ def spawn(
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else None, cwd=cwd,
-                start_new_session=True, preexec_fn=_drop_privileges(as_user),
+                start_new_session=True, preexec_fn=_die_with_parent(as_user),
             )
         except OSError as exc:
             raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc

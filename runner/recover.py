@@ -8,6 +8,10 @@ A run that died while committing is finished: every user already passed.
 """
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 from . import activate, release
 from .context import RunContext
 from .journal import clear_journal, load_journal
@@ -42,5 +46,8 @@ def recover_unfinished_run(ctx: RunContext) -> None:
         if journal.version not in in_use:
             release.remove_release(cfg.releases_dir, journal.version)
     release.clean_staging(cfg.releases_dir)
+    # A health gate killed with the run leaves its scratch (copies of a user's database) behind.
+    if re.fullmatch(r"[0-9A-Za-z-]+", journal.run_id):
+        shutil.rmtree(Path(cfg.tmpdir) / f"t3-health-{journal.run_id}", ignore_errors=True)
     clear_journal(cfg.journal_path)
     events("RECOVERED", run=journal.run_id, phase=journal.phase, action=action)
