@@ -130,6 +130,9 @@ def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, fa
     for os_user in reversed(users):
         unit = unit_of(os_user)
         try:
+            # Refuse before stopping anything: a symlinked database would leave the user
+            # stopped with nothing restored.
+            backup.find_user_databases(cfg.userdata_dir(os_user))
             # Mints wait while the database is replaced (they would open and migrate it).
             with user_lock(cfg.state_dir, os_user, exclusive=True, timeout=MINT_TIMEOUT):
                 ctx.services.stop(unit)

@@ -120,6 +120,8 @@ def test_manual_rollback_never_writes_through_a_database_symlink(world, tmp_path
         refusal = [e for e in lines if e.startswith(f"ROLLBACK FAILED user={VICTIM} ")]
         assert refusal and str(db) in refusal[0] and "symlink" in refusal[0], done.stderr
         assert os.readlink(db) == str(outside.path)
+        # refused before anything was touched: the user's link stays on the build they were on
+        assert os.readlink(world.active_dir / VICTIM) == str(world.releases_dir / V28)
     else:  # or the symlink itself was replaced by the verified backup
         assert db.is_file()
         assert dbgen.precious_fingerprint(db) == pre_bump[VICTIM]
