@@ -128,6 +128,13 @@ def cmd_install_units(cfg: Config, args, events: EventLog) -> int:
     return OK
 
 
+def cmd_adopt(cfg: Config, args, events: EventLog) -> int:
+    from .adopt import adopt
+    from .context import RunContext
+
+    return adopt(RunContext.build(cfg, events=events), args.version)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t3-autoupdate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
@@ -154,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", metavar="VERSION")
     p.set_defaults(func=cmd_quarantine)
     sub.add_parser("drain-deferred", help="restart deferred users who are idle now").set_defaults(func=cmd_drain)
+    p = sub.add_parser("adopt", help="first install: stage VERSION, link every user to it, record last-good")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_adopt)
     p = sub.add_parser("install-units", help="install the units and enable (never start) the daily timer")
     p.add_argument("--dest", default="/etc/systemd/system")
     p.add_argument("--serve-env-dir", default="/etc/t3-serve", help="holds <os_user>.env with T3_PORT")
