@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.sim.world import free_port, wait_until
+
 from tests.sim.dispatch import NEW_EXCHANGE, OLD_EXCHANGE, Dispatch, parse_cookie_header
 from tests.sim.prober import LoginProber
 
@@ -230,22 +232,6 @@ def cookie_pair(resp: requests.Response) -> str:
     return header.split(";", 1)[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        pause.wait(0.02)
 
 
 PAIRED = "paired user=vbarzin os_user=wizard endpoint=/api/auth/browser-session fallback=false cookies=t3_session"
@@ -575,7 +561,6 @@ def test_restart_grace_rides_through_a_refused_upstream(tmp_path):
     """A restarting instance (connection refused) is waited for within the grace;
     without a grace the same moment is a 502."""
     from tests.sim.dispatch import Dispatch
-    from tests.sim.world import wait_until
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -28,22 +28,14 @@ from runner.units import (
     render_unit,
     serve_unit_name,
 )
+from tests.sim.world import wait_until
 from tests.sim.systemctl import expand_argument, install_systemctl, proc_alive, proc_stat, split_words, stop_all
 
 WAIT = 15.0  # the longest any single wait here may take before the test fails
 
 
 def wait_for(predicate, timeout: float = WAIT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+    return wait_until(predicate, timeout, what)
 
 
 # --------------------------------------------------------------------------- render_unit (pure)

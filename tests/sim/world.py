@@ -55,7 +55,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.05):
     """Poll `predicate` until truthy or the deadline; never a fixed sleep."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()
