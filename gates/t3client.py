@@ -100,7 +100,8 @@ def mint_credential(t3_bin: str, base_dir: Path, *, env=None, as_user=None, time
     try:
         done = proc.run(argv, env=env, timeout=timeout, as_user=as_user)
     except proc.CommandError as exc:
-        raise GateFailure(f"minting a pairing credential failed: {exc}") from None
+        said = " | ".join((exc.stderr or exc.stdout).strip().splitlines()[-3:]) or exc.reason
+        raise GateFailure(f"`t3 auth pairing create` failed ({exc.reason}): {said}") from None
     try:
         credential = json.loads(done.stdout)["credential"]
     except (ValueError, KeyError, TypeError):

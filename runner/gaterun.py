@@ -48,6 +48,19 @@ def gate_argv(python: str, gate: str, *, junit: Path, options: Mapping[str, str]
     return argv
 
 
+def failure_message(element, outcome: str) -> str:
+    """The failure's message; newer pytest truncates the attribute, so then the `E` lines
+    of the element's text (the full report) are used."""
+    message = (element.get("message") or "").strip()
+    if message and "[truncated" not in message:
+        return message.splitlines()[0]
+    explained = " ".join(line[1:].strip() for line in (element.text or "").splitlines()
+                         if line.startswith("E ") and line[1:].strip())
+    if explained:
+        return explained
+    return message.splitlines()[0] if message else outcome
+
+
 def read_junit(path: Path) -> tuple[dict[str, int], list[str]]:
     """Totals and the failed tests' first message lines; raises ValueError on anything unreadable."""
     root = ET.parse(path).getroot()
@@ -60,8 +73,7 @@ def read_junit(path: Path) -> tuple[dict[str, int], list[str]]:
         for outcome in ("failure", "error", "skipped"):
             element = case.find(outcome)
             if element is not None:
-                message = (element.get("message") or element.text or outcome).strip().splitlines()
-                problems.append(f"{case.get('name')}: {message[0] if message else outcome}")
+                problems.append(f"{case.get('name')}: {failure_message(element, outcome)}")
     return totals, problems
 
 

@@ -141,3 +141,19 @@ def test_an_old_build_on_a_newer_seed_is_refused(tmp_path):
     result = health(tmp_path, "0.0.24", newer)
     assert not result.passed
     assert any("no column named role" in p for p in result.problems), result.problems
+
+
+def test_truncated_junit_messages_are_read_from_the_full_report(tmp_path):
+    """pytest 9.2 truncates the junit message attribute; the cause must still be named."""
+    from runner.gaterun import read_junit
+
+    report = tmp_path / "junit.xml"
+    report.write_text(
+        '<testsuites><testsuite tests="1" failures="1" errors="0" skipped="0">'
+        '<testcase name="test_x"><failure message="GateFailure: long...&#10;[truncated; full report in element text]">'
+        'def test_x():\nE   gates.t3client.GateFailure: `t3 auth pairing create` failed (exit code 1):\n'
+        'E   Error: table auth_pairing_links has no column named role\n</failure></testcase></testsuite></testsuites>')
+    totals, problems = read_junit(report)
+    assert totals["failures"] == 1
+    assert problems == ["test_x: gates.t3client.GateFailure: `t3 auth pairing create` failed (exit code 1): "
+                        "Error: table auth_pairing_links has no column named role"]
