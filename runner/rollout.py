@@ -81,7 +81,7 @@ def roll_out(ctx: RunContext, journal: Journal, release_dir: Path) -> RolloutRes
         try:
             move_and_restart(ctx, os_user, release_dir, ports[os_user])
         except Exception as exc:  # noqa: BLE001 - any doubt is a failure
-            failure = f"instance did not come back: {exc}"
+            failure = f"instance did not come back: {exc}; last log: {ctx.services.recent_log(unit_of(os_user))}"
         if failure is None:
             options = {**canary_options(ctx, journal.version), "--users": ",".join(ctx.sso_names(os_user))}
             gate = run_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env,

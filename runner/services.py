@@ -198,6 +198,15 @@ class Services:
     def running_instances(self) -> list[str]:
         return parse_running_instances(self._call(list_running_argv(self.systemctl)).stdout)
 
+    def recent_log(self, unit: str, lines: int = 5) -> str:
+        """The unit's last log lines (`systemctl status -n N`), for a failure message; never raises."""
+        try:
+            done = self._call([self.systemctl, "status", _unit(unit), "-n", str(lines), "--no-pager"],
+                              ok_codes=range(256))
+        except proc.CommandError as exc:
+            return f"(no status: {exc.reason})"
+        return " | ".join(line.strip() for line in done.stdout.strip().splitlines()[-lines:])
+
     def liveness(self, unit: str) -> Callable[[], bool]:
         """An `is_alive` for `wait_serving`: the unit is active with the main process it has now.
 
