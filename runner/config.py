@@ -348,10 +348,14 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         for sso, os_user in users.items():
             if os_user == "root":
                 errors.append(f"{values['user_map']}: {sso} maps to root; t3 must not run as root")
+    # Fail closed on an unknown T3_* name: a typo of T3_DRY_RUN must not become a real run.
+    for name in sorted(env):
+        if name.startswith("T3_") and name not in ENV_NAMES and name != "T3_CONFIG":
+            hint = difflib.get_close_matches(name, [*ENV_NAMES, "T3_CONFIG"], n=1)
+            errors.append(f"{name} (environment): unknown variable" + (f" (did you mean {hint[0]}?)" if hint else ""))
     if errors:
         raise ConfigError(errors)
-    warnings = tuple(f"unknown environment variable {name} (ignored)" for name in sorted(env)
-                     if name.startswith("T3_") and name not in ENV_NAMES and name != "T3_CONFIG")
+    warnings: tuple[str, ...] = ()
     return Config(**values, users=types.MappingProxyType(dict(users)), config_file=config_file,
                   sources=types.MappingProxyType(sources),
                   npm_config_registry=env.get("npm_config_registry"), warnings=warnings)

@@ -57,11 +57,10 @@ def test_config_check_prints_the_effective_config_with_sources(site, monkeypatch
     assert not (site / "state").exists()  # a check creates nothing
 
 
-def test_config_check_names_unknown_env_variables_as_warnings(site, monkeypatch, capsys):
+def test_config_check_refuses_unknown_env_variables(site, monkeypatch, capsys):
     monkeypatch.setenv("T3_DRYRUN", "1")  # a typo of T3_DRY_RUN
-    assert cli.main(["config", "check"]) == 0
-    out = capsys.readouterr().out
-    assert "# warning: unknown environment variable T3_DRYRUN (ignored)" in out
+    assert cli.main(["config", "check"]) == 2
+    assert "T3_DRYRUN (environment): unknown variable (did you mean T3_DRY_RUN?)" in capsys.readouterr().err
 
 
 def test_every_config_error_is_reported_at_once_naming_each_key(site, monkeypatch, capsys):

@@ -313,11 +313,11 @@ def test_rejected_values_name_the_key(world, key, value):
     assert error.startswith(f"{key} (environment): ")
 
 
-def test_unknown_t3_environment_variable_is_a_warning(world):
-    cfg = load_config(env_for(world, T3_DRYRUN="1", T3_CONFIG_X="y"))
-    assert cfg.dry_run is False
-    assert any("T3_DRYRUN" in w for w in cfg.warnings)
-    assert any("T3_DRYRUN" in line for line in cfg.check_lines())
+def test_unknown_t3_environment_variable_is_an_error(world):
+    """A typo of T3_DRY_RUN must fail closed, never become a real run."""
+    errors = errors_of(env_for(world, T3_DRYRUN="1", T3_CONFIG_X="y"))
+    assert "T3_DRYRUN (environment): unknown variable (did you mean T3_DRY_RUN?)" in errors
+    assert any(e.startswith("T3_CONFIG_X (environment): unknown variable") for e in errors)
 
 
 def test_config_is_frozen(world):
