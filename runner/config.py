@@ -349,8 +349,9 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             if os_user == "root":
                 errors.append(f"{values['user_map']}: {sso} maps to root; t3 must not run as root")
     # Fail closed on an unknown T3_* name: a typo of T3_DRY_RUN must not become a real run.
+    # (T3_PORT is the serve unit's own variable, inherited by shells inside a t3 session.)
     for name in sorted(env):
-        if name.startswith("T3_") and name not in ENV_NAMES and name != "T3_CONFIG":
+        if name.startswith("T3_") and name not in ENV_NAMES and name not in ("T3_CONFIG", "T3_PORT"):
             hint = difflib.get_close_matches(name, [*ENV_NAMES, "T3_CONFIG"], n=1)
             errors.append(f"{name} (environment): unknown variable" + (f" (did you mean {hint[0]}?)" if hint else ""))
     if errors:

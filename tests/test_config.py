@@ -318,6 +318,7 @@ def test_unknown_t3_environment_variable_is_an_error(world):
     errors = errors_of(env_for(world, T3_DRYRUN="1", T3_CONFIG_X="y"))
     assert "T3_DRYRUN (environment): unknown variable (did you mean T3_DRY_RUN?)" in errors
     assert any(e.startswith("T3_CONFIG_X (environment): unknown variable") for e in errors)
+    assert load_config(env_for(world, T3_PORT="3781")).dry_run is False  # the serve unit's own variable
 
 
 def test_config_is_frozen(world):
