@@ -64,8 +64,8 @@ def probing_logins(world, interval: float = 0.5):
     finally:
         for sso, prober in probers.items():
             reports[sso] = prober.stop()
-        reports["dispatch failures"] = [line for line in world.dispatch.log
-                                        if "failed" in line or "forbidden" in line]
+        reports["dispatch failures"] = [line for line in world.dispatch.log if not line.startswith("retrying")
+                                        and ("failed" in line or "forbidden" in line)]
 
 
 def summary_of(world) -> dict:

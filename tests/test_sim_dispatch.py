@@ -584,3 +584,51 @@ def test_restart_grace_rides_through_a_refused_upstream(tmp_path):
             server.shutdown()
             server.server_close()
     assert answers == [200]
+
+
+def _dropping_upstream(drops: int):
+    """A raw upstream that resets its first `drops` connections unanswered, then answers 200."""
+    import struct
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    seen = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            seen.append(1)
+            if len(seen) <= drops:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # RST: accepted, never answered
+                continue
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, seen
+
+
+@pytest.mark.parametrize("method,drops,status,attempts", [
+    ("GET", 1, 200, 2),    # a read is repeated once
+    ("GET", 2, 502, 2),    # but only once
+    ("POST", 1, 502, 1),   # a write is never repeated
+])
+def test_dropped_upstream_connection_is_retried_once_for_reads(tmp_path, method, drops, status, attempts):
+    from tests.sim.dispatch import Dispatch
+
+    listener, seen = _dropping_upstream(drops)
+    try:
+        port = listener.getsockname()[1]
+        (tmp_path / "dispatch.json").write_text(json.dumps({"vbarzin": {"os_user": "wizard", "port": port}}))
+        with Dispatch(tmp_path / "dispatch.json", ["/bin/false"]) as dispatch:
+            response = requests.request(method, dispatch.url + "/api/x", timeout=10,
+                                        headers={"X-authentik-username": "vbarzin", "Cookie": "t3_session=x"})
+        assert (response.status_code, len(seen)) == (status, attempts)
+    finally:
+        listener.close()

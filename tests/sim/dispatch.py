@@ -82,10 +82,16 @@ def _one_line(text: object, limit: int = 300) -> str:
 class _Reply(Exception):
     """Raised inside the handler to answer with an error status and a log line."""
 
-    def __init__(self, status: int, log_line: str) -> None:
+    def __init__(self, status: int, log_line: str, *, dropped: bool = False) -> None:
         super().__init__(log_line)
         self.status = status
         self.log_line = log_line
+        self.dropped = dropped  # the instance dropped the connection before answering
+
+
+def _dropped(exc: BaseException) -> bool:
+    """A connection accepted and then dropped unanswered: a server shutting down for a restart."""
+    return isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected))
 
 
 class _Server(ThreadingHTTPServer):
@@ -348,14 +354,14 @@ class _Handler(BaseHTTPRequestHandler):
             os_user, port = found
             cookie = self._session_cookie()
             if cookie is None:
-                self._pair(sso, os_user, port)
-            elif self.headers.get("Sec-Fetch-Dest", "").strip().lower() == "document" and not self._alive(
-                sso, os_user, port, cookie
+                self._once_more_if_dropped(lambda: self._pair(sso, os_user, port))
+            elif self.headers.get("Sec-Fetch-Dest", "").strip().lower() == "document" and not (
+                self._once_more_if_dropped(lambda: self._alive(sso, os_user, port, cookie))
             ):
                 d._record(f"dead cookie user={sso} os_user={os_user}")
-                self._pair(sso, os_user, port)
+                self._once_more_if_dropped(lambda: self._pair(sso, os_user, port))
             else:
-                self._proxy(sso, os_user, port, body)
+                self._once_more_if_dropped(lambda: self._proxy(sso, os_user, port, body))
         except _Reply as reply:
             d._record(reply.log_line)
             self._plain(reply.status, f"dispatch: {reply.log_line}")
@@ -365,6 +371,17 @@ class _Handler(BaseHTTPRequestHandler):
             if name == self.dispatch.cookie_name:  # literal on purpose (see module docstring)
                 return value
         return None
+
+    def _once_more_if_dropped(self, attempt):
+        """Like a proxy retrying an upstream that dropped the connection unanswered: once, and
+        only where repeating is safe (reads; a pairing re-mints a fresh credential)."""
+        try:
+            return attempt()
+        except _Reply as reply:
+            if not reply.dropped:
+                raise
+            self.dispatch._record(f"retrying after a dropped connection: {reply.log_line}")
+            return attempt()
 
     def _alive(self, sso: str, os_user: str, port: int, cookie: str) -> bool:
         try:
@@ -380,7 +397,8 @@ class _Handler(BaseHTTPRequestHandler):
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason={_one_line(exc)}") from None
+            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason={_one_line(exc)}",
+                         dropped=_dropped(exc)) from None
         finally:
             conn.close()
         if resp.status != 200:
@@ -418,7 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, cookies = self._exchange(port, endpoint, credential)
         except (OSError, http.client.HTTPException) as exc:
             raise _Reply(502, f"pairing failed user={sso} os_user={os_user} endpoint={endpoint} "
-                              f"status=error reason={_one_line(exc)}") from None
+                              f"status=error reason={_one_line(exc)}", dropped=_dropped(exc)) from None
         if status != 200:
             raise _Reply(502, f"pairing failed user={sso} os_user={os_user} endpoint={endpoint} status={status}")
         names = ",".join(c.split("=", 1)[0].strip() for c in cookies) or "-"
@@ -454,7 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = resp.read()
             upstream_headers = resp.getheaders()
         except (OSError, http.client.HTTPException) as exc:
-            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}") from None
+            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}",
+                         dropped=_dropped(exc) and self.command in ("GET", "HEAD")) from None
         finally:
             conn.close()
         relayed = [(n, v) for n, v in upstream_headers if n.lower() not in _HOP_BY_HOP and n.lower() != "content-length"]

@@ -586,7 +586,10 @@ INDEX_HTML = """<!doctype html>
 
 
 class T3HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+    # On SIGTERM, requests already being handled are finished (server_close joins them),
+    # as a real server drains before it exits.
+    daemon_threads = False
+    block_on_close = True
 
     def __init__(self, host: str, port: int, app: "ServerApp") -> None:
         self.app = app
