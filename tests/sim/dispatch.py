@@ -387,7 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             conn = self._upstream(port)
         except OSError as exc:
-            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason={_one_line(exc)}") from None
+            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason={_one_line(exc)}",
+                         dropped=_dropped(exc)) from None
         try:
             conn.request("GET", SESSION_PATH, headers={
                 "Cookie": f"{self.dispatch.cookie_name}={cookie}",
@@ -452,7 +453,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             conn = self._upstream(port)
         except OSError as exc:
-            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}") from None
+            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}",
+                         dropped=_dropped(exc) and self.command in ("GET", "HEAD")) from None
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             has_host = False
