@@ -65,11 +65,11 @@ def cmd_status(cfg: Config, args, events: EventLog) -> int:
 
 def cmd_verify(cfg: Config, args, events: EventLog) -> int:
     from .gaterun import run_gate
+    from .rollout import canary_options
     from .state import new_run_id
 
     run_dir = cfg.runs_dir / f"verify-{new_run_id()}"
-    options = {"--dispatch": cfg.dispatch, "--dispatch-map": str(cfg.dispatch_map), "--user-map": str(cfg.user_map),
-               "--active-dir": str(cfg.active_dir), "--cookie-name": cfg.cookie_name}
+    options = canary_options(cfg)
     if args.users:
         options["--users"] = args.users
     result = run_gate("canary", run_dir=run_dir, options=options, timeout=cfg.gate_timeout)

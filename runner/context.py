@@ -13,6 +13,12 @@ from .services import Services
 from .state import utc_now
 
 
+def instance_ports(dispatch_map: Path) -> dict[str, int]:
+    """OS user -> port of their instance, from the dispatch's own map."""
+    data = json.loads(Path(dispatch_map).read_text())
+    return {str(entry["os_user"]): int(entry["port"]) for entry in data.values()}
+
+
 @dataclass
 class RunContext:
     cfg: Config
@@ -30,12 +36,7 @@ class RunContext:
         return cls(cfg=cfg, env=env, events=events or EventLog(), services=Services(cfg.systemctl))
 
     def ports(self) -> dict[str, int]:
-        """OS user -> port of their instance, from the dispatch's own map."""
-        data = json.loads(Path(self.cfg.dispatch_map).read_text())
-        ports = {}
-        for entry in data.values():
-            ports[str(entry["os_user"])] = int(entry["port"])
-        return ports
+        return instance_ports(self.cfg.dispatch_map)
 
     def sso_names(self, os_user: str) -> list[str]:
         return sorted(sso for sso, user in self.cfg.users.items() if user == os_user)

@@ -48,7 +48,7 @@ def drain_deferred(ctx: RunContext) -> int:
             failure = None
             try:
                 move_and_restart(ctx, os_user, cfg.release_dir(good), ports[os_user])
-                options = {**canary_options(ctx, good), "--users": ",".join(ctx.sso_names(os_user))}
+                options = {**canary_options(cfg, good), "--users": ",".join(ctx.sso_names(os_user))}
                 gate = run_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env,
                                 timeout=cfg.gate_timeout, label=f"canary-{os_user}")
                 failure = None if gate.passed else gate.reason()

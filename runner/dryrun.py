@@ -11,12 +11,12 @@ from pathlib import Path
 from . import backup, resolve
 from .context import RunContext
 from .stage import StageError, stage_release
-from .state import new_run_id, read_freeze
+from .state import new_run_id, read_text_or_none, read_freeze
 
 
 def dry_run(ctx: RunContext, *, stdout) -> int:
     cfg, events = ctx.cfg, ctx.events
-    installed = (cfg.last_good_path.read_text().strip() if cfg.last_good_path.exists() else None)
+    installed = read_text_or_none(cfg.last_good_path)
     try:
         target = None if cfg.pin else resolve.resolve_target(cfg.npm, cfg.package, cfg.track, env=ctx.env,
                                                              scratch_dir=Path(cfg.tmpdir))

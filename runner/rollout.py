@@ -30,10 +30,13 @@ class RolloutResult:
     reports: list[str] = field(default_factory=list)
 
 
-def canary_options(ctx: RunContext, version: str) -> dict[str, str]:
-    cfg = ctx.cfg
-    return {"--dispatch": cfg.dispatch, "--dispatch-map": str(cfg.dispatch_map), "--user-map": str(cfg.user_map),
-            "--active-dir": str(cfg.active_dir), "--cookie-name": cfg.cookie_name, "--canary-version": version}
+def canary_options(cfg, version: str | None = None) -> dict[str, str]:
+    """The canary gate's options from the config; with `version`, every checked instance must run it."""
+    options = {"--dispatch": cfg.dispatch, "--dispatch-map": str(cfg.dispatch_map), "--user-map": str(cfg.user_map),
+               "--active-dir": str(cfg.active_dir), "--cookie-name": cfg.cookie_name}
+    if version is not None:
+        options["--canary-version"] = version
+    return options
 
 
 def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int) -> dict:
@@ -83,7 +86,7 @@ def roll_out(ctx: RunContext, journal: Journal, release_dir: Path) -> RolloutRes
         except Exception as exc:  # noqa: BLE001 - any doubt is a failure
             failure = f"instance did not come back: {exc}; last log: {ctx.services.recent_log(unit_of(os_user))}"
         if failure is None:
-            options = {**canary_options(ctx, journal.version), "--users": ",".join(ctx.sso_names(os_user))}
+            options = {**canary_options(cfg, journal.version), "--users": ",".join(ctx.sso_names(os_user))}
             gate = run_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env,
                             timeout=cfg.gate_timeout, label=f"canary-{os_user}")
             result.reports.append(str(gate.report))

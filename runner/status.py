@@ -6,12 +6,11 @@ API) is a finding, not something to ignore.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import requests
 
 from . import activate, quarantine
+from .context import instance_ports
 from .journal import JournalError, load_journal
 from .state import read_freeze, read_text_or_none
 
@@ -29,7 +28,7 @@ def _server_version(port: int | None) -> str | None:
 def collect_status(cfg) -> dict:
     freeze = read_freeze(cfg.freeze_file)
     try:
-        ports = {str(e["os_user"]): int(e["port"]) for e in json.loads(Path(cfg.dispatch_map).read_text()).values()}
+        ports = instance_ports(cfg.dispatch_map)
     except (OSError, ValueError, KeyError, TypeError):
         ports = {}
     deferred = activate.deferred_users(cfg.deferred_dir)
