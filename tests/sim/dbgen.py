@@ -302,6 +302,8 @@ def make_v2_user(userdata: Path | str, schema_level: int = 60, *, threads: int =
     "counts" (statev2's tables), "in_flight_runs": {thread_id: ordinal}}.
     """
     userdata = Path(userdata)
+    if userdata.name != "userdata":
+        raise ValueError(f"{userdata} is not a t3 base dir's userdata/ directory")
     if not V2_MIN_SCHEMA_LEVEL <= schema_level <= t3sim.LATEST_V2_SCHEMA_LEVEL:
         raise ValueError(f"a V2 schema_level must be {V2_MIN_SCHEMA_LEVEL}..{t3sim.LATEST_V2_SCHEMA_LEVEL}")
     if in_flight and (v2_threads < 1 or runs_per_thread < 1):
