@@ -152,6 +152,25 @@ def test_first_start_imports_state_sqlite_one_way_and_only_once(installed, serve
     assert sha256(v1(home)) == before_bytes
 
 
+def test_import_reads_committed_rows_still_in_the_v1_wal_without_writing_the_v1_file(installed, tmp_path):
+    """A V1 writer still holds state.sqlite open with un-checkpointed commits: the import
+    must carry them (read through the WAL) and still change neither file."""
+    home = tmp_path / "home"
+    dbgen.make_database(v1(home), 33, threads=2)
+    writer = sqlite3.connect(v1(home), isolation_level=None)
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute("INSERT INTO projection_threads (thread_id, project_id, title, created_at, updated_at)"
+                       " VALUES ('thread-late', 'p', 'late', '2026-11-01T00:00:00.000Z', '2026-11-01T00:00:00.000Z')")
+        main_bytes, wal_bytes = sha256(v1(home)), sha256(home / "userdata" / "state.sqlite-wal")
+        mint_credential(installed(V46), home)
+        assert (sha256(v1(home)), sha256(home / "userdata" / "state.sqlite-wal")) == (main_bytes, wal_bytes)
+    finally:
+        writer.close()
+    assert query(v2(home), "SELECT json_extract(payload_json, '$.historyOrigin') FROM"
+                           " orchestration_v2_projection_threads WHERE thread_id = 'thread-late'") == [("v1_import",)]
+
+
 def test_fresh_base_dir_gets_only_statev2(installed, servers, tmp_path):
     home = tmp_path / "home"
     servers(installed(V46), home).wait_ready(15)
