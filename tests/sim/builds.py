@@ -4,7 +4,9 @@ Every simulated build carries the same code (t3pkg/t3sim.py) and differs only in
 its package.json version and its profile.json behaviour profile. CATALOGUE is the
 standard set of builds the tests, the registry and the demo publish: the good
 builds the contract's history describes, then one bad nightly per failure the
-gates must catch.
+gates must catch; then the orchestration V2 builds (V2_GOOD_VERSIONS,
+V2_BAD_VERSIONS: statev2.sqlite, see t3sim), newer than all of those and kept in
+their own groups so tests written for the V1 groups keep their meaning.
 
     from tests.sim import builds
     tgz = builds.build_tarball("0.0.24", "good-0.0.24", tmp_path)
