@@ -33,6 +33,7 @@ from pathlib import Path
 
 FIRST_PAUSE = 0.002  # a reader's turn through the gate lasts microseconds
 MAX_PAUSE = 0.05
+_PAUSE = threading.Event()  # never set: its wait(t) is a pause usable from any thread
 
 
 class UserLockTimeout(TimeoutError):
@@ -54,7 +55,7 @@ def _open(path: Path) -> int:
 
 def _acquire(fd: int, mode: int, deadline: float, describe) -> None:
     """flock(fd, mode) before `deadline`: no sleep when free, a short backoff when held."""
-    pause, waiter = FIRST_PAUSE, threading.Event()
+    pause = FIRST_PAUSE
     while True:
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -63,7 +64,7 @@ def _acquire(fd: int, mode: int, deadline: float, describe) -> None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise UserLockTimeout(describe()) from None
-            waiter.wait(min(pause, left))
+            _PAUSE.wait(min(pause, left))
             pause = min(pause * 2, MAX_PAUSE)
 
 
