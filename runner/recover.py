@@ -63,7 +63,8 @@ def recover_unfinished_run(ctx: RunContext) -> Journal | None:
         events("RECOVERED", run=journal.run_id, phase=journal.phase, action="finished")
         return journal
     if journal.phase == "canary" and journal.moving:
-        back = [u for u in journal.moving if still_on(ctx, u, journal.version)]
+        # A user whose rollback failed half-way may have their link moved already: still owed.
+        back = [u for u in journal.moving if u in journal.rollback_failed or still_on(ctx, u, journal.version)]
         left = [u for u in journal.moving if u not in back]
         for os_user in left:
             events("LEFT ALONE", user=os_user, run=journal.run_id,
