@@ -127,14 +127,15 @@ def test_recovery_leaves_alone_a_user_moved_back_by_hand(world):
 
 def test_a_failed_rollback_keeps_the_journal_and_the_next_run_finishes_it(make_world):
     """migration-fails-archived moves ancamilea, then fails emo's canary. ancamilea's pre-bump
-    backup went missing meanwhile, so its rollback fails: the journal (who was moved) must
+    backup goes missing once it is moving, so its rollback fails: the journal (who was moved) must
     survive, `status` must say so, and once the backup is back the next run puts ancamilea
     back on 0.0.24 with its pre-bump database."""
     world = make_world(db_options={"wizard": {"threads": 8}, "emo": {"archived_threads": 1}})
     before = fingerprints(world)
     world.registry.set_tag("nightly", BAD_ARCHIVED)
     tracker = Tracker(world, "failing")
-    journal = wait_for_journal(world, tracker, lambda j: j["phase"] == "health", "the health gate")
+    journal = wait_for_journal(world, tracker, lambda j: j["phase"] == "canary" and "ancamilea" in j["moving"],
+                               "ancamilea moving in the canary")
     backup = journal["backups"]["ancamilea"]["state.sqlite"]
     hidden = world.root / "hidden-backup"
     os.rename(backup, hidden)
