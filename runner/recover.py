@@ -63,8 +63,9 @@ def recover_unfinished_run(ctx: RunContext) -> Journal | None:
         events("RECOVERED", run=journal.run_id, phase=journal.phase, action="finished")
         return journal
     if journal.phase == "canary" and journal.moving:
-        # A user whose rollback failed half-way may have their link moved already: still owed.
-        back = [u for u in journal.moving if u in journal.rollback_failed or still_on(ctx, u, journal.version)]
+        # A user whose rollback started may have their link moved already: still owed.
+        owed = set(journal.rolling_back) | set(journal.rollback_failed)
+        back = [u for u in journal.moving if u in owed or still_on(ctx, u, journal.version)]
         left = [u for u in journal.moving if u not in back]
         for os_user in left:
             events("LEFT ALONE", user=os_user, run=journal.run_id,
@@ -72,11 +73,13 @@ def recover_unfinished_run(ctx: RunContext) -> Journal | None:
             # Killed between stop and relink: the server of the old build is simply started again.
             if not ctx.services.is_active(unit_of(os_user)):
                 ctx.services.start(unit_of(os_user))
+        journal.rolling_back = back
+        journal.save(cfg.journal_path)
         failed = roll_back_users(ctx, back, good_release=cfg.release_dir(journal.from_version),
                                  failed_version=journal.version, backups=journal.backups)
         if failed:
             reason = f"recovery of run {journal.run_id} could not roll back {','.join(failed)}"
-            journal.rollback_failed = failed
+            journal.rollback_failed, journal.rolling_back = failed, []  # the others are back
             journal.save(cfg.journal_path)
             write_freeze(cfg.freeze_file, reason, by="t3-autoupdate recovery")
             events("FROZEN", reason=reason, freeze_file=str(cfg.freeze_file))

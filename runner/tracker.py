@@ -204,10 +204,12 @@ def fail_canary(ctx: RunContext, journal: Journal, result) -> int:
     write_freeze(cfg.freeze_file, reason, by=f"t3-autoupdate run {ctx.run_id}")
     release.quarantine_build(cfg.quarantine_dir, journal.version, reason=reason,
                              report_path=result.reports[-1] if result.reports else None, run_id=ctx.run_id)
+    journal.rolling_back = users
+    journal.save(cfg.journal_path)
     failed = roll_back_users(ctx, users, good_release=cfg.release_dir(good), failed_version=journal.version,
                              backups=journal.backups)
     if failed:  # keep the record of who was moved: status shows it, the next command retries
-        journal.rollback_failed = failed
+        journal.rollback_failed, journal.rolling_back = failed, []  # the others are back
         journal.save(cfg.journal_path)
         events("ROLLBACK FAILED", version=journal.version, users=",".join(failed), reason=reason)
         write_summary(ctx, result="rollback-failed", reason=reason, rolled_back=users, rollback_failed=failed)
