@@ -14,7 +14,7 @@ from pathlib import Path
 from . import activate, backup, metrics, release, resolve
 from .context import RunContext
 from .gaterun import run_gate
-from .journal import Journal, clear_journal, load_journal
+from .journal import Journal, clear_journal
 from .recover import locked_and_recovered
 from .rollout import roll_back_users, roll_out
 from .state import atomic_json, atomic_write, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
