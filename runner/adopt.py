@@ -11,14 +11,15 @@ from __future__ import annotations
 from . import activate
 from .context import RunContext
 from .stage import StageError, stage_release
-from .state import RunLock, atomic_write, read_text_or_none
+from .recover import locked_and_recovered
+from .state import atomic_write, read_text_or_none
 from .versions import validate_version
 
 
 def adopt(ctx: RunContext, version: str) -> int:
     cfg, events = ctx.cfg, ctx.events
     version = validate_version(version, "adopt VERSION")
-    with RunLock(cfg.lock_path):
+    with locked_and_recovered(ctx, reads_ports=False):
         current = read_text_or_none(cfg.last_good_path)
         if current is not None:
             events("REFUSED", reason=f"already managed: last-good is {current} ({cfg.last_good_path}); "

@@ -208,6 +208,14 @@ def main(argv=None) -> int:
     elif getattr(cfg, "warnings", None):
         for warning in cfg.warnings:
             print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
+    if args.command in DISPATCH_MAP_COMMANDS and not (args.command == "run" and cfg.dry_run):
+        from .dispatchmap import DispatchMapError, load_ports
+
+        try:
+            load_ports(cfg.dispatch_map, cfg.os_users)
+        except DispatchMapError as exc:
+            print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
+            return USAGE
     code = dispatch_command(args, cfg, events)
     if args.command in COUNTED_COMMANDS:
         _record_metrics(cfg, args.command, code, events)
@@ -215,9 +223,14 @@ def main(argv=None) -> int:
 
 
 COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback"}
+# Commands that reach instances by the dispatch map's ports. Not freeze/unfreeze (holding the
+# tracker must work whatever state the map is in), not mint (every login; it needs no port).
+DISPATCH_MAP_COMMANDS = {"run", "status", "verify", "rollback", "drain-deferred"}
 
 
 def dispatch_command(args, cfg: Config, events: EventLog) -> int:
+    from .dispatchmap import DispatchMapError
+    from .recover import RecoveryFailed
     from .state import LockBusy
     from .tracker import RunRefused
     from .versions import VersionError
@@ -227,11 +240,14 @@ def dispatch_command(args, cfg: Config, events: EventLog) -> int:
     except LockBusy as exc:
         events("LOCKED", reason=str(exc))
         return FAILED
-    except RunRefused as exc:
+    except (RunRefused, RecoveryFailed) as exc:
         events("REFUSED", reason=str(exc))
         return FAILED
     except VersionError as exc:
         print(f"t3-autoupdate: {exc}", file=sys.stderr)
+        return USAGE
+    except DispatchMapError as exc:  # read later than the start check (e.g. recovery in adopt)
+        print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
         return USAGE
     except Exception as exc:  # noqa: BLE001 - exit 3 with the traceback kept for a person
         where = _record_crash(cfg)

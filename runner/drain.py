@@ -11,12 +11,14 @@ from .context import RunContext
 from .gaterun import run_gate
 from .rollout import busy_reason, canary_options, move_and_restart, roll_back_users
 from .services import unit_of
-from .state import RunLock, new_run_id, read_freeze, read_text_or_none
+from .userlock import UserLockTimeout
+from .recover import locked_and_recovered
+from .state import new_run_id, read_freeze, read_text_or_none
 
 
 def drain_deferred(ctx: RunContext) -> int:
     cfg, events = ctx.cfg, ctx.events
-    with RunLock(cfg.lock_path):
+    with locked_and_recovered(ctx):
         freeze = read_freeze(cfg.freeze_file)
         if freeze is not None:
             events("FROZEN", reason=freeze.reason, freeze_file=str(cfg.freeze_file))
@@ -52,6 +54,9 @@ def drain_deferred(ctx: RunContext) -> int:
                 gate = run_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env,
                                 timeout=cfg.gate_timeout, label=f"canary-{os_user}")
                 failure = None if gate.passed else gate.reason()
+            except UserLockTimeout as exc:  # nothing was stopped: still owed, try next time
+                events("DEFERRED", user=os_user, version=good, reason=f"logins kept the user lock: {exc}")
+                continue
             except Exception as exc:  # noqa: BLE001 - any doubt is a failure
                 failure = str(exc)
             if failure is None:

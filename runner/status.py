@@ -10,7 +10,7 @@ from __future__ import annotations
 import requests
 
 from . import activate, quarantine
-from .context import instance_ports
+from .dispatchmap import load_ports
 from .journal import JournalError, load_journal
 from .state import read_freeze, read_text_or_none
 
@@ -27,10 +27,7 @@ def _server_version(port: int | None) -> str | None:
 
 def collect_status(cfg) -> dict:
     freeze = read_freeze(cfg.freeze_file)
-    try:
-        ports = instance_ports(cfg.dispatch_map)
-    except (OSError, ValueError, KeyError, TypeError):
-        ports = {}
+    ports = load_ports(cfg.dispatch_map, cfg.os_users)  # DispatchMapError: the CLI's exit 2
     deferred = activate.deferred_users(cfg.deferred_dir)
     users = {}
     for os_user in cfg.os_users:
@@ -59,6 +56,9 @@ def format_status(status: dict) -> str:
     lines.append(f"quarantined: {', '.join(status['quarantined']) or 'none'}")
     if status["unfinished_run"]:
         lines.append(f"unfinished run: {status['unfinished_run']}")
+        if status["unfinished_run"].get("rollback_failed"):
+            lines.append(f"ROLLBACK FAILED, still on {status['unfinished_run']['version']}: "
+                         f"{', '.join(status['unfinished_run']['rollback_failed'])} (the next run retries)")
     for user, info in sorted(status["users"].items()):
         flags = []
         if info["stale"]:

@@ -200,7 +200,7 @@ def free_port() -> int:
 
 
 class World:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, *, host_users: bool = False):
         self.tmp = tmp
         self.active, self.home, self.env_dir, self.units = (tmp / n for n in ("active", "home", "env", "units"))
         for d in (self.active, self.home, self.env_dir, self.units):
@@ -208,7 +208,7 @@ class World:
         self.root = tmp / "root"
         self.values = {"ACTIVE_DIR": str(self.active), "HOME_ROOT": str(self.home), "SERVE_ENV_DIR": str(self.env_dir)}
         (self.units / "t3-serve@.service").write_text(render_unit(load_template("t3-serve@.service"), self.values))
-        self.systemctl = install_systemctl(self.root, self.units)
+        self.systemctl = install_systemctl(self.root, self.units, host_users=host_users)
         self.ports: dict[str, int] = {}
 
     def add_user(self, user: str, extra_env: str = "") -> int:
@@ -526,12 +526,40 @@ def test_oneshot_start_waits_for_the_command_and_reports_failure(world):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to User= needs root")
-def test_user_is_switched_to_when_root_and_the_user_exists(world):
+def test_user_is_switched_to_when_root_and_the_user_exists_with_host_users(tmp_path):
     try:
         nobody = pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no 'nobody' user")
+    world = World(tmp_path, host_users=True)
     (world.units / "whoami.service").write_text(
         "[Service]\nType=oneshot\nUser=nobody\nWorkingDirectory=/\nExecStart=/usr/bin/id -u\n")
     assert world.ctl("start", "whoami.service").returncode == 0
     assert f"\n{nobody.pw_uid}\n" in "\n" + world.log("whoami.service")
+
+
+def test_without_host_users_a_real_account_named_like_a_world_user_is_never_used(tmp_path, monkeypatch):
+    """The machine has an account named wizard (the real host does): the stand-in must neither
+    look it up nor run wizard's unit as it, nor take its home, uid or shell."""
+    from tests.sim import systemctl as simctl
+
+    looked_up = []
+    real = pwd.getpwnam("root")
+    impostor = pwd.struct_passwd(("wizard", "x", 4242, 4242, "", "/home/wizard", "/bin/bash"))
+
+    def getpwnam(name):
+        looked_up.append(name)
+        return impostor if name == "wizard" else real
+
+    monkeypatch.setattr(simctl.pwd, "getpwnam", getpwnam)
+    world = World(tmp_path)
+    world.add_user("wizard")
+    manager = simctl.Manager(world.root, world.units)
+    unit = manager.load(serve_unit_name("wizard"))
+    spec = manager.exec_spec(unit, unit.exec_start[0])
+    assert looked_up == []
+    assert spec.user is None and spec.env["HOME"] != "/home/wizard" and spec.env["SHELL"] != "/bin/bash"
+    assert any("simulated user" in note for note in spec.notes)
+    with_host = simctl.Manager(world.root, world.units, host_users=True)  # asked for: the account is used
+    spec = with_host.exec_spec(unit, unit.exec_start[0])
+    assert looked_up == ["wizard"] and spec.env["HOME"] == "/home/wizard"
