@@ -174,6 +174,7 @@ def machine_guard(request, tmp_path_factory):
         yield GUARD
         return
     base = tmp_path_factory.getbasetemp().resolve()
+    _make_traversable(base)
     sandbox = base / "guard"
     for sub in ("home", "tmp", "npm-global", "npm-cache", "trap-bin"):
         (sandbox / sub).mkdir(parents=True, exist_ok=True)
@@ -213,6 +214,24 @@ def machine_guard(request, tmp_path_factory):
         tempfile.tempdir = None
     if marker.exists():
         pytest.fail(f"test guard: a child process reached the real systemctl: {marker.read_text()!r}")
+
+
+def _make_traversable(path: Path) -> None:
+    """0711 on pytest's basetemp and its parent (`pytest-of-<user>`), both 0700 by default.
+
+    The runner drops to unprivileged uids (users, the gate user) that must reach files the
+    tests put in tmp_path, as they would reach /var/lib/t3-autoupdate on a host: execute
+    only, so a dropped uid can follow a path it is given but list nothing."""
+    for directory in (path.parent, path):
+        if directory.stat().st_uid == os.geteuid():
+            directory.chmod(0o711)
+
+
+@pytest.fixture(autouse=True)
+def _tmp_path_traversable(request):
+    """Each test's tmp_path 0711 too (pytest makes it 0700), for the same reason."""
+    if "tmp_path" in request.fixturenames:
+        request.getfixturevalue("tmp_path").chmod(0o711)
 
 
 @pytest.fixture(autouse=True)
