@@ -81,8 +81,10 @@ class _Guard:
             if not self.allowed_path(path):
                 self.refuse(f"{event} on {path!r} outside the test root")
         elif event in ("os.chmod", "os.chown", "os.truncate", "os.utime"):
-            if not self.allowed_path(args[0]):
-                self.refuse(f"{event} on {args[0]!r} outside the test root")
+            # chmod/chown/utime take a dir_fd last: judge the path it names (truncate has none)
+            path = _at(args[0], args[-1]) if event != "os.truncate" else args[0]
+            if not self.allowed_path(path):
+                self.refuse(f"{event} on {path!r} outside the test root")
         elif event in ("os.rename", "os.link"):
             path = _at(args[1], args[3])
             if not self.allowed_path(path):
