@@ -218,15 +218,34 @@ def machine_guard(request, tmp_path_factory):
         pytest.fail(f"test guard: a child process reached the real systemctl: {marker.read_text()!r}")
 
 
-def _make_traversable(path: Path) -> None:
-    """0711 on pytest's basetemp and its parent (`pytest-of-<user>`), both 0700 by default.
+_OWN_BASETEMP: list[str] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """A basetemp of our own (`/tmp/pytest-t3-autoupdate-XXXX`) unless --basetemp is given.
 
     The runner drops to unprivileged uids (users, the gate user) that must reach files the
-    tests put in tmp_path, as they would reach /var/lib/t3-autoupdate on a host: execute
-    only, so a dropped uid can follow a path it is given but list nothing."""
-    for directory in (path.parent, path):
-        if directory.stat().st_uid == os.geteuid():
-            directory.chmod(0o711)
+    tests put in tmp_path, as they reach /var/lib/t3-autoupdate on a host, so the chain must
+    be traversable (0711: follow a given path, list nothing). pytest's default chain cannot
+    be: every pytest session of the same user (another checkout's, running at the same
+    time) resets `/tmp/pytest-of-<user>` to 0700, and a dropped uid loses its way mid-test."""
+    if config.option.basetemp is None and os.geteuid() == 0:
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="pytest-t3-autoupdate-")
+        _OWN_BASETEMP.append(config.option.basetemp)
+
+
+def pytest_unconfigure(config):
+    for path in _OWN_BASETEMP:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_traversable(path: Path) -> None:
+    """0711 on the basetemp (pytest makes it 0700); see pytest_configure."""
+    if path.stat().st_uid == os.geteuid():
+        path.chmod(0o711)
 
 
 @pytest.fixture(autouse=True)
