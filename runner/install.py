@@ -17,7 +17,10 @@ TIMER = "t3-autoupdate.timer"
 
 def unit_values(cfg, *, serve_env_dir: Path, bin_path: str) -> dict[str, str]:
     return {"ACTIVE_DIR": str(cfg.active_dir), "HOME_ROOT": str(cfg.home_root),
-            "SERVE_ENV_DIR": str(serve_env_dir), "BIN": bin_path}
+            "SERVE_ENV_DIR": str(serve_env_dir), "BIN": bin_path,
+            # the tracker service's sandbox: the only paths it may write
+            "STATE_DIR": str(cfg.state_dir), "BACKUP_DEST": str(cfg.backup_dest),
+            "FREEZE_DIR": str(Path(cfg.freeze_file).parent), "BIN_LINK_DIR": str(Path(cfg.bin_link).parent)}
 
 
 def daemon_reload_argv(systemctl: str) -> list[str]:
