@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import proc
+from .gateuser import ensure_gate_user
 from .state import atomic_write
 from .units import render_all
 
@@ -33,6 +34,7 @@ def enable_timer_argv(systemctl: str) -> list[str]:
 
 def install_units(cfg, *, dest: Path, serve_env_dir: Path, bin_path: str | None = None, events) -> list[Path]:
     bin_path = bin_path or shutil.which("t3-autoupdate") or str(Path(sys.argv[0]).resolve())
+    ensure_gate_user(cfg, events)  # the account every candidate build runs as
     written = []
     for name, text in render_all(unit_values(cfg, serve_env_dir=serve_env_dir, bin_path=bin_path)).items():
         path = Path(dest) / name

@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Mapping
 
 from . import proc, state, versions
-from .gateuser import gate_ids
+from .gateuser import GateUserError, gate_ids
 from .resolve import validate_package
-from .scratch import private_scratch
+from .scratch import ScratchError, private_scratch
 
 __all__ = [
     "StageError", "Release", "npm_pack_argv", "npm_install_argv", "t3_version_argv", "sha512_of",
@@ -70,7 +70,7 @@ DEFAULT_MIN_FREE = 256 * 2**20
 class StageError(Exception):
     """Staging (or reinstalling) a release failed; nothing was left behind.
 
-    `step` is one of: space, pack, tarball, install, version, verify, rename."""
+    `step` is one of: gate, space, pack, tarball, install, version, verify, rename."""
 
     def __init__(self, version: str, step: str, detail: str) -> None:
         self.version, self.step, self.detail = version, step, detail
@@ -481,9 +481,14 @@ def _pack(npm: str, package: str, version: str, staging: Path, env, gate: GateWo
 def stage_for(cfg, version: str, *, env: Mapping[str, str], timeout: float = 300) -> Release:
     """Stage as production does: as the configured gate user, in fresh private scratch; only
     `npm_config_registry` of `env` reaches npm."""
-    with private_scratch(cfg, "stage") as (_root_dir, gate_dir):
-        gate = GateWork(gate_ids(cfg), gate_dir, env.get("npm_config_registry"))
-        return stage_release(cfg.npm, cfg.package, version, cfg.releases_dir, env=env, timeout=timeout, gate=gate)
+    try:
+        gate_user = gate_ids(cfg)
+        with private_scratch(cfg, "stage", gate_user) as (_root_dir, gate_dir):
+            gate = GateWork(gate_user, gate_dir, env.get("npm_config_registry"))
+            return stage_release(cfg.npm, cfg.package, version, cfg.releases_dir, env=env, timeout=timeout,
+                                 gate=gate)
+    except (GateUserError, ScratchError) as exc:  # fail closed: never fall back to root
+        raise StageError(version, "gate", str(exc)) from exc
 
 
 def _packed_tarball(staging: Path, stdout: str, version: str) -> Path:
