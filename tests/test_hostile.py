@@ -166,3 +166,27 @@ def test_a_map_a_user_can_write_is_a_config_error(tmp_path, key):
     with pytest.raises(ConfigError) as info:
         load_config({key: str(path)})
     assert any(str(path) in e and "not owned by root" in e for e in info.value.errors)
+
+
+def test_state_dirs_get_their_modes_and_a_run_writes_private_files(tmp_path, monkeypatch):
+    from runner import cli
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)  # as an older install left it: world-readable run ids and logs
+    (state / "runs").mkdir(mode=0o755)
+    user_map = tmp_path / "map"
+    user_map.write_text("vbarzin = wizard\n")
+    monkeypatch.delenv("T3_CONFIG", raising=False)
+    for key, value in {"T3_STATE_DIR": str(state),
+                       "T3_USER_MAP": str(user_map), "T3_FREEZE_FILE": str(tmp_path / "freeze")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("runner.config.DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    before = os.umask(0o022)
+    os.umask(before)
+    assert cli.main(["freeze", "--reason", "hostile test"]) == 0
+    modes = {p: stat.S_IMODE(os.lstat(state / p).st_mode) for p in (".", "runs", "active", "releases")}
+    assert modes == {".": 0o711, "runs": 0o700, "active": 0o711, "releases": 0o755}
+    assert stat.S_IMODE(os.lstat(tmp_path / "freeze").st_mode) == 0o600  # written under umask 0077
+    assert os.umask(before) == before  # main() put the caller's umask back
+    other = proc.UserIds(GATE_UID + 3, GATE_UID + 3)
+    assert proc.run(["ls", str(state)], as_user=other, cwd="/", ok_codes=range(256)).exit_code != 0
