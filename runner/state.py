@@ -78,7 +78,9 @@ def atomic_symlink(link: Path, target: Path) -> None:
 #: Modes of the tracker's own directories. The state dir is 0711, not 0700: each user's serve
 #: runs `<state>/active/<user>/bin/t3`, so users must traverse it (never list it); `runs/`
 #: (logs, junit reports, crash tracebacks) is root's alone. Files are 0600 by the umask.
-STATE_MODES = (("state_dir", 0o711), ("runs_dir", 0o700), ("active_dir", 0o711), ("releases_dir", 0o755))
+#: The scratch root (`tmpdir`) is 0710: runner.scratch gives its group to the gate user.
+STATE_MODES = (("state_dir", 0o711), ("runs_dir", 0o700), ("active_dir", 0o711), ("releases_dir", 0o755),
+               ("tmpdir", 0o710))
 RUN_UMASK = 0o077
 
 

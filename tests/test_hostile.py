@@ -191,8 +191,8 @@ def test_state_dirs_get_their_modes_and_a_run_writes_private_files(tmp_path, mon
     before = os.umask(0o022)
     os.umask(before)
     assert cli.main(["freeze", "--reason", "hostile test"]) == 0
-    modes = {p: stat.S_IMODE(os.lstat(state / p).st_mode) for p in (".", "runs", "active", "releases")}
-    assert modes == {".": 0o711, "runs": 0o700, "active": 0o711, "releases": 0o755}
+    modes = {p: stat.S_IMODE(os.lstat(state / p).st_mode) for p in (".", "runs", "active", "releases", "scratch")}
+    assert modes == {".": 0o711, "runs": 0o700, "active": 0o711, "releases": 0o755, "scratch": 0o710}
     assert stat.S_IMODE(os.lstat(tmp_path / "freeze").st_mode) == 0o600  # written under umask 0077
     assert os.umask(before) == before  # main() put the caller's umask back
     other = proc.UserIds(GATE_UID + 3, GATE_UID + 3)
