@@ -177,6 +177,7 @@ def machine_guard(request, tmp_path_factory):
         return
     base = tmp_path_factory.getbasetemp().resolve()
     _make_traversable(base)
+    _traversable_mktemp(tmp_path_factory)
     sandbox = base / "guard"
     for sub in ("home", "tmp", "npm-global", "npm-cache", "trap-bin"):
         (sandbox / sub).mkdir(parents=True, exist_ok=True)
@@ -248,11 +249,16 @@ def _make_traversable(path: Path) -> None:
         path.chmod(0o711)
 
 
-@pytest.fixture(autouse=True)
-def _tmp_path_traversable(request):
-    """Each test's tmp_path 0711 too (pytest makes it 0700), for the same reason."""
-    if "tmp_path" in request.fixturenames:
-        request.getfixturevalue("tmp_path").chmod(0o711)
+def _traversable_mktemp(factory) -> None:
+    """Every directory tmp_path_factory makes (tmp_path included, and module-scoped worlds)
+    0711 too: pytest makes them 0700 (see pytest_configure)."""
+    made = factory.mktemp
+
+    def mktemp(*args, **kwargs):
+        path = made(*args, **kwargs)
+        path.chmod(0o711)
+        return path
+    factory.mktemp = mktemp
 
 
 @pytest.fixture(autouse=True)
