@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from . import activate
 from .context import RunContext
-from .stage import StageError, stage_release
+from .gateuser import GateUserError, ensure_gate_user
 from .recover import locked_and_recovered
+from .stage import StageError, stage_for
 from .state import atomic_write, read_text_or_none
 from .versions import validate_version
 
@@ -26,7 +27,11 @@ def adopt(ctx: RunContext, version: str) -> int:
                                      "use a pin or rollback to change builds through the gates")
             return 1
         try:
-            staged = stage_release(cfg.npm, cfg.package, version, cfg.releases_dir, env=ctx.env)
+            ensure_gate_user(cfg, events)
+            staged = stage_for(cfg, version, env=ctx.env)  # as the gate user, like every build
+        except GateUserError as exc:
+            events("STAGE FAILED", version=version, reason=str(exc))
+            return 1
         except StageError as exc:
             events("STAGE FAILED", version=version, reason=str(exc))
             return 1

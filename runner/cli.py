@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .events import EventLog
+from .state import RUN_UMASK, secure_state_dirs
 
 OK, FAILED, USAGE, BUG = 0, 1, 2, 3
 
@@ -203,23 +204,36 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
         return USAGE
-    if args.command == "config":
-        pass
-    elif getattr(cfg, "warnings", None):
-        for warning in cfg.warnings:
-            print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
-    if args.command in DISPATCH_MAP_COMMANDS and not (args.command == "run" and cfg.dry_run):
-        from .dispatchmap import DispatchMapError, load_ports
+    private = args.command not in ("config", "mint", "status")
+    # Everything a run writes is root's alone unless opened up on purpose (the unit sets
+    # UMask=0077 too; a run by hand must be as private). Restored after: main() is also
+    # called in-process (tests).
+    saved_umask = os.umask(RUN_UMASK) if private else None
+    try:
+        if private:
+            try:
+                secure_state_dirs(cfg)
+            except OSError as exc:
+                print(f"t3-autoupdate: state directories: {exc}", file=sys.stderr)
+                return USAGE
+        if args.command != "config" and getattr(cfg, "warnings", None):
+            for warning in cfg.warnings:
+                print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
+        if args.command in DISPATCH_MAP_COMMANDS and not (args.command == "run" and cfg.dry_run):
+            from .dispatchmap import DispatchMapError, load_ports
 
-        try:
-            load_ports(cfg.dispatch_map, cfg.os_users)
-        except DispatchMapError as exc:
-            print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
-            return USAGE
-    code = dispatch_command(args, cfg, events)
-    if args.command in COUNTED_COMMANDS:
-        _record_metrics(cfg, args.command, code, events)
-    return code
+            try:
+                load_ports(cfg.dispatch_map, cfg.os_users)
+            except DispatchMapError as exc:
+                print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
+                return USAGE
+        code = dispatch_command(args, cfg, events)
+        if args.command in COUNTED_COMMANDS:
+            _record_metrics(cfg, args.command, code, events)
+        return code
+    finally:
+        if saved_umask is not None:
+            os.umask(saved_umask)
 
 
 COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback"}

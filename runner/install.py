@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import proc
+from .gateuser import ensure_gate_user
 from .state import atomic_write
 from .units import render_all
 
@@ -17,7 +18,10 @@ TIMER = "t3-autoupdate.timer"
 
 def unit_values(cfg, *, serve_env_dir: Path, bin_path: str) -> dict[str, str]:
     return {"ACTIVE_DIR": str(cfg.active_dir), "HOME_ROOT": str(cfg.home_root),
-            "SERVE_ENV_DIR": str(serve_env_dir), "BIN": bin_path}
+            "SERVE_ENV_DIR": str(serve_env_dir), "BIN": bin_path,
+            # the tracker service's sandbox: the only paths it may write
+            "STATE_DIR": str(cfg.state_dir), "BACKUP_DEST": str(cfg.backup_dest),
+            "FREEZE_DIR": str(Path(cfg.freeze_file).parent), "BIN_LINK_DIR": str(Path(cfg.bin_link).parent)}
 
 
 def daemon_reload_argv(systemctl: str) -> list[str]:
@@ -30,6 +34,7 @@ def enable_timer_argv(systemctl: str) -> list[str]:
 
 def install_units(cfg, *, dest: Path, serve_env_dir: Path, bin_path: str | None = None, events) -> list[Path]:
     bin_path = bin_path or shutil.which("t3-autoupdate") or str(Path(sys.argv[0]).resolve())
+    ensure_gate_user(cfg, events)  # the account every candidate build runs as
     written = []
     for name, text in render_all(unit_values(cfg, serve_env_dir=serve_env_dir, bin_path=bin_path)).items():
         path = Path(dest) / name

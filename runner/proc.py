@@ -6,6 +6,10 @@ only, never a shell string; each command is logged; any failure raises
 parse half-failed output. Commands that touch a user's files run *as that user*
 (`as_user`), which is how root avoids following a user's symlinks into files
 the user could not reach.
+
+Every child gets an explicit, minimal environment (`child_env`): PATH, LANG, LC_* and
+TZ of the runner's, plus whatever the caller names. Nothing else of root's environment
+(an NPM_TOKEN, a cloud credential, SSH_AUTH_SOCK) reaches a child by default.
 """
 from __future__ import annotations
 
@@ -57,6 +61,21 @@ def format_argv(argv: Sequence[str]) -> str:
     import shlex
 
     return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+#: What every child inherits from the runner's environment; the rest must be passed explicitly.
+INHERITED_ENV = ("PATH", "LANG", "TZ")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def child_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child: PATH, LANG, LC_* and TZ from `base` (default: the runner's),
+    then `extra`. Pure apart from reading os.environ when `base` is None."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(extra or {})
+    return env
 
 
 def _drop_privileges(user: UserIds | None):
@@ -112,7 +131,10 @@ def run(
     input: str | bytes | None = None,
     ok_codes: Sequence[int] = (0,),
 ) -> Completed:
-    """Run argv to completion; raise CommandError unless its exit code is in ok_codes."""
+    """Run argv to completion; raise CommandError unless its exit code is in ok_codes.
+
+    `env` is the child's whole environment when given (build it with `child_env`);
+    None means `child_env()`, never the runner's own environment."""
     argv = tuple(str(a) for a in argv)
     if not argv or not argv[0]:
         raise ValueError("run: empty command")
@@ -123,7 +145,7 @@ def run(
         _return_cmd=True,
         _ok_code=list(range(256)),
         _timeout=timeout,
-        _env=dict(env) if env is not None else dict(os.environ),
+        _env=dict(env) if env is not None else child_env(),
         _cwd=str(cwd) if cwd is not None else None,
         _in=input,
     )
@@ -172,7 +194,7 @@ def spawn(
         try:
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None, cwd=cwd,
+                env=dict(env) if env is not None else child_env(), cwd=cwd,
                 start_new_session=True, preexec_fn=_die_with_parent(as_user),
             )
         except OSError as exc:

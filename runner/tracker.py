@@ -155,7 +155,7 @@ def bump(ctx: RunContext, journal: Journal) -> int:
     ctx.outcome["backups"] = journal.backups
     journal.enter(cfg.journal_path, "stage")
     try:
-        staged = release.stage_release(cfg.npm, cfg.package, version, cfg.releases_dir, env=ctx.env)
+        staged = release.stage_for(cfg, version, env=ctx.env)  # as the gate user
     except release.StageError as exc:
         events("STAGE FAILED", version=version, reason=str(exc))
         if exc.step in DETERMINISTIC_STAGE_STEPS:  # the same build fails the same way every night

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.unit_security import SAMPLE_VALUES
 from runner.units import (
     UNIT_FILES,
     load_template,
@@ -86,7 +87,8 @@ def test_serve_template_renders_to_the_production_command():
 
 
 def test_render_all_gives_each_template_only_its_own_keys():
-    values = {"ACTIVE_DIR": "/a", "HOME_ROOT": "/h", "SERVE_ENV_DIR": "/e", "BIN": "/usr/local/bin/t3-autoupdate"}
+    values = {"ACTIVE_DIR": "/a", "HOME_ROOT": "/h", "SERVE_ENV_DIR": "/e", "BIN": "/usr/local/bin/t3-autoupdate",
+              "STATE_DIR": "/s", "BACKUP_DEST": "/b", "FREEZE_DIR": "/f", "BIN_LINK_DIR": "/l"}
     rendered = render_all(values)
     assert set(rendered) == set(UNIT_FILES)
     assert "ExecStart=/usr/local/bin/t3-autoupdate\n" in rendered["t3-autoupdate.service"]
@@ -123,7 +125,8 @@ def test_timer_fires_daily_at_four_and_has_no_persistent_line():
 
 def test_autoupdate_service_is_a_oneshot_running_the_console_script():
     settings = dict(_settings(load_template("t3-autoupdate.service"), "Service"))
-    assert settings == {"Type": "oneshot", "ExecStart": "@BIN@"}
+    assert (settings["Type"], settings["ExecStart"]) == ("oneshot", "@BIN@")
+    assert "User" not in settings and "Restart" not in settings  # root, once per timer tick
 
 
 # --------------------------------------------------------------------------- systemd syntax (pure)
@@ -501,10 +504,17 @@ def test_enable_and_disable_are_recorded(world):
     assert world.ctl("is-enabled", unit).returncode == 1
 
 
+def _tracker_unit(bin_path: str) -> str:
+    """t3-autoupdate.service running `bin_path`, its sandbox paths those of a default host."""
+    text = load_template("t3-autoupdate.service")
+    values = {**{k: v for k, v in SAMPLE_VALUES.items() if k in placeholders(text)}, "BIN": bin_path}
+    return render_unit(text, values)
+
+
 def test_timer_is_recorded_not_fired(world):
     (world.units / "t3-autoupdate.timer").write_text(load_template("t3-autoupdate.timer"))
     (world.units / "t3-autoupdate.service").write_text(
-        render_unit(load_template("t3-autoupdate.service"), {"BIN": "/bin/true"}))
+        _tracker_unit("/bin/true"))
     assert world.ctl("enable", "t3-autoupdate.timer").returncode == 0
     assert world.ctl("is-active", "t3-autoupdate.timer").stdout == "inactive\n"
     assert world.ctl("is-active", "t3-autoupdate.service").stdout == "inactive\n"
@@ -512,12 +522,12 @@ def test_timer_is_recorded_not_fired(world):
 
 def test_oneshot_start_waits_for_the_command_and_reports_failure(world):
     (world.units / "t3-autoupdate.service").write_text(
-        render_unit(load_template("t3-autoupdate.service"), {"BIN": "/bin/false"}))
+        _tracker_unit("/bin/false"))
     result = world.ctl("start", "t3-autoupdate.service")
     assert result.returncode == 1 and "Job for t3-autoupdate.service failed" in result.stderr
     assert world.ctl("is-failed", "t3-autoupdate.service").returncode == 0
     (world.units / "t3-autoupdate.service").write_text(
-        render_unit(load_template("t3-autoupdate.service"), {"BIN": "/bin/true"}))
+        _tracker_unit("/bin/true"))
     assert world.ctl("reset-failed", "t3-autoupdate.service").returncode == 0
     assert world.ctl("daemon-reload").returncode == 0
     assert world.ctl("start", "t3-autoupdate.service").returncode == 0

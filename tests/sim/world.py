@@ -70,6 +70,10 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interv
         pause.wait(interval)
 
 
+#: The gate user of the simulated host: a bare uid, so no test depends on the machine's accounts.
+GATE_UID = "64123"
+
+
 class World:
     def __init__(self, root: Path, *, users=DEPLOYMENT_USERS, installed: str = "0.0.24",
                  threads: int = 4, messages_per_thread: int = 12, db_options: dict | None = None,
@@ -206,6 +210,7 @@ class World:
             "user_map": self.user_map, "dispatch_map": self.dispatch_map, "home_root": self.home_root,
             "bin_link": self.bin_link, "systemctl": self.systemctl, "npm": "npm",
             "dispatch": f"http://127.0.0.1:{self.dispatch_port}",
+            "gate_user": GATE_UID,  # candidate builds run as an unprivileged uid, as on a host
         }
         lines = [f'{k} = "{v}"' for k, v in values.items()]
         self.config_path.write_text("# written by the simulated world\n" + "\n".join(lines) + "\n")
