@@ -177,6 +177,9 @@ def machine_guard(request, tmp_path_factory):
         return
     base = tmp_path_factory.getbasetemp().resolve()
     _make_traversable(base)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # A worker's basetemp sits in the controller's, which pytest (re)made 0700.
+        _make_traversable(base.parent)
     _traversable_mktemp(tmp_path_factory)
     sandbox = base / "guard"
     for sub in ("home", "tmp", "npm-global", "npm-cache", "trap-bin"):
