@@ -128,6 +128,20 @@ def cmd_install_units(cfg: Config, args, events: EventLog) -> int:
     return OK
 
 
+def cmd_install_mint(cfg: Config, args, events: EventLog) -> int:
+    from .install import MintInstallError, install_mint, uninstall_mint
+
+    try:
+        if args.uninstall:
+            uninstall_mint(cfg, events=events)
+        else:
+            install_mint(cfg, bin_path=args.bin, events=events)
+    except (MintInstallError, OSError) as exc:
+        events("REFUSED", reason=str(exc))
+        return FAILED
+    return OK
+
+
 def cmd_adopt(cfg: Config, args, events: EventLog) -> int:
     from .adopt import adopt
     from .context import RunContext
@@ -169,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-env-dir", default="/etc/t3-serve", help="holds <os_user>.env with T3_PORT")
     p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
     p.set_defaults(func=cmd_install_units)
+    p = sub.add_parser("install-mint", help="install the mint wrapper at the dispatch's helper path (mint_helper), "
+                                            "keeping the host's helper aside; --uninstall puts it back")
+    p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
+    p.add_argument("--uninstall", action="store_true")
+    p.set_defaults(func=cmd_install_mint)
     p = sub.add_parser("rollback", help="manual rollback to last-good (or --to VERSION) with database restore")
     p.add_argument("--to", default=None)
     p.set_defaults(func=cmd_rollback)

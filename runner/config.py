@@ -181,6 +181,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "user_map": (_path, "/etc/ttyd-user-map"),
     "dispatch": (_url, "http://127.0.0.1:3780"),
     "dispatch_map": (_path, "/etc/t3-dispatch/dispatch.json"),
+    "mint_helper": (_path, "/usr/local/bin/t3-mint"),  # the path the dispatch's sudoers rule allows
     "serve_host": (_host, "0.0.0.0"),
     "package": (_matching(_PACKAGE_RE, "npm package name"), "t3"),
     "cookie_name": (_matching(_COOKIE_RE, "cookie name"), "t3_session"),
@@ -221,6 +222,7 @@ class Config:
     user_map: Path
     dispatch: str
     dispatch_map: Path
+    mint_helper: Path
     serve_host: str
     package: str
     cookie_name: str

@@ -13,7 +13,7 @@ the contract defines "healthy":
 
 Every attempt is recorded as a `ProbeEvent` ``(monotonic, wall, step, detail, ok)``
 where ``monotonic``/``wall`` are the attempt's start (``time.monotonic()`` and
-``time.time()``), ``step`` is the step that failed (``"pair"`` or ``"proxy"``; ``"login"``
+``time.time()``), ``ended`` its end (``time.time()``), ``step`` is the step that failed (``"pair"`` or ``"proxy"``; ``"login"``
 for a success) and ``detail`` the status or exception text. Failures are also collected
 separately. Several probers can run at once; `stop()` returns within about a second.
 """
@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import requests
 
-__all__ = ["LoginProber", "ProbeEvent", "ProbeReport", "set_cookie_pairs"]
+__all__ = ["LoginProber", "ProbeEvent", "ProbeReport", "overlaps", "set_cookie_pairs"]
 
 USER_HEADER = "X-authentik-username"
 
@@ -37,6 +37,12 @@ class ProbeEvent(NamedTuple):
     step: str  # "login" on success, else the failing step: "pair" or "proxy"
     detail: str  # "ok", a status description, or the exception text
     ok: bool
+    ended: float = 0.0  # time.time() at the attempt's end
+
+
+def overlaps(event: ProbeEvent, windows: list[tuple[float, float]]) -> bool:
+    """Whether the attempt [wall, ended] overlaps one of the wall-clock `windows`."""
+    return any(event.wall <= end and event.ended >= start for start, end in windows)
 
 
 @dataclass
@@ -67,6 +73,10 @@ class ProbeReport:
                 windows.append((run[0].monotonic, run[-1].monotonic, len(run)))
                 run = []
         return windows
+
+    def failures_outside(self, windows: list[tuple[float, float]]) -> list[ProbeEvent]:
+        """Failed attempts that overlap none of the wall-clock `windows` (e.g. the user's restarts)."""
+        return [f for f in self.failures if not overlaps(f, windows)]
 
     def summary(self) -> str:
         text = f"prober user={self.sso_user}: {len(self.attempts)} attempts, {len(self.failures)} failures"
@@ -147,7 +157,7 @@ class LoginProber:
         while not self._stop.is_set():
             mono, wall = time.monotonic(), time.time()
             step, detail = self.probe_once()
-            event = ProbeEvent(mono, wall, step, detail, step == "login")
+            event = ProbeEvent(mono, wall, step, detail, step == "login", time.time())
             with self._lock:
                 self._attempts.append(event)
             if self._stop.wait(self.interval):
