@@ -102,6 +102,8 @@ def units_for_host(values: dict[str, str], *, host_serve_unit: bool) -> dict[str
     units, and either the serve drop-in (the host has its own ``t3-serve@.service``) or
     the full serve template (it has none)."""
     serve = SERVE_DROPIN_TEMPLATE if host_serve_unit else SERVE_TEMPLATE
+    if host_serve_unit:  # the host's unit names its own env files: the drop-in needs no dir
+        values = {k: v for k, v in values.items() if k != "SERVE_ENV_DIR"}
     rendered = render_all(values, (serve, *OWN_UNITS))
     if host_serve_unit:
         rendered[SERVE_DROPIN_PATH] = rendered.pop(SERVE_DROPIN_TEMPLATE)
