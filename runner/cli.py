@@ -128,6 +128,12 @@ def cmd_install_units(cfg: Config, args, events: EventLog) -> int:
     return OK
 
 
+def cmd_backup(cfg: Config, args, events: EventLog) -> int:
+    from .dailybackup import daily_backup
+
+    return daily_backup(cfg, events)
+
+
 def cmd_install_mint(cfg: Config, args, events: EventLog) -> int:
     from .install import MintInstallError, install_mint, uninstall_mint
 
@@ -183,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-env-dir", default="/etc/t3-serve", help="holds <os_user>.env with T3_PORT")
     p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
     p.set_defaults(func=cmd_install_units)
+    sub.add_parser("backup", help="the daily verified backup of every user's databases (what "
+                                  "t3-autoupdate-backup.timer runs)").set_defaults(func=cmd_backup)
     p = sub.add_parser("install-mint", help="install the mint wrapper at the dispatch's helper path (mint_helper), "
                                             "keeping the host's helper aside; --uninstall puts it back")
     p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
@@ -233,7 +241,7 @@ def main(argv=None) -> int:
     return code
 
 
-COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback"}
+COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback", "backup"}
 
 
 def dispatch_command(args, cfg: Config, events: EventLog) -> int:

@@ -194,6 +194,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "gate_timeout": (_seconds(allow_zero=False), 900),
     "busy_quiet": (_seconds(allow_zero=True), 120),
     "keep_backups": (_integer(1), 3),
+    "keep_daily_backups": (_integer(1), 6),  # copies of the daily backup job, per database
 }
 _DERIVED = {"releases_dir": "releases", "active_dir": "active"}
 ENV_NAMES = {f"T3_{key.upper()}": key for key in _KEYS}
@@ -235,6 +236,7 @@ class Config:
     gate_timeout: float
     busy_quiet: float
     keep_backups: int
+    keep_daily_backups: int
     users: Mapping[str, str]              # SSO name -> OS user
     config_file: Path | None              # the TOML file actually read, if any
     sources: Mapping[str, str]            # key -> "default" | "file" | "environment"
