@@ -235,6 +235,8 @@ def main(argv=None) -> int:
     elif getattr(cfg, "warnings", None):
         for warning in cfg.warnings:
             print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
+    if args.command == "mint":  # on every login: none of the run machinery (tracker, requests, sh)
+        return cmd_mint(cfg, args, events)
     code = dispatch_command(args, cfg, events)
     if args.command in COUNTED_COMMANDS:
         _record_metrics(cfg, args.command, code, events)

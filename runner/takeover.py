@@ -22,8 +22,9 @@ from .versions import VersionError, validate_version
 PROJECT_MARKERS = ("releases", "active", "journal", "runs", "quarantine")
 # The bash tracker's copies: `state-<ts>.sqlite` (daily) and `state-prebump-<ver>-<ts>.sqlite`,
 # with its own timestamp format; the project's own copies carry a manifest beside them.
-_LEGACY_PREBUMP = re.compile(r"state-prebump-(?P<version>.+)-(?P<ts>[0-9][0-9T:_-]*Z?)\.sqlite")
-_LEGACY_DAILY = re.compile(r"state-(?P<ts>[0-9][0-9T:_-]*Z?)\.sqlite")
+_STAMP = r"(?P<ts>\d{8}[-T_]?\d{4,6}Z?|\d{9,})"  # 20260601-033000, 20260601T033000Z, epoch seconds
+_LEGACY_PREBUMP = re.compile(rf"state-prebump-(?P<version>.+?)-{_STAMP}\.sqlite")
+_LEGACY_DAILY = re.compile(rf"state-{_STAMP}\.sqlite")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from tests.runner_checks import (assert_failures_only_in_own_restart_windows, as
 from tests.sim import builds
 from tests.sim.host import LEGACY_DAILY, LEGACY_PREBUMP, OLD_JOBS, OriginalHost
 
+pytestmark = pytest.mark.timeout(1500)  # a whole takeover and a bump, on a shared machine
+
 V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]
 CONTAINMENT = {"MemoryMax": str(24 * 1024 ** 3), "MemorySwapMax": "0", "MemoryHigh": "infinity",
@@ -62,7 +64,7 @@ def test_takeover_of_the_original_host_by_the_readme_then_a_first_gated_bump(hos
         # Step 2: adopt the running build; the bash tracker's state is taken over.
         runs["adopt"] = adopted = step(host, "adopt", V24)
         lines = events(adopted)
-        assert any(e.startswith("LEGACY STATE last-good=0.0.24") and "emo(0.0.24)" in e for e in lines), lines
+        assert any(e.startswith("LEGACY STATE last_good=0.0.24") and "emo(0.0.24)" in e for e in lines), lines
         points = [e for e in lines if e.startswith("RESTORE POINTS")]
         assert len(points) == len(host.users) and all(LEGACY_PREBUMP in e and "count=2" in e for e in points), points
         # Step 3: units. Step 4: the mint helper at the dispatch's path.
