@@ -63,10 +63,11 @@ def legacy_restore_points(backup_dest: Path, os_user: str) -> list[RestorePoint]
 
 
 def parse_legacy_marker(text: str) -> dict | None:
-    """A one-line `deferred/<user>` marker of the bash tracker: `<version> [reason...]` or any
-    one line (then all reason). None if `text` is not a single non-empty line."""
+    """A one-line `deferred/<user>` marker of the bash tracker: `<version> [reason...]`, or a
+    line starting with a stamp (a digit; then all of it is the reason). None for anything
+    else (several lines, or text a JSON writer left half-done): that is a corrupt marker."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) != 1:
+    if len(lines) != 1 or not lines[0][0].isdigit():
         return None
     first, _, rest = lines[0].partition(" ")
     try:

@@ -68,6 +68,36 @@ def probing_logins(world, interval: float = 0.5):
                                         if "failed" in line or "forbidden" in line]
 
 
+@contextmanager
+def probing_requests(world, interval: float = 0.02):
+    """Per user, an open tab's request (valid cookie, proxied straight) every `interval`;
+    yields a dict filled with their reports at exit."""
+    from tests.sim.prober import RequestProber, session_cookie
+
+    probers = {u.sso: RequestProber(world.dispatch.url, u.sso, session_cookie(world.dispatch.url, u.sso),
+                                    interval=interval).start() for u in world.users}
+    reports: dict = {}
+    try:
+        yield reports
+    finally:
+        for sso, prober in probers.items():
+            reports[sso] = prober.stop()
+
+
+def assert_requests_fail_only_in_own_restart_windows(world, reports: dict, done) -> dict[str, str]:
+    """Like the logins: a failed request must overlap that user's own restart. Returns, per
+    SSO user, "<failed> of <sent>, failing for <first to last failure> ms" (the figure)."""
+    windows = restart_windows(done)
+    figures = {}
+    for user in world.users:
+        report = reports[user.sso]
+        outside = report.failures_outside(windows.get(user.os_user, []))
+        assert not outside, f"{user.sso}: requests failed outside its restart windows: {report.summary()}"
+        span = (report.failures[-1].ended - report.failures[0].wall) * 1000 if report.failures else 0
+        figures[user.sso] = f"{len(report.failures)} of {len(report.attempts)} failed over {span:.0f} ms"
+    return figures
+
+
 def restart_windows(done) -> dict[str, list[tuple[float, float]]]:
     """Per OS user, the wall-clock (stop issued, serving again) windows of the run's RESTARTED events."""
     windows: dict[str, list[tuple[float, float]]] = {}

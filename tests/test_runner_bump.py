@@ -6,7 +6,8 @@ import json
 import os
 
 from tests.runner_checks import (assert_failures_only_in_own_restart_windows, assert_history_kept, assert_logs_in,
-                                 assert_user_on, events, fingerprints, link_version, main_pids, probing_logins,
+                                 assert_requests_fail_only_in_own_restart_windows, assert_user_on, events,
+                                 fingerprints, link_version, main_pids, probing_logins, probing_requests,
                                  restart_windows, summary_of)
 from tests.sim import builds
 
@@ -17,10 +18,11 @@ V28 = builds.GOOD_VERSIONS["good-0.0.28"]
 def test_good_nightly_bump_fails_logins_only_inside_each_users_own_restart(world):
     before = fingerprints(world)
     world.registry.set_tag("nightly", V28)
-    with probing_logins(world, interval=0.1) as logins:
+    with probing_logins(world, interval=0.1) as logins, probing_requests(world) as requests_seen:
         done = world.run_tracker()
     assert done.exit_code == 0, done.stderr
     failed = assert_failures_only_in_own_restart_windows(world, logins, done)
+    print("requests with a cookie:", assert_requests_fail_only_in_own_restart_windows(world, requests_seen, done))
     windows = restart_windows(done)
     assert sorted(windows) == sorted(u.os_user for u in world.users)
     for user in world.users:

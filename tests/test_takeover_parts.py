@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ("0.0.27-nightly.20260612.530 busy: claude child\n",
      {"version": "0.0.27-nightly.20260612.530", "reason": "busy: claude child", "legacy": True}),
     ("2026-06-10T04:00:01+00:00\n", {"version": None, "reason": "2026-06-10T04:00:01+00:00", "legacy": True}),
-    ("", None), ("0.0.26\n0.0.27\n", None),
+    ("", None), ("0.0.26\n0.0.27\n", None), ("{not json", None), ("busy\n", None),
 ])
 def test_legacy_marker_lines(text, expected):
     assert parse_legacy_marker(text) == expected
@@ -116,3 +116,32 @@ def test_the_mint_command_imports_none_of_the_run_machinery(tmp_path):
                           env={**os.environ, "T3_CONFIG": str(tmp_path / "c.toml")})
     assert done.returncode == 1 and "no release link" in done.stderr  # it got as far as the user's link
     assert done.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the daily backup's kind
+
+def test_daily_copies_are_pruned_among_themselves_never_a_prebump_restore_point(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from runner import backup
+    from tests.sim import dbgen
+
+    userdata = tmp_path / "home" / "alice" / ".t3" / "userdata"
+    for path in (tmp_path / "home", tmp_path / "home" / "alice", userdata.parent, userdata):
+        path.mkdir(mode=0o755)
+        path.chmod(0o755)
+    dbgen.make_database(userdata / "state.sqlite", 30, threads=2, messages_per_thread=3)
+    dbgen.make_database(userdata / "statev2.sqlite", 30, threads=1, messages_per_thread=2)
+    dest, day = tmp_path / "backups", datetime(2026, 6, 1, 3, 30, tzinfo=timezone.utc)
+    prebump = backup.backup_user_databases("alice", userdata, dest, "0.0.24", keep=1, now=day)
+    for n in range(1, 4):
+        backup.backup_user_databases("alice", userdata, dest, "0.0.24", keep=2, kind="daily",
+                                     now=day + timedelta(days=n))
+    names = sorted(p.name for p in (dest / "alice").glob("*.sqlite"))
+    assert [n for n in names if "-daily-" in n] == [
+        "state-daily-0.0.24-20260603T033000Z.sqlite", "state-daily-0.0.24-20260604T033000Z.sqlite",
+        "statev2-daily-0.0.24-20260603T033000Z.sqlite", "statev2-daily-0.0.24-20260604T033000Z.sqlite"]
+    assert {r.path.name for r in prebump} <= set(names)  # the restore points are all still there
+    assert backup.latest_backup(dest, "alice", "state.sqlite").path == prebump[0].path  # and still the newest
+    with pytest.raises(backup.BackupError, match="kind"):
+        backup.backup_user_databases("alice", userdata, dest, "0.0.24", kind="weekly")
