@@ -18,8 +18,10 @@ from pathlib import Path
 
 from .versions import VersionError, validate_version
 
-# What only this project writes in the state dir: any of them means "already managed".
-PROJECT_MARKERS = ("releases", "active", "journal", "runs", "quarantine")
+# What only this project writes in the state dir once it manages a host: any of them
+# means "already managed". Not `releases/`: a staging that failed during adopt leaves it,
+# and the operator's retry of adopt must not be refused for that.
+PROJECT_MARKERS = ("active", "journal", "runs", "quarantine")
 # The bash tracker's copies: `state-<ts>.sqlite` (daily) and `state-prebump-<ver>-<ts>.sqlite`,
 # with its own timestamp format; the project's own copies carry a manifest beside them.
 _STAMP = r"(?P<ts>\d{8}[-T_]?\d{4,6}Z?|\d{9,})"  # 20260601-033000, 20260601T033000Z, epoch seconds

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from tests.runner_checks import (assert_failures_only_in_own_restart_windows, assert_history_kept, assert_logs_in,
                                  assert_requests_fail_only_in_own_restart_windows, assert_user_on, events,
                                  fingerprints, link_version, main_pids, probing_logins, probing_requests,
@@ -15,10 +17,11 @@ V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]
 
 
+@pytest.mark.timeout(900)  # probers on every user load a shared machine
 def test_good_nightly_bump_fails_logins_only_inside_each_users_own_restart(world):
     before = fingerprints(world)
     world.registry.set_tag("nightly", V28)
-    with probing_logins(world, interval=0.1) as logins, probing_requests(world) as requests_seen:
+    with probing_logins(world, interval=0.1) as logins, probing_requests(world, interval=0.05) as requests_seen:
         done = world.run_tracker()
     assert done.exit_code == 0, done.stderr
     failed = assert_failures_only_in_own_restart_windows(world, logins, done)

@@ -46,8 +46,10 @@ def test_managed_by_project_ignores_the_old_trackers_files(tmp_path):
     (tmp_path / "deferred").mkdir()
     (tmp_path / "lock").write_text("")
     assert managed_by_project(tmp_path) == []
-    (tmp_path / "releases").mkdir()
-    assert managed_by_project(tmp_path) == ["releases"]
+    (tmp_path / "releases").mkdir()  # a failed adopt's staging: not yet managed
+    assert managed_by_project(tmp_path) == []
+    (tmp_path / "active").mkdir()
+    assert managed_by_project(tmp_path) == ["active"]
 
 
 def test_legacy_restore_points_newest_first_and_never_the_projects_own(tmp_path):
