@@ -17,9 +17,10 @@ from pathlib import Path
 from . import proc
 from .context import instance_ports
 from .state import atomic_write
-from .units import SERVE_TEMPLATE, TIMERS, is_own_serve_unit, units_for_host
+from .units import OWN_UNITS, SERVE_TEMPLATE, TIMERS, is_own_serve_unit, load_template, units_for_host
 
 TIMER = "t3-autoupdate.timer"
+KEPT_SUFFIX = ".pre-t3-autoupdate"  # the host's own file, kept beside the project's
 # The host's old jobs -> the project's timer that replaces each.
 RETIRED_TIMERS = {"t3-migrate-idle.timer": "t3-autoupdate-drain.timer",
                   "t3-backup-state.timer": "t3-autoupdate-backup.timer"}
@@ -79,13 +80,35 @@ def retire_old_timers(systemctl: str, events) -> list[str]:
     return retired
 
 
+def keep_aside_foreign_units(dest: Path, names, events) -> list[Path]:
+    """A unit file of the same name that is not the project's (e.g. the old bash tracker's
+    `t3-autoupdate.service`) is kept as `<name>.pre-t3-autoupdate` (systemd does not load
+    that name) before ours replaces it; returns the kept copies."""
+    kept = []
+    for name in names:
+        path = Path(dest) / name
+        if path.is_symlink() or not path.is_file():
+            continue
+        first_line = load_template(name).split("\n", 1)[0]
+        if path.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0] == first_line:
+            continue  # an earlier install of ours
+        aside = path.with_name(name + KEPT_SUFFIX)
+        if not aside.exists():
+            shutil.copy2(path, aside, follow_symlinks=False)
+            events("KEPT ASIDE", unit=name, copy=str(aside))
+        kept.append(aside)
+    return kept
+
+
 def install_units(cfg, *, dest: Path, serve_env_dir: Path, bin_path: str | None = None, events) -> list[Path]:
     bin_path = bin_path or shutil.which("t3-autoupdate") or str(Path(sys.argv[0]).resolve())
     dest = Path(dest)
     keep_host_unit = host_has_serve_unit(dest)
     written = []
     values = unit_values(cfg, serve_env_dir=serve_env_dir, bin_path=bin_path)
-    for name, text in units_for_host(values, host_serve_unit=keep_host_unit).items():
+    rendered = units_for_host(values, host_serve_unit=keep_host_unit)
+    keep_aside_foreign_units(dest, [name for name in rendered if name in OWN_UNITS], events)
+    for name, text in rendered.items():
         path = dest / name
         atomic_write(path, text, mode=0o644)
         written.append(path)
@@ -106,7 +129,6 @@ def install_units(cfg, *, dest: Path, serve_env_dir: Path, bin_path: str | None 
 # object. So the project's mint goes AT that path, a wrapper around
 # `t3-autoupdate mint`; the host's helper is kept aside, and the sudoers rule untouched.
 
-KEPT_SUFFIX = ".pre-t3-autoupdate"
 MINT_WRAPPER_MARKER = "# t3-autoupdate mint helper"
 
 

@@ -140,6 +140,19 @@ def test_every_variable_a_unit_uses_is_set_by_a_file_the_host_or_installer_has(t
         assert used <= provided, (user, used, provided)
 
 
+def test_the_old_trackers_own_units_of_the_same_name_are_kept_aside(tmp_path):
+    host = make_host(tmp_path, host_unit=True)
+    old = "[Unit]\nDescription=bash t3 tracker\n\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/t3-autoupdate.sh\n"
+    (host.units / "t3-autoupdate.service").write_text(old)
+    events = install(host)
+    assert (host.units / "t3-autoupdate.service.pre-t3-autoupdate").read_text() == old
+    assert (host.units / "t3-autoupdate.service").read_text() != old
+    assert sum(e.startswith("KEPT ASIDE unit=t3-autoupdate.service") for e in events) == 1
+    install(host)  # ours now: nothing more kept, the old copy untouched
+    assert (host.units / "t3-autoupdate.service.pre-t3-autoupdate").read_text() == old
+    assert not (host.units / "t3-autoupdate.timer.pre-t3-autoupdate").exists()
+
+
 def test_new_timers_are_enabled_not_started_and_the_old_jobs_retired(tmp_path):
     host = make_host(tmp_path, host_unit=True)
     for name, calendar in OLD_TIMERS.items():

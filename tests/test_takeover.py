@@ -11,7 +11,7 @@ from runner.units import SERVE_DROPIN_PATH, TIMERS, serve_unit_name
 from tests.runner_checks import (assert_failures_only_in_own_restart_windows, assert_history_kept, assert_user_on,
                                  events, fingerprints, link_version, main_pids, probing_logins, restart_windows)
 from tests.sim import builds
-from tests.sim.host import LEGACY_DAILY, LEGACY_PREBUMP, OLD_JOBS, OriginalHost
+from tests.sim.host import BASH_TRACKER_UNITS, LEGACY_DAILY, LEGACY_PREBUMP, OLD_JOBS, OriginalHost
 
 pytestmark = pytest.mark.timeout(1500)  # a whole takeover and a bump, on a shared machine
 
@@ -86,6 +86,8 @@ def test_takeover_of_the_original_host_by_the_readme_then_a_first_gated_bump(hos
         assert host.systemctl_run("is-enabled", timer, ok_codes=range(256)).stdout.strip() == "enabled"
         assert host.systemctl_run("is-active", timer, ok_codes=range(256)).stdout.strip() != "active"
     assert sum(e.startswith("RETIRED") for e in events(installed)) == 2
+    for suffix, text in BASH_TRACKER_UNITS.items():  # the bash tracker's units: replaced, kept aside
+        assert (host.unit_dir / f"t3-autoupdate.{suffix}.pre-t3-autoupdate").read_text() == text
     assert (host.root / "usr" / "local" / "bin" / "t3-mint.pre-t3-autoupdate").read_text() == host.old_mint_helper()
 
     # Step 5: status names the users still on the old global binary.

@@ -7,6 +7,7 @@ tracker takes over"), inside one temporary root, before the takeover:
     <root>/etc/systemd/system/t3-serve@.service   the host's unit: containment, credentials
                                               EnvironmentFile, HOME/PATH/NODE_ENV, Restart
     <root>/etc/systemd/system/t3-migrate-idle.*, t3-backup-state.*   the old jobs, enabled
+    <root>/etc/systemd/system/t3-autoupdate.{service,timer}   the bash tracker's own units
     <root>/etc/t3-serve/<u>.env               T3_PORT only
     <root>/var/lib/t3-autoupdate/last-good, deferred/<u>   the bash tracker's state
     <root>/var/backups/t3-state/<u>/state-<ts>.sqlite, state-prebump-<v>-<ts>.sqlite
@@ -31,6 +32,10 @@ OLD_JOBS = {"t3-migrate-idle": "*-*-* 01..05:00/20", "t3-backup-state": "*-*-* 0
 LEGACY_DAILY = "state-20260601-033000.sqlite"  # the bash tracker's own stamp format
 LEGACY_PREBUMP = "state-prebump-0.0.23-20260531-040012.sqlite"
 CREDENTIALS = "claude-auth-sync/claude-oauth.env"
+BASH_TRACKER_UNITS = {  # same names as the project's: replaced, and kept aside
+    "service": "[Unit]\nDescription=t3 nightly (bash)\n\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/t3-update\n",
+    "timer": "[Timer]\nOnCalendar=*-*-* 04:00:00\n\n[Install]\nWantedBy=timers.target\n",
+}
 
 
 class OriginalHost(World):
@@ -72,6 +77,8 @@ class OriginalHost(World):
         proc.run(["npm", "install", "--global", "--prefix", str(self.global_prefix), f"t3@{self.installed}"],
                  env=self.npm_env(), cwd=self.root, timeout=120)
         (self.unit_dir / "t3-serve@.service").write_text(self.host_serve_unit())
+        for suffix, text in BASH_TRACKER_UNITS.items():
+            (self.unit_dir / f"t3-autoupdate.{suffix}").write_text(text)
         for name, calendar in OLD_JOBS.items():
             (self.unit_dir / f"{name}.service").write_text(
                 f"[Unit]\nDescription=old {name}\n\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/{name}\n")
