@@ -147,3 +147,23 @@ def test_daily_copies_are_pruned_among_themselves_never_a_prebump_restore_point(
     assert backup.latest_backup(dest, "alice", "state.sqlite").path == prebump[0].path  # and still the newest
     with pytest.raises(backup.BackupError, match="kind"):
         backup.backup_user_databases("alice", userdata, dest, "0.0.24", kind="weekly")
+
+
+def test_liveness_is_one_systemctl_call_per_poll():
+    from runner import services
+
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(list(argv))
+        if "-p" in argv and "ActiveState" in argv:
+            return proc.Completed(tuple(argv), 0, "ActiveState=active\nMainPID=42\n", "", 0.0)
+        return proc.Completed(tuple(argv), 0, "42\n", "", 0.0)
+
+    alive = services.Services("/sim/systemctl", run=fake_run).liveness("t3-serve@wizard.service")
+    calls.clear()
+    assert alive() is True and len(calls) == 1
+    assert calls[0] == ["/sim/systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "t3-serve@wizard.service"]
+    assert services.parse_liveness("ActiveState=activating\nMainPID=0\n") == ("activating", None)
+    with pytest.raises(services.ServiceError):
+        services.parse_liveness("garbage")
