@@ -111,13 +111,18 @@ def test_the_mint_command_imports_none_of_the_run_machinery(tmp_path):
     (tmp_path / "map").write_text("a=wizard\n")
     (tmp_path / "c.toml").write_text(f'user_map = "{tmp_path}/map"\nstate_dir = "{tmp_path}/state"\n'
                                      f'home_root = "{tmp_path}/home"\n')
-    code = ("import sys; from runner.cli import main; rc = main(['mint', 'wizard']); "
-            "print(sorted(m for m in ('sh', 'semver', 'requests', 'runner.tracker') if m in sys.modules)); "
-            "sys.exit(rc)")
+    code = ("import sys; from runner.entry import main; rc = main(['mint', 'wizard']); "
+            "print(sorted(m for m in ('sh', 'semver', 'requests', 'runner.tracker', 'runner.cli', 'argparse') "
+            "if m in sys.modules)); sys.exit(rc)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env={**os.environ, "T3_CONFIG": str(tmp_path / "c.toml")})
     assert done.returncode == 1 and "no release link" in done.stderr  # it got as far as the user's link
     assert done.stdout.strip() == "[]"
+    # the console script is this entry, and every other command still reaches the full CLI
+    assert 't3-autoupdate = "runner.entry:main"' in (ROOT / "pyproject.toml").read_text()
+    usage = subprocess.run([sys.executable, "-m", "runner.entry", "mint"], capture_output=True, text=True,
+                           timeout=120, cwd=ROOT, env={**os.environ, "T3_CONFIG": str(tmp_path / "c.toml")})
+    assert usage.returncode == 2 and "usage: t3-autoupdate" in usage.stderr
 
 
 # ------------------------------------------------------------------ the daily backup's kind
