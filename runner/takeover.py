@@ -106,5 +106,9 @@ def running_off_link(services, unit: str, link: Path) -> str | None:
     cmdline = process_cmdline(pid)
     if cmdline is None or runs_link(cmdline, link):
         return None
+    if not any(arg.endswith("/t3") or arg.endswith("/t3.js") for arg in cmdline[:3]):
+        # The command line does not say which binary runs (e.g. a renamed process title):
+        # unknown is not "off the link", or the drainer would restart that user every night.
+        return None
     shown = " ".join(cmdline[:2])
     return f"running {shown!r}, not {link}/bin/t3"

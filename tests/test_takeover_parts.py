@@ -75,16 +75,23 @@ def test_a_server_is_on_its_link_only_when_started_from_it(tmp_path):
     assert runs_link([f"{link}/bin/t3", "serve"], link)
     assert not runs_link(["/usr/bin/node", "/usr/bin/t3", "serve"], link)
     assert not runs_link(["python3", f"{link}/bin/t3x", "serve"], link)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "serve"])
+    global_t3 = tmp_path / "usr" / "bin" / "t3"
+    global_t3.parent.mkdir(parents=True)
+    global_t3.write_text("import time; time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, str(global_t3), "serve"])
+    untold = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "serve"])
     try:
-        assert process_cmdline(child.pid)[1:] == ["-c", "import time; time.sleep(30)", "serve"]
+        assert process_cmdline(child.pid)[1:] == [str(global_t3), "serve"]
         services = SimpleNamespace(main_pid=lambda unit: child.pid)
         reason = running_off_link(services, "t3-serve@wizard.service", link)
-        assert reason and f"not {link}/bin/t3" in reason
+        assert reason and f"not {link}/bin/t3" in reason and str(global_t3) in reason
+        # a command line that names no t3 binary is not judged off the link
+        assert running_off_link(SimpleNamespace(main_pid=lambda unit: untold.pid), "x", link) is None
         assert running_off_link(SimpleNamespace(main_pid=lambda unit: None), "t3-serve@wizard.service", link) is None
     finally:
-        child.kill()
-        child.wait()
+        for p in (child, untold):
+            p.kill()
+            p.wait()
 
 
 # ------------------------------------------------------------------ the mint's light start
