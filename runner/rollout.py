@@ -9,6 +9,7 @@ database breaks the next login: the 2026-06-09 failure).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +49,18 @@ def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int
     mint of the new build can migrate the database under the old one (2026-06-09)."""
     unit = unit_of(os_user)
     with user_lock(ctx.cfg.state_dir, os_user, exclusive=True, timeout=MOVE_LOCK_WAIT):
+        # Only the stop, the relink and the start lie between these two stamps: the
+        # backup, staging and gate setup all happen before, so logins fail for no longer.
+        stopping = time.time()
         ctx.services.stop(unit)
         activate.point_user(ctx.cfg.active_dir, os_user, release_dir)
         ctx.services.start(unit)
-        return wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+        serving = wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+    served = time.time()
+    # The window in which the dispatch (which does not retry) fails this user's requests.
+    ctx.events("RESTARTED", user=os_user, release=release_dir.name, stopped_at=f"{stopping:.3f}",
+               serving_at=f"{served:.3f}", gap_ms=round((served - stopping) * 1000))
+    return serving
 
 
 def busy_reason(ctx: RunContext, os_user: str) -> str | None:

@@ -12,6 +12,8 @@ import requests
 from . import activate, quarantine
 from .dispatchmap import load_ports
 from .journal import JournalError, load_journal
+from .services import Services, unit_of
+from .takeover import running_off_link
 from .state import read_freeze, read_text_or_none
 
 
@@ -29,12 +31,17 @@ def collect_status(cfg) -> dict:
     freeze = read_freeze(cfg.freeze_file)
     ports = load_ports(cfg.dispatch_map, cfg.os_users)  # DispatchMapError: the CLI's exit 2
     deferred = activate.deferred_users(cfg.deferred_dir)
+    services = Services(cfg.systemctl)
     users = {}
     for os_user in cfg.os_users:
         linked = activate.release_of_link(cfg.active_link(os_user))
         running = _server_version(ports.get(os_user))
+        try:
+            off_link = running_off_link(services, unit_of(os_user), cfg.active_link(os_user))
+        except Exception as exc:  # noqa: BLE001 - status reports what it cannot tell, never fails on it
+            off_link = f"unknown: {exc}"
         users[os_user] = {"link": linked, "serving": running, "stale": bool(running and linked and running != linked),
-                          "deferred": deferred.get(os_user)}
+                          "off_link": off_link, "deferred": deferred.get(os_user)}
     try:
         journal = load_journal(cfg.journal_path)
         unfinished = journal.__dict__ if journal else None
@@ -63,6 +70,8 @@ def format_status(status: dict) -> str:
         flags = []
         if info["stale"]:
             flags.append("STALE: serving differs from link")
+        if info.get("off_link"):
+            flags.append(f"NOT ON LINK: {info['off_link']} (drain-deferred moves it once idle)")
         if info["deferred"]:
             flags.append(f"deferred: {info['deferred']}")
         lines.append(f"  {user}: link={info['link'] or '-'} serving={info['serving'] or 'down'}"
