@@ -39,8 +39,16 @@ class RestorePoint:
 
 
 def managed_by_project(state_dir: Path) -> list[str]:
-    """The project-owned entries present in `state_dir` (empty: the project has never run here)."""
-    return [name for name in PROJECT_MARKERS if (Path(state_dir) / name).exists()]
+    """The project-owned entries present in `state_dir` (empty: the project has never run here).
+
+    A directory counts only when it holds something: every command first creates the
+    state directories with their modes (state.secure_state_dirs), empty."""
+    def in_use(path: Path) -> bool:
+        if path.is_dir() and not path.is_symlink():
+            return any(path.iterdir())
+        return path.exists() or path.is_symlink()
+
+    return [name for name in PROJECT_MARKERS if in_use(Path(state_dir) / name)]
 
 
 def legacy_restore_points(backup_dest: Path, os_user: str) -> list[RestorePoint]:

@@ -63,7 +63,10 @@ def make_host(tmp: Path, *, host_unit: bool) -> SimpleNamespace:
     return SimpleNamespace(active_dir=tmp / "var" / "lib" / "t3-autoupdate" / "active", home_root=home,
                            serve_host="0.0.0.0", dispatch_map=dispatch_map, systemctl=str(systemctl),
                            config_file=tmp / "etc" / "t3-autoupdate" / "config.toml",
-                           mint_helper=tmp / "usr" / "local" / "bin" / "t3-mint", units=units, env=env, tmp=tmp)
+                           mint_helper=tmp / "usr" / "local" / "bin" / "t3-mint", units=units, env=env, tmp=tmp,
+                           state_dir=tmp / "var" / "lib" / "t3-autoupdate", backup_dest=tmp / "var" / "backups" / "t3-state",
+                           freeze_file=tmp / "etc" / "t3-autoupdate.freeze", bin_link=tmp / "usr" / "local" / "bin" / "t3",
+                           gate_user="64123", useradd="useradd")  # a numeric gate uid: nothing to create
 
 
 def ctl(host, *args: str) -> subprocess.CompletedProcess:

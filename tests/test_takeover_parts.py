@@ -48,7 +48,10 @@ def test_managed_by_project_ignores_the_old_trackers_files(tmp_path):
     assert managed_by_project(tmp_path) == []
     (tmp_path / "releases").mkdir()  # a failed adopt's staging: not yet managed
     assert managed_by_project(tmp_path) == []
-    (tmp_path / "active").mkdir()
+    (tmp_path / "active").mkdir()  # every command makes the state dirs first, empty
+    (tmp_path / "runs").mkdir()
+    assert managed_by_project(tmp_path) == []
+    (tmp_path / "active" / "wizard").symlink_to(tmp_path / "releases" / "0.0.26")
     assert managed_by_project(tmp_path) == ["active"]
 
 
