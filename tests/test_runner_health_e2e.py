@@ -1,7 +1,8 @@
 """End to end: every bad build the health gate exists for is stopped there, by a real tracker run.
 
 One profile per bad nightly in builds.BAD_VERSIONS, except `migration-fails-archived` (it
-passes a seed without archived threads by design: the canary's job, see test_runner_bump)
+fails only on data with archived threads, which this world's users do not have; with one
+user who has some, it is caught here on that user's own seed: the last test)
 and `version-lie` (caught earlier, at staging: test_runner_refusals). For each: exit 1, a
 `HEALTH-CHECK FAILED` line naming the cause, the build quarantined with its junit report
 (the file exists), its release directory removed, no instance restarted, every user still on
@@ -122,3 +123,32 @@ def test_bad_build_is_stopped_by_the_health_gate(health_world, profile):
         assert {link_version(world, u.os_user) for u in world.users} == {V24}
     finally:
         world.registry.set_tag("nightly", V24)
+
+
+def test_a_migration_failing_on_one_user_data_is_caught_before_anyone_restarts(make_world):
+    """Every user's own database seeds the health gate: emo's archived thread breaks the
+    build's migration, and that is found before any user is moved (the canary used to find it
+    after moving ancamilea, and had to roll her back)."""
+    world = make_world(db_options={"wizard": {"threads": 8}, "emo": {"archived_threads": 1}})
+    bad = builds.BAD_VERSIONS["migration-fails-archived"]
+    before, pids = fingerprints(world), main_pids(world)
+    world.registry.set_tag("nightly", bad)
+    done = world.run_tracker()
+    lines = events(done)
+    assert done.exit_code == 1, done.stderr
+    failed = [e for e in lines if e.startswith("HEALTH-CHECK FAILED ")]
+    assert len(failed) == 1, lines
+    reason = field(failed[0], "reason")
+    assert "[populated-emo]" in reason and 'Migration "33_' in reason, reason
+    assert "populated-wizard" not in reason and "populated-ancamilea" not in reason, reason
+    assert not any(e.startswith(("CANARY", "ROLLED BACK", "RESTORED")) for e in lines), lines
+    assert main_pids(world) == pids, "an instance was restarted"
+    assert_history_kept(world, before)
+    for user in world.users:
+        assert_user_on(world, user.sso, V24)
+    assert (world.state_dir / "quarantine" / f"{bad}.json").exists()
+    assert not world.freeze_file.exists()
+    report = ElementTree.parse(json.loads((world.state_dir / "quarantine" / f"{bad}.json").read_text())["report"])
+    cases = {c.get("name") for c in report.getroot().iter("testcase")}
+    for case in ("populated-wizard", "populated-emo", "populated-ancamilea", "fresh-empty"):
+        assert f"test_precious_history_kept[{case}]" in cases, cases
