@@ -21,24 +21,34 @@ from .livedb import live_database_name
 
 PRECIOUS_PREFIXES = ("projection_", "orchestration_v2_")
 V2_PREFIX = "orchestration_v2_"
-# Columns whose values are the user's history, per table. Other columns may legitimately
-# change (new columns, renamed status values, a run's status, a streamed turn item's
-# payload); these may not. A table not named here is judged by its first column (its key).
+# Columns whose values are the user's history, per table: identity and content. Other
+# columns may legitimately change (new columns, renamed status values, a run's status, a
+# streamed turn item's payload, and timestamps: migration 60 rewrites non-canonical ones on
+# both sides of the V2 import); these may not. A table not named here is judged by its
+# first column (its key).
 PRECIOUS_COLUMNS = {
-    "projection_threads": ("thread_id", "project_id", "title", "created_at"),
+    "projection_threads": ("thread_id", "project_id", "title"),
     "projection_thread_messages": ("message_id", "thread_id", "turn_id", "role", "text"),
     "projection_thread_sessions": ("thread_id",),
-    "orchestration_v2_projection_threads": ("thread_id", "project_id", "title", "created_at"),
+    "orchestration_v2_projection_threads": ("thread_id", "project_id", "title"),
     "orchestration_v2_projection_messages": ("message_id", "thread_id", "role", "text"),
     "orchestration_v2_projection_runs": ("thread_id", "ordinal"),
     "orchestration_v2_projection_turn_items": ("turn_item_id", "thread_id"),
 }
 AUTH_TABLES = ("auth_sessions", "auth_pairing_links")
+# What the V1 -> V2 import must carry: V1 table -> (its key, the V2 table that receives it).
+IMPORTED_INTO_V2 = {
+    "projection_threads": ("thread_id", "orchestration_v2_projection_threads"),
+    "projection_thread_messages": ("message_id", "orchestration_v2_projection_messages"),
+}
+
+
+def _readonly_uri(db: Path) -> str:
+    return f"file:{quote(str(Path(db).resolve()))}?mode=ro"
 
 
 def connect_readonly(db: Path) -> sqlite3.Connection:
-    uri = f"file:{quote(str(Path(db).resolve()))}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    conn = sqlite3.connect(_readonly_uri(db), uri=True, timeout=5.0)
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
 
@@ -127,8 +137,8 @@ def auth_row_counts(db: Path) -> dict[str, int]:
 def describe_losses(before: dict, after: dict, *, across_import: bool = False) -> list[str]:
     """Plain-words differences in precious data, for every table of `before`, e.g.
     'projection_thread_messages lost 120 of 480 rows'; across the V1 -> V2 import (V1 tables
-    of the old file against the same tables inside the new one) e.g.
-    'V1 -> V2 import lost 4 of 48 projection_thread_messages rows'."""
+    of the old file against the same tables kept, frozen, inside the new one) e.g.
+    'V1 -> V2 import lost 4 of 48 rows of the frozen V1 table projection_thread_messages'."""
     losses = []
     for table, (count, digest) in sorted(before.items()):
         lost = _loss(table, count, digest, after.get(table))
@@ -136,11 +146,11 @@ def describe_losses(before: dict, after: dict, *, across_import: bool = False) -
             continue
         kind, new_count = lost
         if across_import:
-            losses.append({
-                "gone": f"V1 -> V2 import did not carry {table} ({count} rows)",
-                "fewer": f"V1 -> V2 import lost {count - new_count} of {count} {table} rows",
-                "changed": f"V1 -> V2 import kept {count} {table} rows but changed their keys or history columns",
-                "differ": f"V1 -> V2 import changed {table} ({count} -> {new_count} rows, history columns differ)",
+            losses.append("V1 -> V2 import " + {
+                "gone": f"dropped the frozen V1 table {table} ({count} rows)",
+                "fewer": f"lost {count - new_count} of {count} rows of the frozen V1 table {table}",
+                "changed": f"kept {count} rows of the frozen V1 table {table} but changed their history columns",
+                "differ": f"changed the frozen V1 table {table} ({count} -> {new_count} rows, history columns differ)",
             }[kind])
         else:
             losses.append({
@@ -161,3 +171,28 @@ def _loss(table: str, count: int, digest: str, after: tuple[int, str] | None) ->
     if new_digest == digest:
         return None
     return ("changed" if new_count == count else "differ"), new_count
+
+
+def import_losses(v1_db: Path, v2_db: Path) -> list[str]:
+    """What the V1 -> V2 import failed to carry into the V2 tables (the history a V2 build
+    shows), by key, e.g. 'V1 -> V2 import lost 4 of 48 projection_thread_messages rows'."""
+    losses = []
+    with closing(connect_readonly(v2_db)) as conn:
+        conn.execute("ATTACH DATABASE ? AS v1", (_readonly_uri(v1_db),))
+        v1_tables = {r[0] for r in conn.execute("SELECT name FROM v1.sqlite_master WHERE type='table'")}
+        v2_tables = set(tables(conn))
+        for v1_table, (key, v2_table) in IMPORTED_INTO_V2.items():
+            if v1_table not in v1_tables:
+                continue
+            total = conn.execute(f'SELECT COUNT(*) FROM v1."{v1_table}"').fetchone()[0]
+            if v2_table not in v2_tables:
+                if total:
+                    losses.append(f"V1 -> V2 import lost {total} of {total} {v1_table} rows (no {v2_table})")
+                continue
+            # NOT EXISTS, not NOT IN: one NULL key on the V2 side would make NOT IN match nothing.
+            missing = conn.execute(f'SELECT COUNT(*) FROM v1."{v1_table}" AS old WHERE NOT EXISTS '
+                                   f'(SELECT 1 FROM main."{v2_table}" AS new WHERE new."{key}" = old."{key}")'
+                                   ).fetchone()[0]
+            if missing:
+                losses.append(f"V1 -> V2 import lost {missing} of {total} {v1_table} rows")
+    return losses

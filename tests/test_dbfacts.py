@@ -40,14 +40,20 @@ def v1_database(path, *, threads=4, messages=48, level=33):
     return path
 
 
-def import_into_v2(v1_path, v2_path, *, v2_messages=80, level=60):
-    """What a V2 build's first start makes: the V1 tables carried over, V2 tables beside them."""
+def import_into_v2(v1_path, v2_path, *, v2_messages=80, level=60, carry=True):
+    """What a V2 build's first start makes: the V1 tables kept, V1 history carried into the
+    V2 tables (with `carry`), native V2 history beside it."""
     with closing(sqlite3.connect(v1_path)) as src, closing(sqlite3.connect(v2_path)) as dst:
         src.backup(dst)
     with closing(sqlite3.connect(v2_path)) as conn:
         conn.executescript(V2_TABLES)
         conn.executemany("INSERT INTO effect_sql_migrations VALUES (?, '2026-06-01T00:00:00Z', ?)",
                          [(i, f"m{i}") for i in range(34, level + 1)])
+        if carry:
+            conn.execute("INSERT INTO orchestration_v2_projection_threads SELECT thread_id, project_id, title,"
+                         " created_at, updated_at, '{\"historyOrigin\": \"v1_import\"}' FROM projection_threads")
+            conn.execute("INSERT INTO orchestration_v2_projection_messages SELECT message_id, thread_id, role, text"
+                         " FROM projection_thread_messages")
         conn.execute("INSERT INTO orchestration_v2_projection_threads VALUES ('v2t', 'p', 'new', "
                      "'2026-06-01T00:00:00Z', '2026-06-01T00:00:00Z', '{}')")
         conn.execute("INSERT INTO orchestration_v2_projection_runs VALUES ('v2t', 1, 'running')")
@@ -69,7 +75,7 @@ def test_precious_is_every_projection_and_orchestration_v2_table(tmp_path):
         "orchestration_v2_projection_messages", "orchestration_v2_projection_runs",
         "orchestration_v2_projection_threads", "projection_thread_messages", "projection_threads"]
     counts = {t: n for t, (n, _) in dbfacts.precious_fingerprint(v2).items()}
-    assert counts["orchestration_v2_projection_messages"] == 80 and counts["projection_thread_messages"] == 48
+    assert counts["orchestration_v2_projection_messages"] == 48 + 80 and counts["projection_thread_messages"] == 48
 
 
 def test_v1_losses_keep_their_words(tmp_path):
@@ -86,7 +92,7 @@ def test_v2_migration_that_drops_v2_rows_is_named(tmp_path):
     run(v2, "DELETE FROM orchestration_v2_projection_messages WHERE message_id IN "
             "(SELECT message_id FROM orchestration_v2_projection_messages ORDER BY message_id LIMIT 12)")
     assert dbfacts.describe_losses(before, dbfacts.precious_fingerprint(v2)) == [
-        "orchestration_v2_projection_messages lost 12 of 80 rows"]
+        "orchestration_v2_projection_messages lost 12 of 128 rows"]
 
 
 def test_a_run_finishing_is_not_a_loss(tmp_path):
@@ -97,7 +103,7 @@ def test_a_run_finishing_is_not_a_loss(tmp_path):
     assert dbfacts.describe_losses(before, dbfacts.precious_fingerprint(v2)) == []
 
 
-def test_import_that_loses_v1_history_is_named_as_the_import(tmp_path):
+def test_import_that_loses_frozen_v1_tables_is_named_as_the_import(tmp_path):
     v1 = v1_database(tmp_path / "state.sqlite")
     before = dbfacts.precious_fingerprint(v1)
     v2 = import_into_v2(v1, tmp_path / "statev2.sqlite")
@@ -105,17 +111,39 @@ def test_import_that_loses_v1_history_is_named_as_the_import(tmp_path):
     run(v2, "DELETE FROM projection_thread_messages WHERE message_id IN ('m1', 'm2', 'm3', 'm4')")
     run(v2, "DROP TABLE projection_threads")
     assert dbfacts.describe_losses(before, dbfacts.precious_fingerprint(v2), across_import=True) == [
-        "V1 -> V2 import lost 4 of 48 projection_thread_messages rows",
-        "V1 -> V2 import did not carry projection_threads (4 rows)"]
+        "V1 -> V2 import lost 4 of 48 rows of the frozen V1 table projection_thread_messages",
+        "V1 -> V2 import dropped the frozen V1 table projection_threads (4 rows)"]
 
 
-def test_import_that_rewrites_v1_history_is_named(tmp_path):
+def test_import_that_rewrites_frozen_v1_history_is_named(tmp_path):
     v1 = v1_database(tmp_path / "state.sqlite")
     before = dbfacts.precious_fingerprint(v1)
     v2 = import_into_v2(v1, tmp_path / "statev2.sqlite")
     run(v2, "UPDATE projection_thread_messages SET text = 'lost' WHERE message_id = 'm7'")
     assert dbfacts.describe_losses(before, dbfacts.precious_fingerprint(v2), across_import=True) == [
-        "V1 -> V2 import kept 48 projection_thread_messages rows but changed their keys or history columns"]
+        "V1 -> V2 import kept 48 rows of the frozen V1 table projection_thread_messages but changed their "
+        "history columns"]
+
+
+def test_import_must_carry_every_v1_thread_and_message_into_the_v2_tables(tmp_path):
+    v1 = v1_database(tmp_path / "state.sqlite")
+    v2 = import_into_v2(v1, tmp_path / "statev2.sqlite")
+    assert dbfacts.import_losses(v1, v2) == []
+    run(v2, "DELETE FROM orchestration_v2_projection_messages WHERE message_id IN ('m1', 'm2', 'm3', 'm4')")
+    run(v2, "INSERT INTO orchestration_v2_projection_messages VALUES (NULL, 'v2t', 'user', 'keyless')")
+    assert dbfacts.import_losses(v1, v2) == ["V1 -> V2 import lost 4 of 48 projection_thread_messages rows"]
+    nothing = import_into_v2(v1, tmp_path / "not-carried.sqlite", carry=False)
+    assert dbfacts.import_losses(v1, nothing) == [
+        "V1 -> V2 import lost 4 of 4 projection_threads rows",
+        "V1 -> V2 import lost 48 of 48 projection_thread_messages rows"]
+
+
+def test_timestamps_repaired_by_a_migration_are_not_a_loss(tmp_path):
+    """Migration 60 rewrites non-canonical timestamps on both sides of the import."""
+    v1 = v1_database(tmp_path / "state.sqlite")
+    before = dbfacts.precious_fingerprint(v1)
+    run(v1, "UPDATE projection_threads SET created_at = '2026-01-01T00:00:00.000Z'")
+    assert dbfacts.describe_losses(before, dbfacts.precious_fingerprint(v1)) == []
 
 
 def test_live_database_is_the_file_the_build_opens(tmp_path):
