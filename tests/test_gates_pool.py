@@ -106,3 +106,13 @@ def test_unknown_case_and_bad_bound_are_refused():
         pool.get("zzz")
     with pytest.raises(ValueError):
         ServerPool(["a"], lambda k, p: None, bound=0)
+
+
+def test_no_database_after_start_is_named(tmp_path):
+    from gates.throwaway import ThrowawayServer
+
+    server = ThrowawayServer("/nonexistent/t3", tmp_path / "case", host="0.0.0.0", port=1)
+    server.userdata.mkdir(parents=True)
+    (server.userdata / "settings.json").write_text("{}")
+    with pytest.raises(GateFailure, match="after start, no statev2.sqlite or state.sqlite in the base dir"):
+        server.live_db()
