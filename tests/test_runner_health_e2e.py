@@ -89,7 +89,7 @@ def test_bad_build_is_stopped_by_the_health_gate(health_world, profile):
         assert os.path.isfile(record["report"]) and record["report"].endswith(".xml")
         assert field(failed[0], "report") == record["report"]
         if profile in EXITS_AT_START:
-            # A server that exited is a verdict at once: the whole gate (two throwaway servers)
+            # A server that exited is a verdict at once: the whole gate (a throwaway server per case)
             # takes far less than the 30 s ready timeout it would cost to keep polling each one.
             suite = ElementTree.parse(record["report"]).getroot()
             suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
