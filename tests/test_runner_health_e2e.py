@@ -9,7 +9,9 @@ and `version-lie` (caught earlier, at staging: test_runner_refusals). For each: 
 0.0.24 with every precious row and logging in, and the next run does not retry it.
 
 The profiles share one world: a health-gate failure touches no user, and each profile is a
-different version, so their quarantine records do not interfere.
+different version, so their quarantine records do not interfere. The bad orchestration V2
+builds (builds.V2_BAD_VERSIONS) run the same way on a mixed host: two users on V2, one still
+on V1, each seeding their own case.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import pytest
 
 from tests.runner_checks import (assert_history_kept, assert_logs_in, assert_user_on, events, fingerprints,
                                  link_version, main_pids, summary_of)
-from tests.sim import builds
+from tests.sim import builds, dbgen
 from tests.sim.world import World
 
 V24 = "0.0.24"
@@ -152,3 +154,52 @@ def test_a_migration_failing_on_one_user_data_is_caught_before_anyone_restarts(m
     cases = {c.get("name") for c in report.getroot().iter("testcase")}
     for case in ("populated-wizard", "populated-emo", "populated-ancamilea", "fresh-empty"):
         assert f"test_precious_history_kept[{case}]" in cases, cases
+
+
+# ---------------------------------------------------------------- orchestration V2 hosts
+
+V46 = builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]
+V2_CAUSES = {
+    "v2-import-loses-history": "V1 -> V2 import lost",  # only a user still on V1 imports: ancamilea
+    "v2-migration-drops-rows": "orchestration_v2_projection_messages lost",
+    "v2-migration-fails-populated": 'Migration "62_OrchestrationV2ThreadPins" failed',
+    "v2-writes-state-sqlite": "state.sqlite changed after the import to statev2.sqlite",
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_v2_world(machine_guard, tmp_path_factory):
+    """Two users already on V2 (0.0.46: statev2.sqlite beside a frozen state.sqlite) and one,
+    deferred before, still on 0.0.24 (V1): every bad V2 nightly meets both layouts."""
+    world = World(tmp_path_factory.mktemp("health-v2-e2e") / "world", installed=V46,
+                  user_versions={"ancamilea": V24})
+    try:
+        yield world.build()
+    finally:
+        world.stop()
+
+
+@pytest.mark.parametrize("profile", sorted(V2_CAUSES))
+def test_bad_v2_build_is_stopped_by_the_health_gate(mixed_v2_world, profile):
+    world = mixed_v2_world
+    bad = builds.V2_BAD_VERSIONS[profile]
+    before = {u.os_user: dbgen.precious_fingerprint(world.live_database(u.os_user)) for u in world.users}
+    pids = main_pids(world)
+    world.registry.set_tag("nightly", bad)
+    try:
+        done = world.run_tracker()
+        lines = events(done)
+        assert done.exit_code == 1, done.stderr
+        failed = [e for e in lines if e.startswith("HEALTH-CHECK FAILED ")]
+        assert len(failed) == 1, lines
+        reason = field(failed[0], "reason")
+        assert V2_CAUSES[profile] in reason, reason
+        if profile == "v2-import-loses-history":
+            assert "[populated-ancamilea]" in reason, reason
+        assert not any(e.startswith(("CANARY", "update complete", "ROLLED BACK")) for e in lines), lines
+        assert main_pids(world) == pids, "an instance was restarted"
+        assert {u.os_user: dbgen.precious_fingerprint(world.live_database(u.os_user)) for u in world.users} == before
+        assert link_version(world, "ancamilea") == V24 and link_version(world, "wizard") == V46
+        assert (world.state_dir / "quarantine" / f"{bad}.json").exists()
+    finally:
+        world.registry.set_tag("nightly", V46)
