@@ -33,7 +33,6 @@ class Candidate:
 
     def __init__(self, server: ThrowawayServer, live_before: Path | None):
         self.server = server
-        self.seeded = live_before is not None
         self.live_name_before = live_before.name if live_before else None
         self.level_before = dbfacts.migration_level(live_before) if live_before else 0
         self.precious_before = dbfacts.precious_fingerprint(live_before) if live_before else {}
