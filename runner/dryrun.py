@@ -1,6 +1,6 @@
 """`t3-autoupdate dry-run` (or T3_DRY_RUN=1): preview the tracked build without
 changing anything: resolve, stage into a temporary prefix, run the health gate
-on a fresh online copy of a user's database, print PASS or FAIL with the report.
+on fresh online copies of every user's live database, print PASS or FAIL with the report.
 No backup, no quarantine, no link, no restart."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import backup, resolve
 from .context import RunContext
+from .phases.health import check_health
 from .stage import StageError, stage_release
 from .state import new_run_id, read_text_or_none, read_freeze
 
@@ -31,28 +32,25 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="t3-dry-run-", dir=cfg.tmpdir))
     try:
-        seeds = []
-        for os_user in cfg.os_users:
-            seeds += backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), work / "seeds", version,
-                                                  sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout, keep=1)
+        records = {os_user: backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), work / "seeds",
+                                                         version, sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
+                                                         keep=1)
+                   for os_user in cfg.os_users}
         try:
             staged = stage_release(cfg.npm, cfg.package, version, work / "releases", env=ctx.env)
         except StageError as exc:
             print(f"DRY-RUN FAIL {version}: staging failed: {exc}", file=stdout)
             return 1
-        from .tracker import health_seeds, run_health_gate
-
-        seed_paths = health_seeds({"all": seeds})
-        if not seed_paths:
-            print(f"DRY-RUN FAIL {version}: no populated database to seed the health gate", file=stdout)
-            return 1
-        gate = run_health_gate(ctx, staged, seed_paths)
+        verdict = check_health(ctx, staged, records)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    verdict = "PASS" if gate.passed else "FAIL"
+    if verdict.report is None:
+        print(f"DRY-RUN FAIL {version}: {verdict.reason}", file=stdout)
+        return 1
     note = f" (a real run would hold: {decision.reason})" if decision.action != "install" else ""
     freeze = read_freeze(cfg.freeze_file)
     if freeze is not None:  # a PASS must not read as "the next run installs it"
         note = f" (a real run would hold: frozen: {freeze.reason})"
-    print(f"DRY-RUN {verdict} {version}{note}: {gate.reason()} report={gate.report}", file=stdout)
-    return 0 if gate.passed else 1
+    said = "PASS" if verdict.passed else "FAIL"
+    print(f"DRY-RUN {said} {version}{note}: {verdict.reason} report={verdict.report}", file=stdout)
+    return 0 if verdict.passed else 1

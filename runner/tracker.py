@@ -7,14 +7,12 @@ failed (or the run was refused) and was handled; 2 and 3 are the CLI's.
 """
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 from . import activate, backup, metrics, release, resolve
 from .context import RunContext
-from .gaterun import run_gate
 from .journal import Journal, clear_journal
+from .phases.health import check_health
 from .recover import locked_and_recovered
 from .rollout import roll_back_users, roll_out
 from .state import atomic_json, atomic_write, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
@@ -27,28 +25,6 @@ DETERMINISTIC_STAGE_STEPS = {"version", "tarball"}
 
 class RunRefused(Exception):
     """Stopped before touching anything a user runs (exit 1)."""
-
-
-def health_options(ctx: RunContext, staged, seeds: list[Path], scratch: Path) -> dict[str, str]:
-    cfg = ctx.cfg
-    return {"--t3-bin": str(staged.bin), "--expect-version": staged.version,
-            "--seed-db": ",".join(str(seed) for seed in seeds),
-            "--scratch": str(scratch), "--serve-host": cfg.serve_host, "--smoke-port": str(cfg.smoke_port),
-            "--ready-timeout": str(cfg.ready_timeout), "--cookie-name": cfg.cookie_name}
-
-
-def health_seeds(records: dict[str, list]) -> list[Path]:
-    """One seed per schema level the fleet's databases are at (a deferred user may lag
-    behind), each the richest history at that level: the migration is proven from every
-    starting point it will really start from."""
-    from gates.dbfacts import migration_level
-
-    richest: dict[int, object] = {}
-    for record in (r for rs in records.values() for r in rs if r.db_name == "state.sqlite"):
-        level = migration_level(record.path)
-        if level not in richest or record.bytes > richest[level].bytes:
-            richest[level] = record
-    return [richest[level].path for level in sorted(richest)]
 
 
 def installed_version(ctx: RunContext) -> str | None:
@@ -99,16 +75,6 @@ def back_up_everyone(ctx: RunContext, version: str) -> dict[str, list]:
         for record in records[os_user]:
             ctx.events("BACKED UP", user=os_user, database=record.db_name, path=str(record.path), bytes=record.bytes)
     return records
-
-
-def run_health_gate(ctx: RunContext, staged, seeds: list[Path]):
-    scratch = Path(ctx.cfg.tmpdir) / f"t3-health-{ctx.run_id}"
-    scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        return run_gate("health", run_dir=ctx.run_dir, options=health_options(ctx, staged, seeds, scratch),
-                        env=ctx.env, timeout=ctx.cfg.gate_timeout)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def tracker_run(ctx: RunContext) -> int:
@@ -166,13 +132,10 @@ def bump(ctx: RunContext, journal: Journal) -> int:
         return 1
     journal.release = str(staged.prefix)
     journal.enter(cfg.journal_path, "health")
-    seeds = health_seeds(records)
-    if not seeds:
-        gate_failure, report = "no populated database to seed the health gate", None
-    else:
-        gate = run_health_gate(ctx, staged, seeds)
-        gate_failure, report = (None if gate.passed else gate.reason()), gate.report
-        ctx.outcome["health_report"] = str(gate.report)
+    verdict = check_health(ctx, staged, records)
+    gate_failure, report = verdict.failure, verdict.report
+    if report is not None:
+        ctx.outcome["health_report"] = str(report)
     if gate_failure:
         release.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
                                  report_path=str(report) if report else None, run_id=ctx.run_id)

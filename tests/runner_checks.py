@@ -133,3 +133,28 @@ def summary_of(world) -> dict:
 
 def events(done) -> list[str]:
     return [line.split("t3-autoupdate: ", 1)[1] for line in done.stderr.splitlines() if line.startswith("t3-autoupdate: ")]
+
+
+ARCHIVE_ON_STOP = '''#!{python}
+import sqlite3, subprocess, sys
+code = subprocess.call([{real!r}, *sys.argv[1:]])
+if sys.argv[1:2] == ["stop"] and {unit!r} in sys.argv[2:]:
+    with sqlite3.connect({db!r}) as conn:
+        conn.execute("UPDATE projection_threads SET deleted_at = updated_at"
+                     " WHERE thread_id = (SELECT MAX(thread_id) FROM projection_threads)")
+sys.exit(code)
+'''
+
+
+def archives_a_thread_when_stopped(world, os_user: str) -> Path:
+    """A systemctl for the runner (T3_SYSTEMCTL) under which `os_user` archives a thread that
+    their server writes as it stops: data newer than the pre-bump backup the health gate was
+    seeded from, so a migration that fails only on archived threads meets it first at that
+    user's canary restart (the one failure class the health gate cannot see)."""
+    import sys
+
+    path = world.root / f"systemctl-{os_user}-archives"
+    path.write_text(ARCHIVE_ON_STOP.format(python=sys.executable, real=str(world.systemctl),
+                                           unit=serve_unit_name(os_user), db=str(world.database(os_user))))
+    path.chmod(0o755)
+    return path

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from tests.runner_checks import (assert_failures_only_in_own_restart_windows, assert_history_kept, assert_logs_in,
-                                 assert_requests_fail_only_in_own_restart_windows, assert_user_on, events,
-                                 fingerprints, link_version, main_pids, probing_logins, probing_requests,
-                                 restart_windows, summary_of)
+from tests.runner_checks import (archives_a_thread_when_stopped, assert_failures_only_in_own_restart_windows,
+                                 assert_history_kept, assert_logs_in, assert_requests_fail_only_in_own_restart_windows,
+                                 assert_user_on, events, fingerprints, link_version, main_pids, probing_logins,
+                                 probing_requests, restart_windows, summary_of)
 from tests.sim import builds
 
 V24 = "0.0.24"
@@ -102,13 +102,14 @@ def test_bad_build_is_stopped_by_the_health_gate_with_zero_failed_logins(world):
 
 
 def test_canary_failure_on_the_second_user_restores_both_and_freezes(make_world):
-    # wizard has the most history (the health seed) and no archived threads; emo, moved
-    # second, has one: the build's migration fails on emo's data only.
-    world = make_world(db_options={"wizard": {"threads": 8}, "emo": {"archived_threads": 1}})
+    # Nobody has archived threads when the pre-bump backups (the health gate's seeds) are
+    # taken; emo, moved second, archives one as the canary stops his server: the build's
+    # migration fails on emo's data only, and only at his restart.
+    world = make_world(db_options={"wizard": {"threads": 8}})
     bad = builds.BAD_VERSIONS["migration-fails-archived"]
     before = fingerprints(world)
     world.registry.set_tag("nightly", bad)
-    done = world.run_tracker()
+    done = world.run_tracker(T3_SYSTEMCTL=str(archives_a_thread_when_stopped(world, "emo")))
     assert done.exit_code == 1, done.stderr
     lines = events(done)
     assert any(e.startswith("CANARY PASSED user=ancamilea") for e in lines), lines
