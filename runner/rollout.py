@@ -52,12 +52,8 @@ def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int
 
 def busy_reason(ctx: RunContext, os_user: str) -> str | None:
     """Why this user must not be restarted now, or None when idle. Unjudgeable counts as busy."""
-    try:
-        owner = activity.owner_of(ctx.cfg.home_dir(os_user))
-    except Exception as exc:  # noqa: BLE001 - fail closed: a user we cannot judge is not restarted
-        return f"cannot judge activity: {exc}"
-    busy, reason = activity.assess(ctx.cfg.userdata_dir(os_user) / "state.sqlite", sqlite3=ctx.cfg.sqlite3,
-                                   as_user=owner, now=ctx.now(), quiet_seconds=ctx.cfg.busy_quiet)
+    busy, reason = activity.assess_user(ctx.cfg.home_dir(os_user), ctx.cfg.userdata_dir(os_user),
+                                        sqlite3=ctx.cfg.sqlite3, now=ctx.now(), quiet_seconds=ctx.cfg.busy_quiet)
     return reason if busy else None
 
 
