@@ -101,23 +101,32 @@ def roll_out(ctx: RunContext, journal: Journal, release_dir: Path) -> RolloutRes
 
 
 def restore_databases(ctx: RunContext, os_user: str, failed_version: str, taken: dict[str, str]) -> None:
-    """Restore every database backed up for this bump; set aside any the new build created."""
+    """Make `taken` (database name -> pre-bump backup, one backup set) the user's databases again:
+    restore every database in the set, and set aside every database that exists now but is not in
+    it (a `statev2.sqlite` when going back to a pre-V2 build: a pre-V2 build ignores it, and a later
+    re-upgrade must import the restored `state.sqlite` afresh). Replaced and set-aside files are
+    kept in the backup dir, named by `failed_version`; each is reported in an event and in the
+    run's outcome (`set_aside`)."""
     cfg, events = ctx.cfg, ctx.events
     userdata = cfg.userdata_dir(os_user)
+    known = {str(r.path): r for r in backup.prebump_backups(cfg.backup_dest, os_user)} if taken else {}
     for db_name, path in sorted(taken.items()):
-        record = backup.latest_backup(cfg.backup_dest, os_user, db_name, version=failed_version)
-        if record is None or str(record.path) != path:
-            raise backup.BackupError(f"{os_user}: the pre-bump backup {path} is no longer the newest backup "
-                                     f"of {db_name} for {failed_version}; refusing to guess")
+        record = known.get(str(path))
+        if record is None or record.db_name != db_name:
+            raise backup.BackupError(f"{os_user}: {path} is not a whole pre-bump backup of {db_name} "
+                                     f"(missing, or no manifest); refusing to guess")
         report = backup.restore_user_database(record, userdata, cfg.backup_dest, failed_version=failed_version,
                                               sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout)
         events("RESTORED", user=os_user, database=db_name, backup=path, kept_aside=str(report.kept_aside),
                rows_since_backup=report.rows_since_backup)
     for db_name in backup.find_user_databases(userdata):
-        if db_name not in taken:  # e.g. a statev2.sqlite the failed build created
-            backup.set_aside_database(os_user, userdata, cfg.backup_dest, db_name, failed_version=failed_version,
-                                      sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout)
-            events("SET ASIDE", user=os_user, database=db_name, version=failed_version)
+        if db_name not in taken:  # e.g. a statev2.sqlite the failed (or newer) build created
+            kept = backup.set_aside_database(os_user, userdata, cfg.backup_dest, db_name,
+                                             failed_version=failed_version, sqlite3=cfg.sqlite3,
+                                             timeout=cfg.backup_timeout)
+            ctx.outcome.setdefault("set_aside", {}).setdefault(os_user, []).append(str(kept))
+            events("SET ASIDE", user=os_user, database=db_name, version=failed_version, kept_aside=str(kept),
+                   reason=f"not in the backup set restored; the build going back would not serve it")
 
 
 def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, failed_version: str,
