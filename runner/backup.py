@@ -587,6 +587,11 @@ def prebump_backups(backup_root, os_user: str) -> list[BackupRecord]:
             except (ValueError, KeyError, TypeError, BackupError) as exc:
                 raise UserFileError(f"manifest {bdir.path / entry} is unusable ({exc})") from None
             records.append(_read_manifest(bdir, name, os_user, db_name, str(version)))
+        described = {r.path.name for r in records}
+        for name in os.listdir(bdir.fd):  # a set missing a member would set that database aside
+            if ("-prebump-" in name and not name.startswith(".") and not name.endswith(SIDE_SUFFIXES)
+                    and name not in described):
+                raise UserFileError(f"backup {bdir.path / name} has no manifest: refusing to guess")
     return sorted(records, key=lambda r: (r.taken_at, r.db_name))
 
 

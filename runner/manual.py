@@ -76,6 +76,7 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
             return 1
         write_freeze(cfg.freeze_file, f"manual rollback to {target}", by="t3-autoupdate rollback")
         events("FROZEN", reason=f"manual rollback to {target}", freeze_file=str(cfg.freeze_file))
+        failed: set[str] = set()  # restore failed or impossible: not on the target, whatever the link says
         for version, users in by_version.items():
             taken = {}
             for os_user in users:
@@ -90,12 +91,14 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
                            reason=f"no pre-bump backup taken while {os_user} ran {target}; left on {version}")
                     continue
                 taken[os_user] = {record.db_name: str(record.path) for record in chosen}
-            roll_back_users(ctx, [u for u in users if u in taken], good_release=cfg.release_dir(target),
-                            failed_version=version, backups=taken)
+            failed |= {u for u in users if u not in taken}
+            failed |= set(roll_back_users(ctx, [u for u in users if u in taken], good_release=cfg.release_dir(target),
+                                          failed_version=version, backups=taken))
         moved = [u for us in by_version.values() for u in us]
-        left = {u: v for u in moved if (v := activate.release_of_link(cfg.active_link(u))) != target}
+        left = {u: v for u in moved if (v := activate.release_of_link(cfg.active_link(u))) != target or u in failed}
         if left:
-            where = ", ".join(f"{u} on {v or 'no release'}" for u, v in sorted(left.items()))
+            where = ", ".join(f"{u} on {v or 'no release'}{' (restore failed)' if v == target else ''}"
+                              for u, v in sorted(left.items()))
             reason = (f"partial manual rollback to {target}: {where}; last-good stays "
                       f"{read_text_or_none(cfg.last_good_path) or '(none)'} until every user is on {target} "
                       f"(fix the cause, then run `t3-autoupdate rollback --to {target}` again)")

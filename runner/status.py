@@ -11,6 +11,7 @@ import requests
 
 from . import activate, quarantine
 from .context import instance_ports
+from .goodbuilds import previous_good_path
 from .journal import JournalError, load_journal
 from .state import read_freeze, read_text_or_none
 
@@ -32,19 +33,21 @@ def collect_status(cfg) -> dict:
     except (OSError, ValueError, KeyError, TypeError):
         ports = {}
     deferred = activate.deferred_users(cfg.deferred_dir)
+    last_good = read_text_or_none(cfg.last_good_path)
     users = {}
     for os_user in cfg.os_users:
         linked = activate.release_of_link(cfg.active_link(os_user))
         running = _server_version(ports.get(os_user))
         users[os_user] = {"link": linked, "serving": running, "stale": bool(running and linked and running != linked),
-                          "deferred": deferred.get(os_user)}
+                          "deferred": deferred.get(os_user), "off_last_good": bool(last_good and linked != last_good)}
     try:
         journal = load_journal(cfg.journal_path)
         unfinished = journal.__dict__ if journal else None
     except JournalError as exc:
         unfinished = {"error": str(exc)}
     return {
-        "last_good": read_text_or_none(cfg.last_good_path),
+        "last_good": last_good,
+        "previous_good": read_text_or_none(previous_good_path(cfg)),
         "frozen": freeze.__dict__ if freeze else None,
         "quarantined": sorted(quarantine.quarantined_versions(cfg.quarantine_dir)),
         "unfinished_run": unfinished,
@@ -53,7 +56,8 @@ def collect_status(cfg) -> dict:
 
 
 def format_status(status: dict) -> str:
-    lines = [f"last-good: {status['last_good'] or '(none)'}"]
+    lines = [f"last-good: {status['last_good'] or '(none)'}"
+             + (f" (previous: {status['previous_good']})" if status.get("previous_good") else "")]
     frozen = status["frozen"]
     lines.append(f"frozen: {'yes: ' + frozen['reason'] if frozen else 'no'}")
     lines.append(f"quarantined: {', '.join(status['quarantined']) or 'none'}")
@@ -65,6 +69,8 @@ def format_status(status: dict) -> str:
             flags.append("STALE: serving differs from link")
         if info["deferred"]:
             flags.append(f"deferred: {info['deferred']}")
+        elif info.get("off_last_good"):  # e.g. a partial manual rollback: who is where
+            flags.append(f"not on last-good {status['last_good']}")
         lines.append(f"  {user}: link={info['link'] or '-'} serving={info['serving'] or 'down'}"
                      + (f"  [{'; '.join(flags)}]" if flags else ""))
     return "\n".join(lines)
