@@ -17,7 +17,7 @@ from .gaterun import run_gate
 from .journal import Journal, clear_journal, load_journal
 from .recover import recover_unfinished_run
 from .rollout import roll_back_users, roll_out
-from .state import RunLock, atomic_json, atomic_write, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
+from .state import RunLock, atomic_json, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
 
 
 # Staging steps whose failure is a property of the build itself (its --version, its tarball's
