@@ -133,3 +133,96 @@ def test_fingerprint_sees_lost_and_changed_history_only(tmp_path):
     assert deleted["projection_thread_messages"][0] == 29
     gone = change("DROP TABLE projection_thread_messages")
     assert gone["projection_thread_messages"] == (0, "missing")
+
+
+# --------------------------------------------------------------------- V2 users
+
+def _schema_of_a_fresh_v2_build(tmp_path, level):
+    """What a V2 build creates on an empty base dir, by the simulator's own import."""
+    home = tmp_path / f"fresh-{level}"
+    (home / "userdata").mkdir(parents=True)
+    build = t3sim.Build("x", {"layout": "v2", "schema_level": level})
+    t3sim.import_v1_state(build, t3sim.StateDir(str(home), "v2"), lambda *_: None)
+    conn = sqlite3.connect(home / "userdata" / "statev2.sqlite")
+    try:
+        return schema_sql(conn)
+    finally:
+        conn.close()
+
+
+def test_v2_user_has_the_frozen_v1_file_and_an_imported_statev2(tmp_path):
+    userdata = tmp_path / "home" / ".t3" / "userdata"
+    facts = dbgen.make_v2_user(userdata, 60, threads=3, messages_per_thread=4, v2_threads=2, runs_per_thread=3,
+                               archived_threads=1, updated_at="recent")
+    assert sorted(p.name for p in userdata.iterdir()) == ["state.sqlite", "statev2.sqlite"]
+    v1, v2 = userdata / "state.sqlite", userdata / "statev2.sqlite"
+    assert facts["path"] == str(v2) and facts["schema_level"] == dbgen.schema_level(v2) == 60
+    assert facts["v1"]["schema_level"] == dbgen.schema_level(v1) == 33
+    conn = sqlite3.connect(v2)
+    try:
+        assert schema_sql(conn) == _schema_of_a_fresh_v2_build(tmp_path, 60)  # exactly the simulator's schema
+    finally:
+        conn.close()
+    assert rows(v2, "PRAGMA journal_mode") == [("wal",)] and rows(v2, "PRAGMA integrity_check") == [("ok",)]
+    # The V1 tables inside statev2 are the V1 file's rows, frozen at the import.
+    assert dbgen.precious_fingerprint(v2) == dbgen.precious_fingerprint(v1)
+    origins = rows(v2, "SELECT json_extract(payload_json, '$.historyOrigin'), COUNT(*)"
+                       " FROM orchestration_v2_projection_threads GROUP BY 1 ORDER BY 1")
+    assert origins == [("v1_import", 3), ("v2", 2)]
+    counts = facts["counts"]
+    assert counts["orchestration_v2_legacy_imports"] == 3
+    assert counts["orchestration_v2_projection_runs"] == 6
+    assert counts["orchestration_v2_projection_turn_items"] == 6
+    assert counts["orchestration_v2_projection_provider_threads"] == 2
+    assert counts["orchestration_v2_projection_messages"] == 12 + 2 * 3 * 2  # imported + user/assistant per run
+    assert counts["orchestration_v2_events"] > 0
+    assert facts["in_flight_runs"] == {}
+    assert rows(v2, "SELECT DISTINCT status FROM orchestration_v2_projection_runs") == [("completed",)]
+    # V2 activity is recent; the frozen V1 file is old and idle.
+    (v2_last,), = rows(v2, "SELECT MAX(updated_at) FROM orchestration_v2_projection_runs")
+    assert datetime.now(timezone.utc) - datetime.fromisoformat(v2_last.replace("Z", "+00:00")) < timedelta(minutes=1)
+    (v1_last,), = rows(v1, "SELECT MAX(updated_at) FROM projection_threads")
+    assert datetime.now(timezone.utc) - datetime.fromisoformat(v1_last.replace("Z", "+00:00")) > timedelta(days=6)
+    assert rows(v1, "SELECT COUNT(*) FROM projection_thread_sessions WHERE active_turn_id IS NOT NULL") == [(0,)]
+
+
+def test_v2_user_with_a_run_in_flight(tmp_path):
+    facts = dbgen.make_v2_user(tmp_path / "userdata", 61, v2_threads=2, runs_per_thread=2, in_flight=True)
+    assert facts["in_flight_runs"] == {"v2-thread-000000": 2}
+    v2 = facts["path"]
+    # The run in flight is the thread's newest by ordinal, with a non-final status.
+    newest = rows(v2, "SELECT r.thread_id, r.status FROM orchestration_v2_projection_runs r WHERE r.ordinal ="
+                      " (SELECT MAX(ordinal) FROM orchestration_v2_projection_runs WHERE thread_id = r.thread_id)"
+                      " ORDER BY r.thread_id")
+    assert newest == [("v2-thread-000000", "running"), ("v2-thread-000001", "completed")]
+    assert "running" not in t3sim.V2_RUN_FINAL_STATUSES
+    assert rows(v2, "SELECT status FROM orchestration_v2_projection_turn_items WHERE thread_id = 'v2-thread-000000'"
+                    " ORDER BY ordinal") == [("completed",), ("streaming",)]
+    assert dbgen.schema_level(v2) == 61
+
+
+def test_make_user_picks_the_layout_and_refuses_nonsense(tmp_path):
+    assert dbgen.make_user(tmp_path / "a" / "userdata", 33)["path"] == str(tmp_path / "a/userdata/state.sqlite")
+    assert dbgen.make_user(tmp_path / "b" / "userdata", 60, "v2", in_flight=True)["in_flight_runs"]
+    with pytest.raises(ValueError):
+        dbgen.make_user(tmp_path / "c" / "userdata", 33, "v3")
+    for level in (33, 55, 63):
+        with pytest.raises(ValueError):
+            dbgen.make_v2_user(tmp_path / f"d{level}" / "userdata", level)
+    with pytest.raises(ValueError):
+        dbgen.make_v2_user(tmp_path / "e", 60)  # not a userdata/ directory
+    with pytest.raises(FileExistsError):
+        dbgen.make_v2_user(tmp_path / "b" / "userdata", 60)
+
+
+def test_v2_fingerprint_sees_lost_v2_history(tmp_path):
+    v2 = dbgen.make_v2_user(tmp_path / "userdata", 60)["path"]
+    before = dbgen.precious_fingerprint(v2, dbgen.ALL_PRECIOUS_TABLES)
+    assert set(before) == set(dbgen.PRECIOUS_TABLES) | set(dbgen.PRECIOUS_V2_TABLES)
+    conn = sqlite3.connect(v2)
+    with conn:
+        conn.execute("DELETE FROM orchestration_v2_projection_messages WHERE rowid = 1")
+    conn.close()
+    after = dbgen.precious_fingerprint(v2, dbgen.ALL_PRECIOUS_TABLES)
+    assert {t for t in after if after[t] != before[t]} == {"orchestration_v2_projection_messages"}
+    assert dbgen.precious_fingerprint(v2) == {t: before[t] for t in dbgen.PRECIOUS_TABLES}

@@ -3,6 +3,7 @@ import os
 import sqlite3
 
 from runner.units import serve_unit_name
+from tests.sim import builds, dbgen
 from tests.sim.world import wait_until
 
 
@@ -36,3 +37,30 @@ def test_list_units_shows_every_running_instance(world):
                               "t3-serve@*").stdout
     assert sorted(line.split()[0] for line in out.splitlines() if line.strip()) == sorted(
         serve_unit_name(u.os_user) for u in world.users)
+
+
+def test_a_mixed_host_v2_users_and_one_v1_user_left_on_a_pre_v2_build(make_world):
+    """A deferred user is still on the older build's link and V1 data while the others went V2."""
+    v46, v28 = builds.V2_GOOD_VERSIONS["good-v2-0.0.46"], builds.GOOD_VERSIONS["good-0.0.28"]
+    world = make_world(installed=v46, user_versions={"emo": v28}, db_options={"wizard": {"in_flight": True}})
+    assert (world.state_dir / "last-good").read_text().strip() == v46
+    for user in world.users:
+        version = v28 if user.os_user == "emo" else v46
+        assert world.version_of(user.os_user) == version
+        assert os.readlink(world.active_dir / user.os_user) == str(world.releases_dir / version)
+        assert world.server_version(user.sso) == version
+        names = sorted(p.name for p in world.userdata(user.os_user).glob("*.sqlite"))
+        if user.os_user == "emo":
+            assert names == ["state.sqlite"] and world.live_database("emo") == world.database("emo")
+            assert dbgen.schema_level(world.database("emo")) == 33
+        else:
+            assert names == ["state.sqlite", "statev2.sqlite"]
+            assert world.live_database(user.os_user).name == "statev2.sqlite"
+            assert dbgen.schema_level(world.live_database(user.os_user)) == 60
+        prober = world.prober(user.sso, interval=0.05).start()
+        wait_until(lambda: len(prober.report().attempts) >= 2, 20, "two login attempts")
+        report = prober.stop()
+        assert report.ok, report.summary()
+    with sqlite3.connect(world.live_database("wizard")) as conn:
+        assert conn.execute("SELECT status FROM orchestration_v2_projection_runs WHERE thread_id = 'v2-thread-000000'"
+                            " ORDER BY ordinal DESC LIMIT 1").fetchone() == ("running",)

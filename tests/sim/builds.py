@@ -4,7 +4,9 @@ Every simulated build carries the same code (t3pkg/t3sim.py) and differs only in
 its package.json version and its profile.json behaviour profile. CATALOGUE is the
 standard set of builds the tests, the registry and the demo publish: the good
 builds the contract's history describes, then one bad nightly per failure the
-gates must catch.
+gates must catch; then the orchestration V2 builds (V2_GOOD_VERSIONS,
+V2_BAD_VERSIONS: statev2.sqlite, see t3sim), newer than all of those and kept in
+their own groups so tests written for the V1 groups keep their meaning.
 
     from tests.sim import builds
     tgz = builds.build_tarball("0.0.24", "good-0.0.24", tmp_path)
@@ -43,6 +45,8 @@ class Profile:
     reported_version: str | None = None  # what `--version` claims instead of the truth
     crash_at_start: bool = False
     sql_error_style: str = "message"  # "message" | "code" (newer builds hide SQLite's text)
+    layout: str = "v1"  # "v1": state.sqlite | "v2": statev2.sqlite, imported once from state.sqlite
+    writes_v1_state: bool = False  # a bad V2 build that keeps writing state.sqlite after the import
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -59,6 +63,18 @@ _GOOD_0_0_28 = Profile(
 def _bad(name: str, description: str, **changes) -> Profile:
     """A bad build: good-0.0.28 with one thing broken."""
     return dataclasses.replace(_GOOD_0_0_28, name=name, description=description, **changes)
+
+
+# Orchestration V2 (0.0.46 nightlies on): statev2.sqlite, migrations 50-62 on top of 1-33.
+_GOOD_V2_0_0_46 = dataclasses.replace(
+    _GOOD_0_0_28, name="good-v2-0.0.46",
+    description="orchestration V2: imports state.sqlite into statev2.sqlite on first start, schema 60",
+    layout="v2", schema_level=60)
+
+
+def _bad_v2(name: str, description: str, **changes) -> Profile:
+    """A bad V2 build: a V2 nightly at schema 62 with one thing broken."""
+    return dataclasses.replace(_GOOD_V2_0_0_46, name=name, description=description, schema_level=62, **changes)
 
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
@@ -83,6 +99,21 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     _bad("never-ready", "migrates, then never listens; stays alive until SIGTERM", never_ready=True),
     _bad("version-lie", "--version claims 0.0.28-nightly.20260616.571", reported_version="0.0.28-nightly.20260616.571"),
     _bad("crash-at-start", "serve exits 1 with an error before migrating or listening", crash_at_start=True),
+    _GOOD_V2_0_0_46,
+    dataclasses.replace(_GOOD_V2_0_0_46, name="good-v2-0.0.47",
+                        description="orchestration V2, schema 61: a V2 -> V2 migration (61 adds threads.pinned)",
+                        schema_level=61),
+    _bad_v2("v2-import-loses-history",
+            "the V1 -> V2 import (migration 56) carries only two of every three V1 messages into V2",
+            migration_variants=((56, "import-drops-messages"),)),
+    _bad_v2("v2-migration-drops-rows", "V2 migration 62 silently deletes every third V2 message and succeeds",
+            migration_variants=((62, "v2-drops-rows"),)),
+    _bad_v2("v2-migration-fails-populated",
+            "V2 migration 62 breaks a NOT NULL when V2 threads exist: rolled back, serve exits 1",
+            migration_variants=((62, "v2-fails-populated"),)),
+    _bad_v2("v2-writes-state-sqlite",
+            "after the import it still writes state.sqlite (a V1 projector on every start, new threads mirrored)",
+            writes_v1_state=True),
 )}
 
 GOOD_VERSIONS: dict[str, str] = {
@@ -103,7 +134,19 @@ BAD_VERSIONS: dict[str, str] = {
     "crash-at-start": "0.0.29-nightly.20260620.608",
     "migration-fails-archived": "0.0.29-nightly.20260620.609",
 }
-VERSIONS: dict[str, str] = {**GOOD_VERSIONS, **BAD_VERSIONS}  # profile name -> version
+# Orchestration V2 builds, kept apart so the V1 groups above stay what their tests expect.
+V2_GOOD_VERSIONS: dict[str, str] = {
+    "good-v2-0.0.46": "0.0.46-nightly.20261101.700",  # the first V2 build: imports
+    "good-v2-0.0.47": "0.0.47-nightly.20261110.720",  # a V2 -> V2 migration (61)
+}
+# All after the good V2 ones; each at schema 62, so hosts on 60 or 61 run the bad body.
+V2_BAD_VERSIONS: dict[str, str] = {
+    "v2-import-loses-history": "0.0.48-nightly.20261120.731",
+    "v2-migration-drops-rows": "0.0.48-nightly.20261120.732",
+    "v2-migration-fails-populated": "0.0.48-nightly.20261120.733",
+    "v2-writes-state-sqlite": "0.0.48-nightly.20261120.734",
+}
+VERSIONS: dict[str, str] = {**GOOD_VERSIONS, **BAD_VERSIONS, **V2_GOOD_VERSIONS, **V2_BAD_VERSIONS}  # profile -> version
 CATALOGUE: list[tuple[str, str]] = [(version, name) for name, version in VERSIONS.items()]
 
 

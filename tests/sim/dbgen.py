@@ -1,4 +1,9 @@
-"""The populated-database generator: a t3 `state.sqlite` at a given schema level.
+"""The populated-database generator: a t3 user's databases at a given schema level.
+
+make_database() writes a V1 `state.sqlite`; make_v2_user() writes what a V2 user
+really has: the `state.sqlite` frozen at the import and the `statev2.sqlite` made
+from it by the simulator's own import, plus native V2 history; make_user() picks
+by layout.
 
 The schema comes from running the simulated t3's own migrations (t3sim), so the
 generator and the simulator can never disagree about a table. Rows are what a
@@ -32,6 +37,24 @@ PRECIOUS_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "projection_thread_sessions": (
         "thread_id", ("thread_id", "status", "provider_name", "active_turn_id", "last_error", "updated_at")),
 }
+
+# The orchestration_v2_* tables a V2 build writes (key column(s), precious columns).
+PRECIOUS_V2_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "orchestration_v2_projection_threads": (
+        "thread_id", ("thread_id", "project_id", "title", "created_at", "archived_at", "deleted_at", "payload_json")),
+    "orchestration_v2_projection_runs": (
+        "run_id", ("run_id", "thread_id", "ordinal", "status", "started_at", "completed_at")),
+    "orchestration_v2_projection_messages": (
+        "message_id", ("message_id", "thread_id", "run_ordinal", "role", "text", "created_at")),
+    "orchestration_v2_projection_turn_items": (
+        "turn_item_id", ("turn_item_id", "thread_id", "type", "status", "ordinal", "payload_json")),
+    "orchestration_v2_projection_provider_threads": (
+        "thread_id, provider", ("thread_id", "provider", "provider_thread_id")),
+    "orchestration_v2_legacy_imports": (
+        "thread_id", ("thread_id", "transcript_imported_at", "history_repair_version", "last_error")),
+    "orchestration_v2_events": ("sequence", ("event_id", "thread_id", "event_type", "occurred_at", "payload_json")),
+}
+ALL_PRECIOUS_TABLES = {**PRECIOUS_TABLES, **PRECIOUS_V2_TABLES}
 
 MIN_SCHEMA_LEVEL = 4  # the three projection tables exist from migration 4
 AUTH_LEVEL = 26  # both auth tables exist from migration 26
@@ -223,18 +246,19 @@ def table_counts(path: Path | str) -> dict[str, int]:
         conn.close()
 
 
-def precious_fingerprint(path: Path | str) -> dict[str, tuple[int, str]]:
+def precious_fingerprint(path: Path | str, tables: dict = PRECIOUS_TABLES) -> dict[str, tuple[int, str]]:
     """table -> (row count, SHA-256 over the rows' precious columns, ordered by key).
 
     Compare before/after: equal means no history row was lost or changed. Only the
     precious columns count, so a migration that adds a column keeps the fingerprint.
-    A missing table shows as (0, "missing").
+    A missing table shows as (0, "missing"). `tables`: PRECIOUS_TABLES (the V1 ones,
+    also frozen inside statev2), PRECIOUS_V2_TABLES or ALL_PRECIOUS_TABLES.
     """
     conn = sqlite3.connect(path)
     try:
         present = set(_tables(conn))
         result = {}
-        for table, (key, columns) in PRECIOUS_TABLES.items():
+        for table, (key, columns) in tables.items():
             if table not in present:
                 result[table] = (0, "missing")
                 continue
@@ -250,3 +274,82 @@ def precious_fingerprint(path: Path | str) -> dict[str, tuple[int, str]]:
         return result
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------- V2 users
+
+V2_MIN_SCHEMA_LEVEL = 56  # the import (56) and every V2 table exist from here
+
+
+def make_v2_user(userdata: Path | str, schema_level: int = 60, *, threads: int = 3, messages_per_thread: int = 10,
+                 sessions: int = 2, pairing_links: int = 2, archived_threads: int = 0,
+                 target_bytes: int | None = None, v1_schema_level: int = t3sim.LATEST_SCHEMA_LEVEL,
+                 v2_threads: int = 2, runs_per_thread: int = 2, in_flight: bool = False,
+                 updated_at: str | datetime = "old") -> dict:
+    """A V2 user's `userdata/`: state.sqlite frozen at the import, and statev2.sqlite.
+
+    The V1 part (threads, messages_per_thread, sessions, pairing_links,
+    archived_threads, target_bytes; at v1_schema_level) is make_database's, last
+    touched a week ago and idle, as a file frozen at the import is. statev2.sqlite
+    is made from it by the simulator's own import (t3sim.import_v1_state) at
+    `schema_level`, then gets native V2 history through the server's own writers:
+    v2_threads threads with runs_per_thread runs each (a user message, an assistant
+    reply and a turn item per run). in_flight: the first V2 thread's newest run is
+    still running (its turn item streaming). updated_at: when the V2 history last
+    changed ("old", "recent" or a datetime).
+
+    Returns {"path" (statev2), "v1" (make_database's facts), "schema_level",
+    "counts" (statev2's tables), "in_flight_runs": {thread_id: ordinal}}.
+    """
+    userdata = Path(userdata)
+    if userdata.name != "userdata":
+        raise ValueError(f"{userdata} is not a t3 base dir's userdata/ directory")
+    if not V2_MIN_SCHEMA_LEVEL <= schema_level <= t3sim.LATEST_V2_SCHEMA_LEVEL:
+        raise ValueError(f"a V2 schema_level must be {V2_MIN_SCHEMA_LEVEL}..{t3sim.LATEST_V2_SCHEMA_LEVEL}")
+    if in_flight and (v2_threads < 1 or runs_per_thread < 1):
+        raise ValueError("in_flight needs at least one V2 thread with a run")
+    v2_path = userdata / t3sim.V2_NAME
+    if v2_path.exists():
+        raise FileExistsError(v2_path)
+    v1 = make_database(userdata / t3sim.V1_NAME, v1_schema_level, threads=threads,
+                       messages_per_thread=messages_per_thread, sessions=sessions, pairing_links=pairing_links,
+                       archived_threads=archived_threads, target_bytes=target_bytes, updated_at="old")
+    build = t3sim.Build("dbgen", {"layout": "v2", "schema_level": schema_level})
+    t3sim.import_v1_state(build, t3sim.StateDir(str(userdata.parent), "v2"), lambda level, message: None)
+
+    last = _when(updated_at)
+    in_flight_runs: dict[str, int] = {}
+    conn = t3sim.connect_state_db(str(v2_path))
+    try:
+        def write():
+            for t in range(v2_threads):
+                thread_id = f"v2-thread-{t:06d}"
+                first = last - timedelta(minutes=runs_per_thread + 1)
+                t3sim.v2_create_thread(conn, thread_id, f"V2 thread {t}: port module {t}", f"project-{t % 3:03d}",
+                                       t3sim.iso_z(first))
+                for r in range(runs_per_thread):
+                    started = t3sim.iso_z(last - timedelta(minutes=runs_per_thread - r, seconds=30))
+                    ended = t3sim.iso_z(last - timedelta(minutes=runs_per_thread - r - 1))
+                    ordinal = t3sim.v2_start_run(conn, thread_id, f"[{thread_id}] request {r}", started)
+                    if in_flight and t == 0 and r == runs_per_thread - 1:
+                        in_flight_runs[thread_id] = ordinal
+                        conn.execute("UPDATE orchestration_v2_projection_runs SET updated_at = ? WHERE thread_id = ?"
+                                     " AND ordinal = ?", (ended, thread_id, ordinal))
+                    else:
+                        t3sim.v2_complete_run(conn, thread_id, f"[{thread_id}] reply {r}", ended)
+        t3sim.in_transaction(conn, write)
+    finally:
+        conn.close()
+    return {"path": str(v2_path), "v1": v1, "schema_level": schema_level, "counts": table_counts(v2_path),
+            "in_flight_runs": in_flight_runs}
+
+
+def make_user(userdata: Path | str, schema_level: int, layout: str = "v1", **options) -> dict:
+    """A user's databases for a build of `layout` at `schema_level`: make_database's
+    state.sqlite for "v1", make_v2_user's pair for "v2" (same option names where they mean
+    the same: threads, messages_per_thread, in_flight, updated_at, ...)."""
+    if layout == "v2":
+        return make_v2_user(userdata, schema_level, **options)
+    if layout != "v1":
+        raise ValueError(f"layout must be 'v1' or 'v2', not {layout!r}")
+    return make_database(Path(userdata) / t3sim.V1_NAME, schema_level, **options)

@@ -3,7 +3,8 @@
     <root>/etc/ttyd-user-map, etc/t3-dispatch/dispatch.json, etc/t3-serve/<u>.env,
           etc/systemd/system/*.service (the project's own units, rendered),
           etc/t3-autoupdate/config.toml (the runner's config for this world)
-    <root>/home/<u>/.t3/userdata/state.sqlite   populated history per user
+    <root>/home/<u>/.t3/userdata/state.sqlite   populated history per user (a V2 user also
+                                                has statev2.sqlite, made by the V2 import)
     <root>/var/lib/t3-autoupdate/{releases,active,...}, var/backups/t3-state, var/tmp
     <root>/usr/local/bin/t3                      the operators' link
     <root>/sim/bin/systemctl                     the systemctl stand-in
@@ -26,6 +27,7 @@ from pathlib import Path
 import requests
 
 from runner import proc
+from runner.livedb import live_database_name
 from runner.units import load_template, render_unit, serve_unit_name
 
 from . import builds, dbgen
@@ -70,13 +72,20 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interv
 
 class World:
     def __init__(self, root: Path, *, users=DEPLOYMENT_USERS, installed: str = "0.0.24",
-                 threads: int = 4, messages_per_thread: int = 12, db_options: dict | None = None):
+                 threads: int = 4, messages_per_thread: int = 12, db_options: dict | None = None,
+                 user_versions: dict[str, str] | None = None):
         self.root = Path(root)
         self.users = tuple(users)
         self.installed = installed
+        # os_user -> the catalogue version that user's link (and databases) are on instead of
+        # `installed`: a host where a deferred user is still on an older (say pre-V2) build.
+        self.user_versions = dict(user_versions or {})
+        unknown = set(self.user_versions) - {u.os_user for u in self.users}
+        if unknown:
+            raise ValueError(f"user_versions names no user of this world: {sorted(unknown)}")
         self.threads = threads
         self.messages_per_thread = messages_per_thread
-        self.db_options = db_options or {}  # os_user -> extra dbgen.make_database arguments
+        self.db_options = db_options or {}  # os_user -> extra dbgen.make_user arguments
         self.ports = {u.sso: free_port() for u in self.users}
         self.dispatch_port = free_port()
         r = self.root
@@ -105,7 +114,18 @@ class World:
         return self.home_root / os_user / ".t3" / "userdata"
 
     def database(self, os_user: str) -> Path:
+        """The V1 file, state.sqlite (frozen on a V2 user); see live_database."""
         return self.userdata(os_user) / "state.sqlite"
+
+    def live_database(self, os_user: str) -> Path | None:
+        """The database the user's build opens: statev2.sqlite once it exists, else state.sqlite."""
+        userdata = self.userdata(os_user)
+        name = live_database_name(os.listdir(userdata)) if userdata.is_dir() else None
+        return userdata / name if name else None
+
+    def version_of(self, os_user: str) -> str:
+        """The catalogue version the world set this user up on."""
+        return self.user_versions.get(os_user, self.installed)
 
     def port_of(self, sso: str) -> int:
         return self.ports[sso]
@@ -120,9 +140,10 @@ class World:
             d.mkdir(parents=True, exist_ok=True)
         self._publish_catalogue()
         self._write_maps()
-        self.install_release(self.installed)
+        for version in dict.fromkeys([self.installed, *self.user_versions.values()]):
+            self.install_release(version)
         for user in self.users:
-            self.point_user(user.os_user, self.installed)
+            self.point_user(user.os_user, self.version_of(user.os_user))
         (self.state_dir / "last-good").write_text(self.installed + "\n")
         self._point_bin_link(self.installed)
         self._install_units()
@@ -131,7 +152,9 @@ class World:
         for user in self.users:
             options = {"threads": self.threads, "messages_per_thread": self.messages_per_thread,
                        **self.db_options.get(user.os_user, {})}
-            dbgen.make_database(self.database(user.os_user), SCHEMA_OF[self.installed], **options)
+            version = self.version_of(user.os_user)
+            dbgen.make_user(self.userdata(user.os_user), SCHEMA_OF[version], builds.profile_for(version).layout,
+                            **options)
         for user in self.users:
             self.systemctl_run("start", serve_unit_name(user.os_user))
         for user in self.users:

@@ -29,6 +29,14 @@ Choices the contract leaves open, fixed here so gates and tests can agree:
   as `PersistenceSqlError: SQLITE(<code>) <errstr>`, without SQLite's detailed
   message, so grepping their logs for SQLite text finds nothing.
 
+* Orchestration V2 (`layout: "v2"`): the build opens only `userdata/statev2.sqlite`;
+  when it is missing, the server and the CLI alike first create it by importing
+  `state.sqlite` (see import_v1_state; the V1 file is never written) or, on a fresh
+  base dir, empty. A pre-V2 build never looks at statev2.sqlite.
+* History the server writes (`POST /api/threads` starts a thread with its agent run
+  in flight, `POST /api/threads/<id>/complete` ends it; both need a session) goes to
+  the orchestration_v2_* tables on V2 builds and the projection_* tables on V1 ones.
+
 No environment knobs: everything a test needs is a command-line flag or file.
 """
 from __future__ import annotations
@@ -46,6 +54,7 @@ import socketserver
 import sqlite3
 import sys
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,6 +82,8 @@ DEFAULT_PROFILE = {
     "reported_version": None,  # what `--version` claims, when it lies
     "crash_at_start": False,
     "sql_error_style": "message",  # "message" | "code"
+    "layout": "v1",  # "v1": state.sqlite | "v2": statev2.sqlite, imported from state.sqlite once
+    "writes_v1_state": False,  # a bad V2 build that keeps writing state.sqlite after the import
 }
 
 
@@ -263,15 +274,142 @@ MIGRATION_VARIANTS: dict[str, Migration] = {
 }
 
 
+# --------------------------------------------------------------------------
+# Orchestration V2 (the 0.0.46 nightlies on). A V2 build keeps its history in
+# `userdata/statev2.sqlite`: on first start it copies `state.sqlite` there (read
+# only: the V1 file stays byte-for-byte as it was), brings the copied V1 tables up
+# to the last V1 level, then runs the V2 migrations below, whose 56 imports every V1
+# thread and message into the orchestration_v2_* tables. From then on the V1 tables
+# in statev2 are frozen (only auth, which also lives there, keeps changing) and new
+# history goes to orchestration_v2_*. The ids continue past 50, as t3's do.
+
+V1_NAME = "state.sqlite"
+V2_NAME = "statev2.sqlite"
+# A run whose status is one of these is over; any other status (queued, running,
+# waiting_for_approval, ...) means a run is in flight when it is the thread's newest.
+V2_RUN_FINAL_STATUSES = ("completed", "failed", "interrupted", "cancelled")
+V1_IMPORT_ORIGIN = "v1_import"
+_NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+# Canonical t3 timestamp: milliseconds and Z. Migration 60 repairs anything else.
+_CANONICAL_TS_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z"
+
+
+def _repair_timestamps(table: str, column: str) -> str:
+    return (f"UPDATE {table} SET {column} = strftime('%Y-%m-%dT%H:%M:%fZ', {column})"
+            f" WHERE {column} IS NOT NULL AND {column} NOT GLOB '{_CANONICAL_TS_GLOB}'"
+            f" AND strftime('%Y-%m-%dT%H:%M:%fZ', {column}) IS NOT NULL")
+
+
+_V2_IMPORT_THREADS = (
+    "INSERT INTO orchestration_v2_projection_threads (thread_id, project_id, title, default_provider, created_at,"
+    " updated_at, archived_at, deleted_at, payload_json)"
+    " SELECT t.thread_id, t.project_id, t.title,"
+    " (SELECT s.provider_name FROM projection_thread_sessions s WHERE s.thread_id = t.thread_id),"
+    " t.created_at, t.updated_at, t.archived_at, t.deleted_at,"
+    f" json_object('historyOrigin', '{V1_IMPORT_ORIGIN}', 'v1ThreadId', t.thread_id)"
+    " FROM projection_threads t")
+_V2_IMPORT_MESSAGES = (
+    "INSERT INTO orchestration_v2_projection_messages (message_id, thread_id, run_ordinal, role, text, created_at,"
+    " updated_at, payload_json)"
+    " SELECT m.message_id, m.thread_id, NULL, m.role, m.text, m.created_at, m.created_at,"
+    f" json_object('historyOrigin', '{V1_IMPORT_ORIGIN}', 'v1TurnId', m.turn_id)"
+    " FROM projection_thread_messages m")
+_V2_IMPORT_LEDGER = (
+    "INSERT INTO orchestration_v2_legacy_imports (thread_id, imported_at, transcript_imported_at,"
+    f" history_repair_version, last_error) SELECT thread_id, {_NOW_SQL}, {_NOW_SQL}, 1, NULL FROM projection_threads")
+_V2_LEGACY_IMPORTS_TABLE = """CREATE TABLE orchestration_v2_legacy_imports (
+        thread_id TEXT PRIMARY KEY, imported_at TEXT NOT NULL, transcript_imported_at TEXT,
+        history_repair_version INTEGER NOT NULL DEFAULT 0, last_error TEXT)"""
+_V2_THREAD_PINS_TABLE = """CREATE TABLE orchestration_v2_thread_pins (
+        thread_id TEXT PRIMARY KEY REFERENCES orchestration_v2_projection_threads(thread_id),
+        pinned_at TEXT NOT NULL)"""
+
+V2_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(50, "OrchestrationV2Events", ("""CREATE TABLE orchestration_v2_events (
+        sequence INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, thread_id TEXT NOT NULL,
+        event_type TEXT NOT NULL, occurred_at TEXT NOT NULL, payload_json TEXT NOT NULL)""",)),
+    Migration(51, "OrchestrationV2ProjectionProviderThreads", (
+        """CREATE TABLE orchestration_v2_projection_provider_threads (
+        thread_id TEXT NOT NULL, provider TEXT NOT NULL, provider_thread_id TEXT NOT NULL,
+        resume_cursor_json TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (thread_id, provider))""",)),
+    Migration(52, "OrchestrationV2ProjectionRuns", ("""CREATE TABLE orchestration_v2_projection_runs (
+        run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, ordinal INTEGER NOT NULL, status TEXT NOT NULL,
+        provider TEXT, started_at TEXT NOT NULL, completed_at TEXT, updated_at TEXT NOT NULL, last_error TEXT,
+        UNIQUE (thread_id, ordinal))""",)),
+    Migration(53, "OrchestrationV2ProjectionMessages", ("""CREATE TABLE orchestration_v2_projection_messages (
+        message_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, run_ordinal INTEGER, role TEXT NOT NULL,
+        text TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        payload_json TEXT NOT NULL DEFAULT '{}')""",)),
+    Migration(54, "OrchestrationV2ProjectionTurnItems", ("""CREATE TABLE orchestration_v2_projection_turn_items (
+        turn_item_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, run_ordinal INTEGER, type TEXT NOT NULL,
+        status TEXT NOT NULL, ordinal INTEGER NOT NULL, updated_at TEXT NOT NULL,
+        payload_json TEXT NOT NULL DEFAULT '{}')""",)),
+    Migration(55, "OrchestrationV2ProjectionThreads", ("""CREATE TABLE orchestration_v2_projection_threads (
+        thread_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, title TEXT NOT NULL, default_provider TEXT,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, archived_at TEXT, deleted_at TEXT,
+        payload_json TEXT NOT NULL DEFAULT '{}')""",)),
+    # The one-way import: every V1 thread and message gets its V2 row (same ids).
+    Migration(56, "OrchestrationV2LegacyImports", (
+        _V2_LEGACY_IMPORTS_TABLE, _V2_IMPORT_THREADS, _V2_IMPORT_MESSAGES, _V2_IMPORT_LEDGER)),
+    Migration(57, "OrchestrationV2RunsThreadIndex", (
+        "CREATE INDEX idx_orchestration_v2_runs_thread ON orchestration_v2_projection_runs(thread_id, ordinal)",)),
+    Migration(58, "OrchestrationV2MessagesThreadIndex", (
+        "CREATE INDEX idx_orchestration_v2_messages_thread"
+        " ON orchestration_v2_projection_messages(thread_id, created_at)",)),
+    Migration(59, "OrchestrationV2TurnItemsThreadIndex", (
+        "CREATE INDEX idx_orchestration_v2_turn_items_thread"
+        " ON orchestration_v2_projection_turn_items(thread_id, ordinal)",)),
+    # Both sides of the import (inside statev2): timestamps without milliseconds or Z.
+    Migration(60, "RepairImportedTimestamps", tuple(_repair_timestamps(t, c) for t, c in (
+        ("projection_threads", "created_at"), ("projection_threads", "updated_at"),
+        ("projection_thread_messages", "created_at"), ("projection_thread_sessions", "updated_at"),
+        ("orchestration_v2_projection_threads", "created_at"), ("orchestration_v2_projection_threads", "updated_at"),
+        ("orchestration_v2_projection_messages", "created_at"), ("orchestration_v2_projection_messages", "updated_at"),
+    ))),
+    Migration(61, "OrchestrationV2ThreadsPinned", (
+        "ALTER TABLE orchestration_v2_projection_threads ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0",)),
+    Migration(62, "OrchestrationV2ThreadPins", (
+        _V2_THREAD_PINS_TABLE,
+        "INSERT INTO orchestration_v2_thread_pins (thread_id, pinned_at)"
+        " SELECT thread_id, updated_at FROM orchestration_v2_projection_threads WHERE pinned = 1",)),
+)
+LATEST_V2_SCHEMA_LEVEL = V2_MIGRATIONS[-1].id
+
+MIGRATION_VARIANTS.update({
+    # The import carries every V1 thread but only two of every three V1 messages into V2
+    # (a broken batching cursor). The frozen V1 copy keeps them all; the V2 history, what
+    # the user now sees, lost a third.
+    "import-drops-messages": Migration(56, "OrchestrationV2LegacyImports", (
+        _V2_LEGACY_IMPORTS_TABLE, _V2_IMPORT_THREADS, _V2_IMPORT_MESSAGES + " WHERE m.rowid % 3 <> 0",
+        _V2_IMPORT_LEDGER)),
+    # Pins copied from archived_at (NULL for every live V2 thread): an empty database
+    # migrates, any database with V2 threads fails the NOT NULL and rolls back.
+    "v2-fails-populated": Migration(62, "OrchestrationV2ThreadPins", (
+        _V2_THREAD_PINS_TABLE,
+        "INSERT INTO orchestration_v2_thread_pins (thread_id, pinned_at)"
+        " SELECT thread_id, archived_at FROM orchestration_v2_projection_threads",)),
+    # A "dedupe" gone wrong: every third V2 message deleted, success reported.
+    "v2-drops-rows": Migration(62, "OrchestrationV2ThreadPins", (
+        _V2_THREAD_PINS_TABLE,
+        "INSERT INTO orchestration_v2_thread_pins (thread_id, pinned_at)"
+        " SELECT thread_id, updated_at FROM orchestration_v2_projection_threads WHERE pinned = 1",
+        "DELETE FROM orchestration_v2_projection_messages WHERE rowid % 3 = 0")),
+})
+
+
 class MigrationError(RuntimeError):
     """A migration failed; the transaction was rolled back. str() is the log line."""
 
 
 def migrations_for(schema_level: int, variants: dict | None = None) -> list[Migration]:
-    """The migrations a build knows, 1..schema_level, with its variant bodies in place."""
+    """The migrations a build knows, 1..schema_level, with its variant bodies in place.
+
+    A level above the last V1 migration is a V2 build's: every V1 migration, then the
+    V2 ones up to that level (only ever run on statev2.sqlite).
+    """
     chosen = []
     by_id = {int(k): v for k, v in (variants or {}).items()}
-    for migration in MIGRATIONS:
+    for migration in MIGRATIONS + V2_MIGRATIONS:
         if migration.id > schema_level:
             break
         if migration.id in by_id:
@@ -383,10 +521,13 @@ class Build:
 class StateDir:
     """`D/userdata/` and the files t3 keeps there."""
 
-    def __init__(self, base_dir: str) -> None:
+    def __init__(self, base_dir: str, layout: str = "v1") -> None:
         self.base_dir = os.path.abspath(base_dir)
         self.path = os.path.join(self.base_dir, "userdata")
-        self.db_path = os.path.join(self.path, "state.sqlite")
+        self.v1_path = os.path.join(self.path, V1_NAME)
+        self.v2_path = os.path.join(self.path, V2_NAME)
+        # The one database this build opens: a pre-V2 build never looks at statev2.sqlite.
+        self.db_path = self.v2_path if layout == "v2" else self.v1_path
         self.environment_id_path = os.path.join(self.path, "environment-id")
         self.log_path = os.path.join(self.path, "logs", "server.log")
 
@@ -450,16 +591,186 @@ class Log:
 
 
 def migrate_state(build: Build, state: StateDir, log: Log) -> None:
-    """Run the build's pending migrations on `state`, logging like t3."""
-    conn = state.connect()
-    try:
-        applied = run_migrations(conn, build.schema_level, build.migration_variants, build.sql_error_style)
-    finally:
-        conn.close()
+    """Run the build's pending migrations on its database, logging like t3.
+
+    A V2 build without a statev2.sqlite first imports state.sqlite (or starts empty).
+    """
+    if build.layout == "v2" and not os.path.exists(state.v2_path):
+        applied = import_v1_state(build, state, log)
+    else:
+        conn = state.connect()
+        try:
+            applied = run_migrations(conn, build.schema_level, build.migration_variants, build.sql_error_style)
+        finally:
+            conn.close()
+    if build.layout == "v2" and build.writes_v1_state:
+        mirror_to_v1_state(state)
     if applied:
         log("INFO", f"Migrations ran successfully: {', '.join(m.label for m in applied)}")
     else:
         log("INFO", "Migrations ran successfully: no pending migrations")
+
+
+def import_v1_state(build: Build, state: StateDir, log: Log) -> list[Migration]:
+    """Create statev2.sqlite: a copy of state.sqlite (when there is one), migrated.
+
+    The V1 file is only read (a read-only connection, so not even a checkpoint touches
+    it). The copy is built under a temporary name and linked into place only once fully
+    migrated: a failed import leaves no statev2.sqlite, and of a server and a CLI that
+    race, the first link wins and the other uses it. Returns the migrations applied.
+    """
+    temporary = f"{state.v2_path}.import-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        target = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            if os.path.exists(state.v1_path):
+                # No -wal file: no connection has it open, nothing is pending, so it is read
+                # as immutable (no -wal/-shm left behind). Otherwise read only, WAL included.
+                quiet = not os.path.exists(state.v1_path + "-wal")
+                source = sqlite3.connect(f"file:{urllib.parse.quote(state.v1_path)}?"
+                                         + ("immutable=1" if quiet else "mode=ro"), uri=True)
+                try:
+                    source.backup(target)
+                finally:
+                    source.close()
+                log("INFO", f"Importing {V1_NAME} into {V2_NAME}")
+            # No WAL while it is private: the file must be whole before the link.
+            target.execute("PRAGMA journal_mode = DELETE")
+            target.execute("PRAGMA foreign_keys = ON")
+            applied = run_migrations(target, build.schema_level, build.migration_variants, build.sql_error_style)
+        finally:
+            target.close()
+        try:
+            os.link(temporary, state.v2_path)
+        except FileExistsError:
+            log("INFO", f"{V2_NAME} was created meanwhile; using it")
+            return []
+    finally:
+        for leftover in (temporary, temporary + "-journal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    connect_state_db(state.v2_path).close()  # WAL from now on, like every t3 database
+    return applied
+
+
+def mirror_to_v1_state(state: StateDir) -> None:
+    """The `writes_v1_state` bug: a V1 projector still runs against state.sqlite after the
+    import, so the file that should be frozen changes on every start."""
+    if not os.path.exists(state.v1_path):
+        return
+    conn = connect_state_db(state.v1_path)
+    try:
+        conn.execute("INSERT INTO projection_state (projector, last_applied_sequence, updated_at)"
+                     " VALUES ('orchestration-v1-mirror', 1, ?) ON CONFLICT (projector) DO UPDATE SET"
+                     " last_applied_sequence = last_applied_sequence + 1, updated_at = excluded.updated_at",
+                     (iso_z(utc_now()),))
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------
+# History the server writes: a thread with a user message starts an agent run (V2) or
+# turn (V1); completing it adds the assistant's reply. V2 builds write only the
+# orchestration_v2_* tables; V1 builds the projection_* ones. Callers hold the
+# transaction (dbgen reuses these inside its own).
+
+def _v2_event(conn: sqlite3.Connection, thread_id: str, event_type: str, now: str, payload: dict) -> None:
+    conn.execute("INSERT INTO orchestration_v2_events (event_id, thread_id, event_type, occurred_at, payload_json)"
+                 " VALUES (?, ?, ?, ?, ?)", (f"evt-{secrets.token_hex(8)}", thread_id, event_type, now,
+                                             json.dumps(payload)))
+
+
+def v2_create_thread(conn: sqlite3.Connection, thread_id: str, title: str, project_id: str, now: str,
+                     provider: str = "codex") -> None:
+    conn.execute("INSERT INTO orchestration_v2_projection_threads (thread_id, project_id, title, default_provider,"
+                 " created_at, updated_at, payload_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (thread_id, project_id, title, provider, now, now, json.dumps({"historyOrigin": "v2"})))
+    conn.execute("INSERT INTO orchestration_v2_projection_provider_threads (thread_id, provider, provider_thread_id,"
+                 " updated_at) VALUES (?, ?, ?, ?)", (thread_id, provider, f"{provider}-{thread_id}", now))
+    _v2_event(conn, thread_id, "thread.created", now, {"title": title, "projectId": project_id})
+
+
+def v2_start_run(conn: sqlite3.Connection, thread_id: str, text: str, now: str, provider: str = "codex") -> int:
+    """A new run (the thread's newest, status running) for a user message; its ordinal."""
+    ordinal = conn.execute("SELECT COALESCE(MAX(ordinal), 0) + 1 FROM orchestration_v2_projection_runs"
+                           " WHERE thread_id = ?", (thread_id,)).fetchone()[0]
+    item = conn.execute("SELECT COALESCE(MAX(ordinal), 0) + 1 FROM orchestration_v2_projection_turn_items"
+                        " WHERE thread_id = ?", (thread_id,)).fetchone()[0]
+    conn.execute("INSERT INTO orchestration_v2_projection_runs (run_id, thread_id, ordinal, status, provider,"
+                 " started_at, updated_at) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                 (f"run-{thread_id}-{ordinal:04d}", thread_id, ordinal, provider, now, now))
+    conn.execute("INSERT INTO orchestration_v2_projection_messages (message_id, thread_id, run_ordinal, role, text,"
+                 " created_at, updated_at) VALUES (?, ?, ?, 'user', ?, ?, ?)",
+                 (f"msg-{thread_id}-{ordinal:04d}-user", thread_id, ordinal, text, now, now))
+    # The assistant's reply streams into a turn item, rewritten in place until the run ends.
+    conn.execute("INSERT INTO orchestration_v2_projection_turn_items (turn_item_id, thread_id, run_ordinal, type,"
+                 " status, ordinal, updated_at, payload_json) VALUES (?, ?, ?, 'assistant_message', 'streaming',"
+                 " ?, ?, ?)", (f"item-{thread_id}-{item:04d}", thread_id, ordinal, item, now, json.dumps({"text": ""})))
+    conn.execute("UPDATE orchestration_v2_projection_threads SET updated_at = ? WHERE thread_id = ?", (now, thread_id))
+    _v2_event(conn, thread_id, "run.started", now, {"ordinal": ordinal})
+    return ordinal
+
+
+def v2_complete_run(conn: sqlite3.Connection, thread_id: str, reply: str, now: str) -> int | None:
+    """End the thread's newest run if it is in flight; its ordinal, or None."""
+    row = conn.execute("SELECT ordinal, status FROM orchestration_v2_projection_runs WHERE thread_id = ?"
+                       " ORDER BY ordinal DESC LIMIT 1", (thread_id,)).fetchone()
+    if row is None or row[1] in V2_RUN_FINAL_STATUSES:
+        return None
+    ordinal = row[0]
+    conn.execute("UPDATE orchestration_v2_projection_runs SET status = 'completed', completed_at = ?, updated_at = ?"
+                 " WHERE thread_id = ? AND ordinal = ?", (now, now, thread_id, ordinal))
+    conn.execute("UPDATE orchestration_v2_projection_turn_items SET status = 'completed', updated_at = ?,"
+                 " payload_json = ? WHERE thread_id = ? AND run_ordinal = ?",
+                 (now, json.dumps({"text": reply}), thread_id, ordinal))
+    conn.execute("INSERT INTO orchestration_v2_projection_messages (message_id, thread_id, run_ordinal, role, text,"
+                 " created_at, updated_at) VALUES (?, ?, ?, 'assistant', ?, ?, ?)",
+                 (f"msg-{thread_id}-{ordinal:04d}-assistant", thread_id, ordinal, reply, now, now))
+    conn.execute("UPDATE orchestration_v2_projection_threads SET updated_at = ? WHERE thread_id = ?", (now, thread_id))
+    _v2_event(conn, thread_id, "run.completed", now, {"ordinal": ordinal})
+    return ordinal
+
+
+def v1_start_turn(conn: sqlite3.Connection, thread_id: str, title: str, project_id: str, text: str,
+                  now: str) -> str:
+    """A V1 thread (created if new) with a user message and its turn in flight; the turn id."""
+    turn_id = f"turn-{thread_id}-{secrets.token_hex(4)}"
+    conn.execute("INSERT INTO projection_threads (thread_id, project_id, title, created_at, updated_at)"
+                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (thread_id) DO UPDATE SET updated_at = excluded.updated_at",
+                 (thread_id, project_id, title, now, now))
+    conn.execute("INSERT INTO projection_thread_messages (message_id, thread_id, turn_id, role, text, created_at)"
+                 " VALUES (?, ?, ?, 'user', ?, ?)", (f"msg-{turn_id}-user", thread_id, turn_id, text, now))
+    conn.execute("INSERT INTO projection_thread_sessions (thread_id, status, provider_name, active_turn_id,"
+                 " updated_at) VALUES (?, 'running', 'codex', ?, ?) ON CONFLICT (thread_id) DO UPDATE SET"
+                 " status = 'running', active_turn_id = excluded.active_turn_id, updated_at = excluded.updated_at",
+                 (thread_id, turn_id, now))
+    return turn_id
+
+
+def v1_complete_turn(conn: sqlite3.Connection, thread_id: str, reply: str, now: str) -> str | None:
+    row = conn.execute("SELECT active_turn_id FROM projection_thread_sessions WHERE thread_id = ?",
+                       (thread_id,)).fetchone()
+    if row is None or not row[0]:
+        return None
+    conn.execute("INSERT INTO projection_thread_messages (message_id, thread_id, turn_id, role, text, created_at)"
+                 " VALUES (?, ?, ?, 'assistant', ?, ?)", (f"msg-{row[0]}-assistant", thread_id, row[0], reply, now))
+    conn.execute("UPDATE projection_thread_sessions SET status = 'ready', active_turn_id = NULL, updated_at = ?"
+                 " WHERE thread_id = ?", (now, thread_id))
+    conn.execute("UPDATE projection_threads SET updated_at = ? WHERE thread_id = ?", (now, thread_id))
+    return row[0]
+
+
+def in_transaction(conn: sqlite3.Connection, work):
+    """Run work() inside BEGIN IMMEDIATE ... COMMIT (rolled back on any error)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -636,6 +947,9 @@ class ServerApp:
         return None
 
 
+ANSWERED = object()  # authenticated_work's "an error answer was already sent"
+
+
 class T3RequestHandler(BaseHTTPRequestHandler):
     server: T3HTTPServer
 
@@ -674,7 +988,11 @@ class T3RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_POST(self) -> None:
-        handler = self.post_routes().get(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        handler = self.post_routes().get(path)
+        parts = path.split("/")  # /api/threads/<id>/complete
+        if handler is None and len(parts) == 5 and parts[1:3] == ["api", "threads"] and parts[4] == "complete":
+            handler = lambda: self.handle_complete(parts[3])  # noqa: E731 (a route bound to its id)
         if handler is None:
             return self.send_json(404, {"error": "Not Found"})
         handler()
@@ -682,7 +1000,7 @@ class T3RequestHandler(BaseHTTPRequestHandler):
     def post_routes(self) -> dict:
         # Only the build's own exchange path exists: 0.0.24 has /api/auth/bootstrap,
         # 0.0.25+ /api/auth/browser-session, a bad build something else again.
-        return {self.app.build.exchange_path: self.handle_exchange}
+        return {self.app.build.exchange_path: self.handle_exchange, "/api/threads": self.handle_start_thread}
 
     # -- endpoints
     def handle_exchange(self) -> None:
@@ -749,22 +1067,86 @@ class T3RequestHandler(BaseHTTPRequestHandler):
 
     def handle_threads(self) -> None:
         """An authenticated read of the precious history (what a proxied request sees)."""
+        v2 = self.app.build.layout == "v2"
+        sql = ("SELECT t.thread_id, t.title, t.updated_at, (SELECT COUNT(*) FROM orchestration_v2_projection_messages m"
+               " WHERE m.thread_id = t.thread_id) AS messages FROM orchestration_v2_projection_threads t"
+               " WHERE t.deleted_at IS NULL ORDER BY t.updated_at DESC, t.thread_id" if v2 else
+               "SELECT t.thread_id, t.title, t.updated_at, COUNT(m.message_id) AS messages"
+               " FROM projection_threads t LEFT JOIN projection_thread_messages m USING (thread_id)"
+               " WHERE t.deleted_at IS NULL GROUP BY t.thread_id ORDER BY t.updated_at DESC")
+        rows = self.authenticated_work(lambda conn: conn.execute(sql).fetchall())
+        if rows is not ANSWERED:
+            self.send_json(200, {"threads": [
+                {"threadId": r["thread_id"], "title": r["title"], "updatedAt": r["updated_at"],
+                 "messageCount": r["messages"]} for r in rows]})
+
+    def handle_start_thread(self) -> None:
+        """POST {"title", "text"[, "projectId"]}: a new thread whose agent run is now in flight."""
+        try:
+            body = json.loads(self.read_body() or b"")
+        except (ValueError, UnicodeDecodeError):
+            return self.send_json(400, {"error": "Malformed JSON body"})
+        if not (isinstance(body, dict) and isinstance(body.get("title"), str) and isinstance(body.get("text"), str)):
+            return self.send_json(400, {"error": "Expected a JSON body with title and text"})
+        thread_id, now = f"thread-{secrets.token_hex(6)}", iso_z(utc_now())
+        project_id = str(body.get("projectId") or "project-000")
+
+        def v1(conn):
+            return in_transaction(conn, lambda: v1_start_turn(conn, thread_id, body["title"], project_id,
+                                                              body["text"], now))
+
+        def v2(conn):
+            def work():
+                v2_create_thread(conn, thread_id, body["title"], project_id, now)
+                return v2_start_run(conn, thread_id, body["text"], now)
+            return in_transaction(conn, work)
+
+        result = self.authenticated_work(v2 if self.app.build.layout == "v2" else v1, mirror=v1)
+        if result is not ANSWERED:
+            self.send_json(201, {"threadId": thread_id, "inFlight": result})
+
+    def handle_complete(self, thread_id: str) -> None:
+        """POST /api/threads/<id>/complete: the agent answers; the run (turn) in flight ends."""
+        now, reply = iso_z(utc_now()), "Done."
+
+        def v1(conn):
+            return in_transaction(conn, lambda: v1_complete_turn(conn, thread_id, reply, now))
+
+        def v2(conn):
+            return in_transaction(conn, lambda: v2_complete_run(conn, thread_id, reply, now))
+
+        result = self.authenticated_work(v2 if self.app.build.layout == "v2" else v1, mirror=v1)
+        if result is ANSWERED:
+            return
+        if result is not None:
+            self.send_json(200, {"threadId": thread_id, "completed": result})
+        else:
+            self.send_json(404, {"error": f"no run in flight in thread {thread_id!r}"})
+
+    def authenticated_work(self, work, mirror=None):
+        """work(conn) on the live database for an authenticated request; its result, or
+        ANSWERED once an error answer (401, 500) has been sent. `mirror` is what the
+        `writes_v1_state` bug also does to state.sqlite."""
+        build = self.app.build
         try:
             if self.app.authenticated_session(self.headers.get_all("Cookie") or []) is None:
-                return self.send_json(401, {"error": "Unauthorized"})
+                self.send_json(401, {"error": "Unauthorized"})
+                return ANSWERED
             conn = self.app.state.connect()
             try:
-                rows = conn.execute(
-                    "SELECT t.thread_id, t.title, t.updated_at, COUNT(m.message_id) AS messages"
-                    " FROM projection_threads t LEFT JOIN projection_thread_messages m USING (thread_id)"
-                    " WHERE t.deleted_at IS NULL GROUP BY t.thread_id ORDER BY t.updated_at DESC").fetchall()
+                result = work(conn)
             finally:
                 conn.close()
+            if mirror is not None and build.writes_v1_state and os.path.exists(self.app.state.v1_path):
+                conn = connect_state_db(self.app.state.v1_path)
+                try:
+                    mirror(conn)
+                finally:
+                    conn.close()
         except sqlite3.Error as exc:
-            return self.send_json(500, {"error": describe_sql_error(exc, self.app.build.sql_error_style)})
-        self.send_json(200, {"threads": [
-            {"threadId": r["thread_id"], "title": r["title"], "updatedAt": r["updated_at"],
-             "messageCount": r["messages"]} for r in rows]})
+            self.send_json(500, {"error": describe_sql_error(exc, build.sql_error_style)})
+            return ANSWERED
+        return result
 
     # -- plumbing
     def read_body(self) -> bytes:
@@ -799,7 +1181,7 @@ def cmd_serve(build: Build, args: argparse.Namespace) -> int:
         print("Error: t3 failed to start: Cannot find module '@t3tools/server-runtime'", file=sys.stderr)
         return 1
 
-    state = StateDir(args.base_dir)
+    state = StateDir(args.base_dir, build.layout)
     state.prepare()
     log = Log(state.log_path)
     log("INFO", f"t3 v{build.version} starting (base dir {state.base_dir})")
@@ -841,7 +1223,7 @@ def cmd_serve(build: Build, args: argparse.Namespace) -> int:
 
 def _open_migrated(build: Build, base_dir: str) -> sqlite3.Connection:
     """The CLI's own database access: it runs pending migrations first, like t3's."""
-    state = StateDir(base_dir)
+    state = StateDir(base_dir, build.layout)
     state.prepare()
     migrate_state(build, state, Log())
     return state.connect()
