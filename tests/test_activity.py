@@ -409,3 +409,22 @@ def test_v2_judged_as_the_unprivileged_owner(tmp_path, tmp_path_factory):
         os.chown(path, 0, 0)
     busy, reason = _judge(home, quiet=0)
     assert busy and "1 agent run(s) in flight (status running)" in reason, reason
+
+
+@needs_sqlite3
+@pytest.mark.parametrize("in_flight, updated_at, quiet, busy", [
+    (True, "old", 0, True),
+    (False, "recent", 120, True),
+    (False, "recent", 0, False),
+    (False, "old", 120, False),
+])
+def test_v2_users_of_the_simulated_t3(tmp_path, in_flight, updated_at, quiet, busy):
+    """The same verdicts on what the simulator's own import and V2 writers produce (dbgen)."""
+    home = tmp_path / "home" / "emo"
+    userdata = home / ".t3" / "userdata"
+    userdata.mkdir(parents=True)
+    facts = dbgen.make_v2_user(userdata, in_flight=in_flight, updated_at=updated_at)
+    verdict, reason = _judge(home, quiet=quiet)
+    assert verdict is busy and reason.endswith("(statev2.sqlite)"), reason
+    if in_flight:
+        assert facts["in_flight_runs"] and "1 agent run(s) in flight (status running)" in reason, reason
