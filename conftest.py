@@ -81,8 +81,10 @@ class _Guard:
             if not self.allowed_path(path):
                 self.refuse(f"{event} on {path!r} outside the test root")
         elif event in ("os.chmod", "os.chown", "os.truncate", "os.utime"):
-            if not self.allowed_path(args[0]):
-                self.refuse(f"{event} on {args[0]!r} outside the test root")
+            # chmod/chown/utime take a dir_fd last: judge the path it names (truncate has none)
+            path = _at(args[0], args[-1]) if event != "os.truncate" else args[0]
+            if not self.allowed_path(path):
+                self.refuse(f"{event} on {path!r} outside the test root")
         elif event in ("os.rename", "os.link"):
             path = _at(args[1], args[3])
             if not self.allowed_path(path):
@@ -174,6 +176,11 @@ def machine_guard(request, tmp_path_factory):
         yield GUARD
         return
     base = tmp_path_factory.getbasetemp().resolve()
+    _make_traversable(base)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # A worker's basetemp sits in the controller's, which pytest (re)made 0700.
+        _make_traversable(base.parent)
+    _traversable_mktemp(tmp_path_factory)
     sandbox = base / "guard"
     for sub in ("home", "tmp", "npm-global", "npm-cache", "trap-bin"):
         (sandbox / sub).mkdir(parents=True, exist_ok=True)
@@ -213,6 +220,48 @@ def machine_guard(request, tmp_path_factory):
         tempfile.tempdir = None
     if marker.exists():
         pytest.fail(f"test guard: a child process reached the real systemctl: {marker.read_text()!r}")
+
+
+_OWN_BASETEMP: list[str] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """A basetemp of our own (`/tmp/pytest-t3-autoupdate-XXXX`) unless --basetemp is given.
+
+    The runner drops to unprivileged uids (users, the gate user) that must reach files the
+    tests put in tmp_path, as they reach /var/lib/t3-autoupdate on a host, so the chain must
+    be traversable (0711: follow a given path, list nothing). pytest's default chain cannot
+    be: every pytest session of the same user (another checkout's, running at the same
+    time) resets `/tmp/pytest-of-<user>` to 0700, and a dropped uid loses its way mid-test."""
+    if config.option.basetemp is None and os.geteuid() == 0:
+        import tempfile
+
+        config.option.basetemp = tempfile.mkdtemp(prefix="pytest-t3-autoupdate-")
+        _OWN_BASETEMP.append(config.option.basetemp)
+
+
+def pytest_unconfigure(config):
+    for path in _OWN_BASETEMP:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_traversable(path: Path) -> None:
+    """0711 on the basetemp (pytest makes it 0700); see pytest_configure."""
+    if path.stat().st_uid == os.geteuid():
+        path.chmod(0o711)
+
+
+def _traversable_mktemp(factory) -> None:
+    """Every directory tmp_path_factory makes (tmp_path included, and module-scoped worlds)
+    0711 too: pytest makes them 0700 (see pytest_configure)."""
+    made = factory.mktemp
+
+    def mktemp(*args, **kwargs):
+        path = made(*args, **kwargs)
+        path.chmod(0o711)
+        return path
+    factory.mktemp = mktemp
 
 
 @pytest.fixture(autouse=True)

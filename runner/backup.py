@@ -461,11 +461,17 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
                           dd: str = "dd", mv: str = "mv", timeout: float = 1800, keep: int = 3,
                           now: datetime | None = None, margin: float = DEFAULT_MARGIN,
                           free_bytes: Callable[[object], int] | None = None,
-                          home_dir=None, serving: str | None = None) -> list[BackupRecord]:
+                          home_dir=None, kind: str = "prebump", serving: str | None = None) -> list[BackupRecord]:
     """Back up every database of one user online, as that user, verified; prune to `keep`.
 
-    `serving`: the build the user runs now, recorded in each manifest: the backups taken when
-    a user left a build are the ones a rollback to that build restores."""
+    `kind` names the copies: "prebump" (before a bump: the restore points of a rollback) or
+    "daily" (the daily job). Pruning counts and removes copies of the same kind only, so a
+    daily backup never prunes a pre-bump restore point. `serving`: the build the user runs
+    now, recorded in each manifest: the backups taken when a user left a build are the ones a
+    rollback to that build restores.
+    """
+    if kind not in ("prebump", "daily"):
+        raise BackupError(f"invalid backup kind {kind!r}")
     _check(_USER_RE, os_user, "OS user name")
     _check(_VERSION_RE, version, "version")
     if serving is not None:
@@ -482,13 +488,13 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
         needed = sum(_size_at(tree.fd, n) + _size_at(tree.fd, n + "-wal") for n in names)
         bdir = _open_backup_dir(stack, backup_root, os_user, owner)
         _remove_stale(bdir, TMP_PREFIX)
-        while any(lstat_at(bdir.fd, backup_file_name(n, "prebump", version, ts)) is not None for n in names):
+        while any(lstat_at(bdir.fd, backup_file_name(n, kind, version, ts)) is not None for n in names):
             taken_at, ts = _timestamp(taken_at + timedelta(seconds=1))  # a killed run's backup took this second
         check_free_space(bdir.path, needed, margin, free_bytes=free_bytes or (lambda _p: free_bytes_fd(bdir.fd)))
         tools = _Tools(owner, sqlite3=sqlite3, dd=dd, mv=mv, timeout=timeout, scratch=bdir.path)
         records = []
         for name in names:
-            final = backup_file_name(name, "prebump", version, ts)
+            final = backup_file_name(name, kind, version, ts)
             with _errors(os_user, f"backup of {tree.path / name} to {bdir.path / final}"):
                 def manifest(c: _Copy, name=name, final=final) -> dict:
                     return {"format": 1, "os_user": os_user, "db_name": name, "file": final, "version": version,
@@ -502,7 +508,7 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
                      c.copy_seconds, c.verify_seconds)
             records.append(record)
         for record in records:
-            _prune(bdir, record.db_name, keep, {r.path.name for r in records})
+            _prune(bdir, record.db_name, keep, {r.path.name for r in records}, kind)
         return records
 
 
@@ -519,13 +525,13 @@ def _backups_of(bdir: _Dir, db_name: str, kind: str = "prebump") -> list[tuple[s
     return sorted(found, reverse=True)
 
 
-def _prune(bdir: _Dir, db_name: str, keep: int, protect: set[str]) -> None:
-    """Keep the newest `keep` prebump backups of db_name (and any in `protect`); best effort."""
-    entries = _backups_of(bdir, db_name)
+def _prune(bdir: _Dir, db_name: str, keep: int, protect: set[str], kind: str = "prebump") -> None:
+    """Keep the newest `keep` backups of `kind` of db_name (and any in `protect`); best effort."""
+    entries = _backups_of(bdir, db_name, kind)
     keepers = {name for _, name, _ in entries[:keep]} | protect
     present = {name for _, name, _ in entries}
     doomed = [name for _, name, _ in entries if name not in keepers]
-    pattern = _name_re(db_name, "prebump")
+    pattern = _name_re(db_name, kind)
     doomed += [n for n in os.listdir(bdir.fd) if n.startswith(".") and n.endswith(".json")
                and pattern.fullmatch(n[1:-5]) and n[1:-5] not in present]  # orphaned manifests
     for name in doomed:
@@ -679,7 +685,9 @@ def restore_user_database(record: BackupRecord, userdata_dir, backup_root, *, fa
         # 1. The backup itself, before anything is touched.
         bfd = open_file_at(bdir.fd, name, record.path)
         stack.callback(os.close, bfd)
-        size, sha = os.fstat(bfd).st_size, sha256_fd(bfd)
+        size = os.fstat(bfd).st_size
+        # Size first: a swapped sparse multi-terabyte file is refused at once, not hashed for hours.
+        sha = sha256_fd(bfd) if size == record.bytes else "(not hashed: size differs)"
         if (size, sha) != (record.bytes, record.sha256):
             raise UserFileError(f"backup {record.path} does not match its record (sha256 {sha}, {size} bytes;"
                                 f" recorded {record.sha256}, {record.bytes} bytes): corrupt or changed, refusing"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .events import EventLog
+from .state import RUN_UMASK, secure_state_dirs
 
 OK, FAILED, USAGE, BUG = 0, 1, 2, 3
 
@@ -128,6 +129,26 @@ def cmd_install_units(cfg: Config, args, events: EventLog) -> int:
     return OK
 
 
+def cmd_backup(cfg: Config, args, events: EventLog) -> int:
+    from .dailybackup import daily_backup
+
+    return daily_backup(cfg, events)
+
+
+def cmd_install_mint(cfg: Config, args, events: EventLog) -> int:
+    from .install import MintInstallError, install_mint, uninstall_mint
+
+    try:
+        if args.uninstall:
+            uninstall_mint(cfg, events=events)
+        else:
+            install_mint(cfg, bin_path=args.bin, events=events)
+    except (MintInstallError, OSError) as exc:
+        events("REFUSED", reason=str(exc))
+        return FAILED
+    return OK
+
+
 def cmd_adopt(cfg: Config, args, events: EventLog) -> int:
     from .adopt import adopt
     from .context import RunContext
@@ -169,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-env-dir", default="/etc/t3-serve", help="holds <os_user>.env with T3_PORT")
     p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
     p.set_defaults(func=cmd_install_units)
+    sub.add_parser("backup", help="the daily verified backup of every user's databases (what "
+                                  "t3-autoupdate-backup.timer runs)").set_defaults(func=cmd_backup)
+    p = sub.add_parser("install-mint", help="install the mint wrapper at the dispatch's helper path (mint_helper), "
+                                            "keeping the host's helper aside; --uninstall puts it back")
+    p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
+    p.add_argument("--uninstall", action="store_true")
+    p.set_defaults(func=cmd_install_mint)
     p = sub.add_parser("rollback", help="manual rollback to last-good (or --to VERSION) with database restore")
     p.add_argument("--to", default=None)
     p.set_defaults(func=cmd_rollback)
@@ -203,21 +231,49 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
         return USAGE
-    if args.command == "config":
-        pass
-    elif getattr(cfg, "warnings", None):
-        for warning in cfg.warnings:
-            print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
-    code = dispatch_command(args, cfg, events)
-    if args.command in COUNTED_COMMANDS:
-        _record_metrics(cfg, args.command, code, events)
-    return code
+    private = args.command not in ("config", "mint", "status")
+    # Everything a run writes is root's alone unless opened up on purpose (the unit sets
+    # UMask=0077 too; a run by hand must be as private). Restored after: main() is also
+    # called in-process (tests).
+    saved_umask = os.umask(RUN_UMASK) if private else None
+    try:
+        if private:
+            try:
+                secure_state_dirs(cfg)
+            except OSError as exc:
+                print(f"t3-autoupdate: state directories: {exc}", file=sys.stderr)
+                return USAGE
+        if args.command != "config" and getattr(cfg, "warnings", None):
+            for warning in cfg.warnings:
+                print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
+        if args.command == "mint":  # on every login: none of the run machinery (tracker, requests, sh)
+            return cmd_mint(cfg, args, events)
+        if args.command in DISPATCH_MAP_COMMANDS and not (args.command == "run" and cfg.dry_run):
+            from .dispatchmap import DispatchMapError, load_ports
+
+            try:
+                load_ports(cfg.dispatch_map, cfg.os_users)
+            except DispatchMapError as exc:
+                print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
+                return USAGE
+        code = dispatch_command(args, cfg, events)
+        if args.command in COUNTED_COMMANDS:
+            _record_metrics(cfg, args.command, code, events)
+        return code
+    finally:
+        if saved_umask is not None:
+            os.umask(saved_umask)
 
 
-COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback"}
+COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback", "backup"}
+# Commands that reach instances by the dispatch map's ports. Not freeze/unfreeze (holding the
+# tracker must work whatever state the map is in), not mint (every login; it needs no port).
+DISPATCH_MAP_COMMANDS = {"run", "status", "verify", "rollback", "drain-deferred", "install-units"}
 
 
 def dispatch_command(args, cfg: Config, events: EventLog) -> int:
+    from .dispatchmap import DispatchMapError
+    from .recover import RecoveryFailed
     from .state import LockBusy
     from .tracker import RunRefused
     from .versions import VersionError
@@ -227,11 +283,14 @@ def dispatch_command(args, cfg: Config, events: EventLog) -> int:
     except LockBusy as exc:
         events("LOCKED", reason=str(exc))
         return FAILED
-    except RunRefused as exc:
+    except (RunRefused, RecoveryFailed) as exc:
         events("REFUSED", reason=str(exc))
         return FAILED
     except VersionError as exc:
         print(f"t3-autoupdate: {exc}", file=sys.stderr)
+        return USAGE
+    except DispatchMapError as exc:  # read later than the start check (e.g. recovery in adopt)
+        print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
         return USAGE
     except Exception as exc:  # noqa: BLE001 - exit 3 with the traceback kept for a person
         where = _record_crash(cfg)

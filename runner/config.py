@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
 import types
 from dataclasses import dataclass
@@ -164,15 +165,46 @@ def _host(raw: Any) -> str:
         return _matching(_HOSTNAME_RE, "IP address or host name")(raw)
 
 
+def _gate_user(raw: Any) -> str:
+    """An OS user name, or a numeric uid (a user with no passwd entry); never root."""
+    text = raw if isinstance(raw, str) else _show(raw)
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 10:
+        if not 0 < int(raw) < 2**32 - 1:
+            raise ValueError(f"{_show(raw)}: uid must be 1..4294967294 (never root)")
+        return raw
+    if not isinstance(raw, str) or not OS_USER_RE.fullmatch(raw) or raw == "root":
+        raise ValueError(f"{text} is neither an OS user name (not root) nor a numeric uid")
+    return raw
+
+
+def _check_scratch_root(path: Path) -> str | None:
+    """A scratch root that exists must be root's own directory, writable by nobody else:
+    in a shared writable directory a user could pre-create or swap what root writes."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None  # created 0710 by runner.scratch when first needed
+    except OSError as exc:
+        return f"cannot inspect {path}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory (a symlink is refused)"
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        return (f"{path} is writable by others or not owned by root (mode {stat.S_IMODE(st.st_mode):o}, "
+                f"uid {st.st_uid}); scratch must be private, e.g. the default under the state dir")
+    return None
+
+
 # key -> (converter, default). A default of None on a path key is derived from state_dir.
 _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "track": (_choice(*TRACKS), "nightly"),
     "pin": (_optional(_version), None),
     "dry_run": (_bool, False),
     "smoke_port": (_integer(0, 65535), 0),
-    "tmpdir": (_path, "/var/tmp"),
     "freeze_file": (_path, "/etc/t3-autoupdate.freeze"),
     "state_dir": (_path, "/var/lib/t3-autoupdate"),
+    "tmpdir": (_path, None),
+    "gate_user": (_gate_user, "t3-gate"),
+    "useradd": (_program, "useradd"),
     "releases_dir": (_path, None),
     "active_dir": (_path, None),
     "backup_dest": (_path, "/var/backups/t3-state"),
@@ -181,6 +213,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "user_map": (_path, "/etc/ttyd-user-map"),
     "dispatch": (_url, "http://127.0.0.1:3780"),
     "dispatch_map": (_path, "/etc/t3-dispatch/dispatch.json"),
+    "mint_helper": (_path, "/usr/local/bin/t3-mint"),  # the path the dispatch's sudoers rule allows
     "serve_host": (_host, "0.0.0.0"),
     "package": (_matching(_PACKAGE_RE, "npm package name"), "t3"),
     "cookie_name": (_matching(_COOKIE_RE, "cookie name"), "t3_session"),
@@ -193,8 +226,9 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "gate_timeout": (_seconds(allow_zero=False), 900),
     "busy_quiet": (_seconds(allow_zero=True), 120),
     "keep_backups": (_integer(1), 3),
+    "keep_daily_backups": (_integer(1), 6),  # copies of the daily backup job, per database
 }
-_DERIVED = {"releases_dir": "releases", "active_dir": "active"}
+_DERIVED = {"releases_dir": "releases", "active_dir": "active", "tmpdir": "scratch"}
 ENV_NAMES = {f"T3_{key.upper()}": key for key in _KEYS}
 
 
@@ -210,7 +244,9 @@ class Config:
     pin: str | None
     dry_run: bool
     smoke_port: int
-    tmpdir: Path
+    tmpdir: Path                          # the private scratch root (runner.scratch)
+    gate_user: str                        # runs every candidate build: a name or a numeric uid
+    useradd: str
     freeze_file: Path
     state_dir: Path
     releases_dir: Path
@@ -221,6 +257,7 @@ class Config:
     user_map: Path
     dispatch: str
     dispatch_map: Path
+    mint_helper: Path
     serve_host: str
     package: str
     cookie_name: str
@@ -233,6 +270,7 @@ class Config:
     gate_timeout: float
     busy_quiet: float
     keep_backups: int
+    keep_daily_backups: int
     users: Mapping[str, str]              # SSO name -> OS user
     config_file: Path | None              # the TOML file actually read, if any
     sources: Mapping[str, str]            # key -> "default" | "file" | "environment"
@@ -282,6 +320,34 @@ class Config:
         return lines + [f"# warning: {w}" for w in self.warnings]
 
 
+def untrusted_file_problem(path: Path, st: os.stat_result, why: str) -> str | None:
+    """A file root acts on must be root's (or the runner's own user's) and writable by its owner only."""
+    if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
+        return (f"{path}: writable by others than its owner, or not owned by root "
+                f"(mode {stat.S_IMODE(st.st_mode):o}, uid {st.st_uid}; {why})")
+    return None
+
+
+def _check_trusted_file(path: Path, where: str, why: str, errors: list[str]) -> None:
+    """Owner and mode of an existing file (lstat: a symlink is judged itself, then refused)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        errors.append(f"{where}: cannot inspect {path}: {exc.strerror}")
+        return
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            errors.append(f"{where}: {path} is a dangling symlink: {exc.strerror}")
+            return
+    problem = untrusted_file_problem(path, st, why)
+    if problem:
+        errors.append(problem)
+
+
 def _read_file(env: Mapping[str, str], errors: list[str]) -> tuple[dict[str, Any], Path | None]:
     explicit = "T3_CONFIG" in env
     try:
@@ -302,9 +368,9 @@ def _read_file(env: Mapping[str, str], errors: list[str]) -> tuple[dict[str, Any
     except tomllib.TOMLDecodeError as exc:
         errors.append(f"{path}: invalid TOML: {exc}")
         return {}, path
-    if st.st_mode & 0o022 or st.st_uid not in (0, os.geteuid()):
-        errors.append(f"{path}: writable by others than its owner, or not owned by root "
-                      "(it names programs run as root)")
+    problem = untrusted_file_problem(path, st, "it names programs run as root")
+    if problem:
+        errors.append(problem)
     for key in data:
         if key not in _KEYS:
             hint = difflib.get_close_matches(key, _KEYS, n=1)
@@ -336,8 +402,17 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
             values[key] = convert(raw)
         except ValueError as exc:
             errors.append(f"{where[key]}: {exc}")
+    if isinstance(values.get("tmpdir"), Path):
+        problem = _check_scratch_root(values["tmpdir"])
+        if problem:
+            errors.append(f"{where['tmpdir']}: {problem}")
     users: dict[str, str] = {}
+    if isinstance(values.get("dispatch_map"), Path):
+        _check_trusted_file(values["dispatch_map"], where["dispatch_map"],
+                            "it names the ports root restarts and gates", errors)
     if isinstance(values.get("user_map"), Path):
+        _check_trusted_file(values["user_map"], where["user_map"],
+                            "it names the users root acts for", errors)
         try:
             users = load_user_map(values["user_map"])
         except UserMapError as exc:

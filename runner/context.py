@@ -1,22 +1,16 @@
 """What every phase of a run needs, built once: config, environment, services, log."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from .config import Config
+from .dispatchmap import load_ports
 from .events import EventLog
 from .services import Services
 from .state import utc_now
-
-
-def instance_ports(dispatch_map: Path) -> dict[str, int]:
-    """OS user -> port of their instance, from the dispatch's own map."""
-    data = json.loads(Path(dispatch_map).read_text())
-    return {str(entry["os_user"]): int(entry["port"]) for entry in data.values()}
 
 
 @dataclass
@@ -29,6 +23,7 @@ class RunContext:
     run_dir: Path | None = None
     now: callable = utc_now
     outcome: dict = field(default_factory=dict)
+    port_map: dict[str, int] | None = None  # read once: see ports()
 
     @classmethod
     def build(cls, cfg: Config, *, env=None, events=None) -> "RunContext":
@@ -36,7 +31,11 @@ class RunContext:
         return cls(cfg=cfg, env=env, events=events or EventLog(), services=Services(cfg.systemctl))
 
     def ports(self) -> dict[str, int]:
-        return instance_ports(self.cfg.dispatch_map)
+        """OS user -> instance port, from the dispatch map as first read in this command (its
+        start validates it): a map edited badly mid-run never stops a move back."""
+        if self.port_map is None:
+            self.port_map = load_ports(self.cfg.dispatch_map, self.cfg.os_users)
+        return dict(self.port_map)
 
     def sso_names(self, os_user: str) -> list[str]:
         return sorted(sso for sso, user in self.cfg.users.items() if user == os_user)

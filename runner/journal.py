@@ -22,6 +22,13 @@ class Journal:
     backups: dict[str, dict[str, str]] = field(default_factory=dict)  # os_user -> {database: backup path}
     moving: list[str] = field(default_factory=list)  # links switched (or about to be) in this run
     passed: list[str] = field(default_factory=list)  # users whose canary passed
+    # Users a rollback could not put back: the journal is kept for them (status shows it, the
+    # next command's recovery retries), so the record of who was moved is never lost.
+    rollback_failed: list[str] = field(default_factory=list)
+    # Users whose rollback started (relink, then restore): undone again by recovery whatever
+    # their link says, since a kill after the relink and before the restore leaves the old
+    # build's link on a migrated database, which looks like a user moved back by hand.
+    rolling_back: list[str] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         atomic_json(path, asdict(self))

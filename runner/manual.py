@@ -22,7 +22,8 @@ import sys
 from . import activate, backup
 from .context import RunContext
 from .rollout import roll_back_users
-from .state import RunLock, read_text_or_none, write_freeze
+from .recover import locked_and_recovered
+from .state import read_text_or_none, write_freeze
 from .versions import VersionError, compare, sort_versions, validate_version
 from .goodbuilds import record_last_good
 
@@ -62,13 +63,19 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
     if not target or not (cfg.release_dir(target) / "bin" / "t3").exists():
         events("ROLLBACK FAILED", reason=f"no installed release for {target or '(no last-good)'}")
         return 1
-    with RunLock(cfg.lock_path):
+    with locked_and_recovered(ctx) as recovered:
         by_version: dict[str, list[str]] = {}
         for os_user in cfg.os_users:
             current = activate.release_of_link(cfg.active_link(os_user))
             # Only users on a NEWER build go back; one behind the target (deferred) is left for the drain.
             if current and current != target and compare(current, target) > 0:
                 by_version.setdefault(current, []).append(os_user)
+        if not by_version and recovered is not None and recovered.from_version == target:
+            # The unfinished run's recovery already put everyone back on the target.
+            write_freeze(cfg.freeze_file, f"manual rollback to {target}", by="t3-autoupdate rollback")
+            events("FROZEN", reason=f"manual rollback to {target}", freeze_file=str(cfg.freeze_file))
+            events("ROLLED BACK", to=target, users="-", reason=f"recovery of run {recovered.run_id}")
+            return 0
         if not by_version:  # e.g. right after a good bump: last-good IS the current build
             print(f"t3-autoupdate rollback: nothing to roll back: no user is on a build newer than {target}; "
                   f"name the build to go back to: t3-autoupdate rollback --to VERSION "

@@ -47,12 +47,8 @@ def mint_argv(active_link: Path, base_dir: Path) -> list[str]:
 
 
 def mint_env(home: Path, os_user: str, base: dict | None = None) -> dict[str, str]:
-    """A small environment for the user's CLI: PATH/LANG/TZ kept, HOME/USER/LOGNAME theirs."""
-    base = os.environ if base is None else base
-    env = {k: v for k, v in base.items() if k in ("PATH", "LANG", "TZ") or k.startswith("LC_")}
-    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.update(HOME=str(home), USER=os_user, LOGNAME=os_user)
-    return env
+    """A small environment for the user's CLI: `proc.child_env`, HOME/USER/LOGNAME theirs."""
+    return proc.child_env({"HOME": str(home), "USER": os_user, "LOGNAME": os_user}, base)
 
 
 def _known_user(cfg, os_user: str) -> str:
@@ -63,7 +59,7 @@ def _known_user(cfg, os_user: str) -> str:
     return os_user
 
 
-def mint_for(cfg, os_user: str, *, timeout: float = MINT_TIMEOUT, run=proc.run) -> str:
+def mint_for(cfg, os_user: str, *, timeout: float = MINT_TIMEOUT, run=proc.run_light) -> str:
     """Mint a pairing credential for `os_user` with their own linked binary; return the JSON text."""
     os_user = _known_user(cfg, os_user)
     link = cfg.active_link(os_user)

@@ -6,6 +6,10 @@ only, never a shell string; each command is logged; any failure raises
 parse half-failed output. Commands that touch a user's files run *as that user*
 (`as_user`), which is how root avoids following a user's symlinks into files
 the user could not reach.
+
+Every child gets an explicit, minimal environment (`child_env`): PATH, LANG, LC_* and
+TZ of the runner's, plus whatever the caller names. Nothing else of root's environment
+(an NPM_TOKEN, a cloud credential, SSH_AUTH_SOCK) reaches a child by default.
 """
 from __future__ import annotations
 
@@ -14,8 +18,6 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
-
-import sh
 
 log = logging.getLogger("t3-autoupdate.proc")
 
@@ -57,6 +59,21 @@ def format_argv(argv: Sequence[str]) -> str:
     import shlex
 
     return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+#: What every child inherits from the runner's environment; the rest must be passed explicitly.
+INHERITED_ENV = ("PATH", "LANG", "TZ")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def child_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child: PATH, LANG, LC_* and TZ from `base` (default: the runner's),
+    then `extra`. Pure apart from reading os.environ when `base` is None."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(extra or {})
+    return env
 
 
 def _drop_privileges(user: UserIds | None):
@@ -112,7 +129,10 @@ def run(
     input: str | bytes | None = None,
     ok_codes: Sequence[int] = (0,),
 ) -> Completed:
-    """Run argv to completion; raise CommandError unless its exit code is in ok_codes."""
+    """Run argv to completion; raise CommandError unless its exit code is in ok_codes.
+
+    `env` is the child's whole environment when given (build it with `child_env`);
+    None means `child_env()`, never the runner's own environment."""
     argv = tuple(str(a) for a in argv)
     if not argv or not argv[0]:
         raise ValueError("run: empty command")
@@ -123,13 +143,15 @@ def run(
         _return_cmd=True,
         _ok_code=list(range(256)),
         _timeout=timeout,
-        _env=dict(env) if env is not None else dict(os.environ),
+        _env=dict(env) if env is not None else child_env(),
         _cwd=str(cwd) if cwd is not None else None,
         _in=input,
     )
     preexec = _drop_privileges(as_user)
     if preexec is not None:
         kwargs["_preexec_fn"] = preexec
+    import sh  # here, not at the top: `run_light` callers (the mint) never pay for it
+
     try:
         cmd = sh.Command(argv[0])
     except sh.CommandNotFound as exc:
@@ -146,6 +168,48 @@ def run(
     done = Completed(argv, result.exit_code, _decode(result.stdout), _decode(result.stderr),
                      time.monotonic() - started)
     log.debug("exit %d after %.2fs: %s", done.exit_code, done.seconds, argv[0])
+    if done.exit_code not in ok_codes:
+        raise CommandError(argv, done.exit_code, done.stdout, done.stderr)
+    return done
+
+
+def run_light(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 120.0,
+    as_user: UserIds | None = None,
+    ok_codes: Sequence[int] = (0,),
+) -> Completed:
+    """`run`'s contract (argv only, logged, CommandError unless the exit code is in ok_codes,
+    `as_user` dropped to before exec) for a short command whose latency users feel: the
+    mint, run on every login. Built on subprocess, so the caller never imports `sh`
+    (the largest part of the mint's start-up). No stdin."""
+    import subprocess
+
+    argv = tuple(str(a) for a in argv)
+    if not argv or not argv[0]:
+        raise ValueError("run_light: empty command")
+    log.debug("run: %s%s", format_argv(argv), f" (as uid {as_user.uid})" if as_user else "")
+    started = time.monotonic()
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                                env=dict(env) if env is not None else None, cwd=cwd,
+                                preexec_fn=_drop_privileges(as_user))
+    except FileNotFoundError as exc:
+        raise CommandError(argv, 127, reason="program not found") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(argv, -9, _decode(exc.stdout), _decode(exc.stderr),
+                           reason=f"timed out after {timeout:g}s") from exc
+    except OSError as exc:
+        raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc
+    done = Completed(argv, result.returncode, _decode(result.stdout), _decode(result.stderr),
+                     time.monotonic() - started)
+    log.debug("exit %d after %.2fs: %s", done.exit_code, done.seconds, argv[0])
+    if done.exit_code < 0:
+        raise CommandError(argv, done.exit_code, done.stdout, done.stderr,
+                           reason=f"killed by signal {-done.exit_code}")
     if done.exit_code not in ok_codes:
         raise CommandError(argv, done.exit_code, done.stdout, done.stderr)
     return done
@@ -172,7 +236,7 @@ def spawn(
         try:
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None, cwd=cwd,
+                env=dict(env) if env is not None else child_env(), cwd=cwd,
                 start_new_session=True, preexec_fn=_die_with_parent(as_user),
             )
         except OSError as exc:

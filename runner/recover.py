@@ -1,44 +1,93 @@
-"""Phase 0: a run that finds an unfinished journal finishes or undoes that run first.
+"""Phase 0: every mutating command finishes or undoes an unfinished journal first.
 
 Before the canary nothing a user runs was touched, so the stage is discarded.
 During the canary some users may already be on the new build: they are put
 back on last-good with their pre-bump databases (replaced files are kept
 aside, so no row is lost), and the next decision starts from a clean state.
+Only users whose link is still on the journal's version are put back: one an
+operator already moved back by hand is left alone, with the work they did
+since (restoring the pre-bump backup again would set it aside).
 A run that died while committing is finished: every user already passed.
+
+A rollback that fails keeps the journal (with who failed), freezes, and
+refuses the command: the record of who was moved is never lost, `status`
+shows it, and the next command retries.
 """
 from __future__ import annotations
 
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-from . import goodbuilds, release
+from . import activate, goodbuilds, release
 from .context import RunContext
-from .journal import clear_journal, load_journal
+from .journal import Journal, clear_journal, load_journal
 from .rollout import roll_back_users
-from .state import write_freeze
+from .services import unit_of
+from .state import RunLock, write_freeze
 
 
-def recover_unfinished_run(ctx: RunContext) -> None:
+class RecoveryFailed(RuntimeError):
+    """An unfinished run could not be undone; nothing else may run until a person looks."""
+
+
+@contextmanager
+def locked_and_recovered(ctx: RunContext, *, reads_ports: bool = True):
+    """The run lock, then any unfinished journal finished or undone; yields the journal
+    recovered (None if there was none). `reads_ports`: read the dispatch map now, once,
+    before anyone is moved (see RunContext.ports)."""
+    with RunLock(ctx.cfg.lock_path):
+        if reads_ports:
+            ctx.ports()
+        yield recover_unfinished_run(ctx)
+
+
+def still_on(ctx: RunContext, os_user: str, version: str) -> bool:
+    """Whether the user's link is still on `version` (an unreadable link counts: any doubt undoes)."""
+    try:
+        return activate.release_of_link(ctx.cfg.active_link(os_user)) == version
+    except activate.ActivationError:
+        return True
+
+
+def recover_unfinished_run(ctx: RunContext) -> Journal | None:
     cfg, events = ctx.cfg, ctx.events
     journal = load_journal(cfg.journal_path)
     if journal is None:
-        return
+        return None
     if journal.phase == "commit":
         from .tracker import commit
 
         commit(ctx, journal)
         events("RECOVERED", run=journal.run_id, phase=journal.phase, action="finished")
-        return
+        return journal
     if journal.phase == "canary" and journal.moving:
-        good = journal.from_version
-        failed = roll_back_users(ctx, list(journal.moving), good_release=cfg.release_dir(good),
+        # A user whose rollback started may have their link moved already: still owed.
+        owed = set(journal.rolling_back) | set(journal.rollback_failed)
+        back = [u for u in journal.moving if u in owed or still_on(ctx, u, journal.version)]
+        left = [u for u in journal.moving if u not in back]
+        for os_user in left:
+            events("LEFT ALONE", user=os_user, run=journal.run_id,
+                   reason=f"no longer on {journal.version}: never moved, or moved back by hand")
+            # Killed between stop and relink: the server of the old build is simply started again.
+            if not ctx.services.is_active(unit_of(os_user)):
+                ctx.services.start(unit_of(os_user))
+        journal.rolling_back = back
+        journal.save(cfg.journal_path)
+        failed = roll_back_users(ctx, back, good_release=cfg.release_dir(journal.from_version),
                                  failed_version=journal.version, backups=journal.backups)
         if failed:
             reason = f"recovery of run {journal.run_id} could not roll back {','.join(failed)}"
+            journal.rollback_failed, journal.rolling_back = failed, []  # the others are back
+            journal.save(cfg.journal_path)
             write_freeze(cfg.freeze_file, reason, by="t3-autoupdate recovery")
             events("FROZEN", reason=reason, freeze_file=str(cfg.freeze_file))
-        action = "rolled back " + ",".join(journal.moving)
+            raise RecoveryFailed(f"{reason}; the journal {cfg.journal_path} is kept, "
+                                 "fix what ROLLBACK FAILED names and run again")
+        action = "rolled back " + (",".join(back) or "nobody")
+        if left:
+            action += "; left alone " + ",".join(left)
     else:
         action = "discarded stage"
     if journal.release is not None or journal.phase in ("stage", "health", "canary"):
@@ -49,3 +98,4 @@ def recover_unfinished_run(ctx: RunContext) -> None:
         shutil.rmtree(Path(cfg.tmpdir) / f"t3-health-{journal.run_id}", ignore_errors=True)
     clear_journal(cfg.journal_path)
     events("RECOVERED", run=journal.run_id, phase=journal.phase, action=action)
+    return journal

@@ -10,14 +10,14 @@ from .quarantine import clear_quarantine, quarantine_build, quarantined_versions
 from .resolve import (CODES, Decision, ResolveError, Target, decide, npm_view_argv, parse_view_output,
                       resolve_target, validate_package, validate_tag)
 from .stage import (Release, StageError, clean_staging, load_release, npm_install_argv, npm_pack_argv,
-                    reinstall_from_tarball, remove_release, sha512_of, stage_release, t3_version_argv,
-                    verify_release)
+                    reinstall_from_tarball, remove_release, sha512_of, stage_for, stage_release,
+                    t3_version_argv, verify_release)
 
 __all__ = [
     "CODES", "Decision", "ResolveError", "Target", "decide", "npm_view_argv", "parse_view_output",
     "resolve_target", "validate_package", "validate_tag",
     "Release", "StageError", "clean_staging", "load_release", "npm_install_argv", "npm_pack_argv",
-    "reinstall_from_tarball", "remove_release", "sha512_of", "stage_release", "t3_version_argv",
+    "reinstall_from_tarball", "remove_release", "sha512_of", "stage_for", "stage_release", "t3_version_argv",
     "verify_release",
     "clear_quarantine", "quarantine_build", "quarantined_versions", "read_quarantine",
 ]

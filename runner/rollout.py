@@ -9,6 +9,7 @@ database breaks the next login: the 2026-06-09 failure).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,12 @@ from .context import RunContext
 from .gaterun import run_gate
 from .journal import Journal
 from .mint import MINT_TIMEOUT
-from .userlock import user_lock
 from .services import unit_of, wait_serving
+from .userlock import UserLockTimeout, user_lock
+
+# How long a move waits for mints in flight to finish (the lock prefers the move: no new mint
+# starts meanwhile). Past it the user is deferred, never failed: a slow login is not a bad build.
+MOVE_LOCK_WAIT = MINT_TIMEOUT
 
 
 @dataclass
@@ -43,11 +48,19 @@ def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int
     """Stop, switch the link, start: the link never moves under a running server, so no
     mint of the new build can migrate the database under the old one (2026-06-09)."""
     unit = unit_of(os_user)
-    with user_lock(ctx.cfg.state_dir, os_user, exclusive=True, timeout=MINT_TIMEOUT):
+    with user_lock(ctx.cfg.state_dir, os_user, exclusive=True, timeout=MOVE_LOCK_WAIT):
+        # Only the stop, the relink and the start lie between these two stamps: the
+        # backup, staging and gate setup all happen before, so logins fail for no longer.
+        stopping = time.time()
         ctx.services.stop(unit)
         activate.point_user(ctx.cfg.active_dir, os_user, release_dir)
         ctx.services.start(unit)
-        return wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+        serving = wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+    served = time.time()
+    # The window in which the dispatch (which does not retry) fails this user's requests.
+    ctx.events("RESTARTED", user=os_user, release=release_dir.name, stopped_at=f"{stopping:.3f}",
+               serving_at=f"{served:.3f}", gap_ms=round((served - stopping) * 1000))
+    return serving
 
 
 def busy_reason(ctx: RunContext, os_user: str) -> str | None:
@@ -57,28 +70,35 @@ def busy_reason(ctx: RunContext, os_user: str) -> str | None:
     return reason if busy else None
 
 
+def defer(ctx: RunContext, result: RolloutResult, os_user: str, version: str, reason: str) -> None:
+    activate.mark_deferred(ctx.cfg.deferred_dir, os_user, version=version, reason=reason)
+    result.deferred[os_user] = reason
+    ctx.events("DEFERRED", user=os_user, version=version, reason=reason)
+
+
 def roll_out(ctx: RunContext, journal: Journal, release_dir: Path) -> RolloutResult:
-    cfg, events = ctx.cfg, ctx.events
+    cfg = ctx.cfg
     result = RolloutResult()
-    ports = ctx.ports()
+    ports = ctx.ports()  # as read at the run's start (RunContext.ports), before anyone moved
     running = set(ctx.services.running_instances())
     for os_user in cfg.os_users:
         if os_user not in running:
-            activate.mark_deferred(cfg.deferred_dir, os_user, version=journal.version, reason="not running")
-            result.deferred[os_user] = "not running"
-            events("DEFERRED", user=os_user, version=journal.version, reason="not running")
+            defer(ctx, result, os_user, journal.version, "not running")
             continue
         reason = busy_reason(ctx, os_user)
         if reason:
-            activate.mark_deferred(cfg.deferred_dir, os_user, version=journal.version, reason=reason)
-            result.deferred[os_user] = reason
-            events("DEFERRED", user=os_user, version=journal.version, reason=reason)
+            defer(ctx, result, os_user, journal.version, reason)
             continue
         journal.moving.append(os_user)
         journal.save(cfg.journal_path)  # recorded before the link moves: a crash here is undone
         failure = None
         try:
             move_and_restart(ctx, os_user, release_dir, ports[os_user])
+        except UserLockTimeout as exc:  # raised before anything was stopped: nothing to undo
+            journal.moving.remove(os_user)
+            journal.save(cfg.journal_path)
+            defer(ctx, result, os_user, journal.version, f"logins kept the user lock: {exc}")
+            continue
         except Exception as exc:  # noqa: BLE001 - any doubt is a failure
             failure = f"instance did not come back: {exc}; last log: {ctx.services.recent_log(unit_of(os_user))}"
         if failure is None:
@@ -90,13 +110,13 @@ def roll_out(ctx: RunContext, journal: Journal, release_dir: Path) -> RolloutRes
                 failure = f"canary gate failed: {gate.reason()}"
         if failure:
             result.failed_user, result.failure = os_user, failure
-            events("CANARY FAILED", user=os_user, version=journal.version, reason=failure)
+            ctx.events("CANARY FAILED", user=os_user, version=journal.version, reason=failure)
             return result
         journal.passed.append(os_user)
         journal.save(cfg.journal_path)
         activate.clear_deferred(cfg.deferred_dir, os_user)
         result.moved.append(os_user)
-        events("CANARY PASSED", user=os_user, version=journal.version)
+        ctx.events("CANARY PASSED", user=os_user, version=journal.version)
     return result
 
 

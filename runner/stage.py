@@ -10,10 +10,18 @@ Layout of one release, `<releases_dir>/<version>/`:
 Staging happens in `<releases_dir>/.staging-<version>-<pid>/` (same filesystem, so the final
 rename is atomic): `npm pack <pkg>@<version>` (fresh, empty cache; npm checks the registry's
 integrity), sha512 of the tarball, a check that the tarball's package.json names that package
-and version, `npm install --global --prefix <staging> --offline <tarball>`, then
-`<staging>/bin/t3 --version` must report the version. Only then is the directory renamed to
-`<releases_dir>/<version>`, and `bin/t3 --version` checked again from there. Any failure
-removes the staging directory and raises `StageError` naming the step and what npm said.
+and version (a tarball naming a path twice is refused), `npm install --global --offline
+<tarball>` (never with lifecycle scripts: `--ignore-scripts` on pack and install), a check of
+the INSTALLED package.json, then `bin/t3 --version` must report the version. Only then is the
+directory renamed to `<releases_dir>/<version>`, and `bin/t3 --version` checked again from
+there. Any failure removes the staging directory and raises `StageError` naming the step.
+
+`stage_for(cfg, ...)` is how the runner stages: every npm step and every `t3 --version` runs
+as the unprivileged gate user (config `gate_user`) in a fresh private scratch directory
+(`runner.scratch`) with an explicit environment (`gate_env`); root copies the packed tarball
+out (no-follow), moves the gate's installed tree into the staging dir and makes it root's
+(`take_ownership`: root:root, no group/other write), so users run a release the gate user
+cannot change.
 
 An existing `<releases_dir>/<version>` (an earlier run staged it) is verified (release.json,
 tarball sha512, `bin/t3 --version`) and reused without touching the network; if it fails
@@ -40,12 +48,15 @@ from pathlib import Path
 from typing import Mapping
 
 from . import proc, state, versions
+from .gatework import GateWork, adopt_gate_tree, copy_untrusted, gate_env, take_ownership
+from .gateuser import GateUserError, gate_ids
 from .resolve import validate_package
+from .scratch import ScratchError, private_scratch
 
 __all__ = [
     "StageError", "Release", "npm_pack_argv", "npm_install_argv", "t3_version_argv", "sha512_of",
     "stage_release", "load_release", "verify_release", "reinstall_from_tarball", "remove_release",
-    "clean_staging", "BIN_NAME", "RELEASE_FILE",
+    "clean_staging", "BIN_NAME", "RELEASE_FILE", "GateWork", "gate_env", "stage_for", "take_ownership",
 ]
 
 log = logging.getLogger("t3-autoupdate.stage")
@@ -59,7 +70,7 @@ DEFAULT_MIN_FREE = 256 * 2**20
 class StageError(Exception):
     """Staging (or reinstalling) a release failed; nothing was left behind.
 
-    `step` is one of: space, pack, tarball, install, version, verify, rename."""
+    `step` is one of: gate, space, pack, tarball, install, version, verify, rename."""
 
     def __init__(self, version: str, step: str, detail: str) -> None:
         self.version, self.step, self.detail = version, step, detail
@@ -83,7 +94,7 @@ def npm_pack_argv(npm: str, package: str, version: str, dest: Path, cache_dir: P
     spec = f"{validate_package(package)}@{versions.validate_version(version)}"
     return [str(npm), "pack", spec, "--pack-destination", str(dest), "--json",
             "--prefer-online", "--fetch-retries=0", f"--fetch-timeout={int(fetch_timeout_ms)}",
-            "--cache", str(cache_dir)]
+            "--cache", str(cache_dir), "--ignore-scripts"]
 
 
 def npm_install_argv(npm: str, prefix: Path, tarball: Path, cache_dir: Path) -> list[str]:
@@ -91,7 +102,7 @@ def npm_install_argv(npm: str, prefix: Path, tarball: Path, cache_dir: Path) -> 
     if not tarball.is_absolute() or tarball.suffix != ".tgz":
         raise ValueError(f"npm_install_argv: expected an absolute path to a .tgz, got {tarball}")
     return [str(npm), "install", "--global", "--prefix", str(prefix), "--offline", str(tarball),
-            "--no-audit", "--no-fund", "--cache", str(cache_dir)]
+            "--no-audit", "--no-fund", "--cache", str(cache_dir), "--ignore-scripts"]
 
 
 def t3_version_argv(bin_path: Path) -> list[str]:
@@ -104,6 +115,18 @@ def sha512_of(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return "sha512-" + base64.b64encode(digest.digest()).decode()
+
+
+def _check_installed_manifest(staging: Path, package: str, version: str) -> None:
+    """The INSTALLED package.json (what users will run) must name the package and version."""
+    path = staging / "lib" / "node_modules" / package / "package.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StageError(version, "install", f"installed {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("name") != package or data.get("version") != version:
+        got = f"{data.get('name')!r}@{data.get('version')!r}" if isinstance(data, dict) else "no object"
+        raise StageError(version, "install", f"installed package.json holds {got}, expected {package}@{version}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -127,9 +150,10 @@ def _npm_said(exc: proc.CommandError) -> str:
     return " | ".join(tail + [f"({exc.reason})"])
 
 
-def _check_version(bin_path: Path, version: str, where: str, timeout: float) -> None:
+def _check_version(bin_path: Path, version: str, where: str, timeout: float, gate: "GateWork | None" = None) -> None:
     try:
-        done = proc.run(t3_version_argv(bin_path), timeout=min(timeout, 60), cwd=bin_path.parent.parent)
+        done = proc.run(t3_version_argv(bin_path), timeout=min(timeout, 60), cwd=bin_path.parent.parent,
+                        **(gate.run_kwargs() if gate else {}))
     except proc.CommandError as exc:
         raise StageError(version, "version", f"{where} t3 --version failed: {exc}") from exc
     try:
@@ -141,12 +165,22 @@ def _check_version(bin_path: Path, version: str, where: str, timeout: float) -> 
 
 
 def _tarball_manifest(path: Path) -> dict:
+    """The tarball's package/package.json. A tarball naming any path twice is refused: the
+    check would read one copy while extraction keeps another (a smuggled version or script)."""
+    seen: set[str] = set()
+    manifest = None
     with tarfile.open(path, "r:gz") as tar:
         for member in tar:
-            parts = member.name.lstrip("./").split("/")
+            name = os.path.normpath(member.name.lstrip("/")).lstrip("./") or "."
+            if name in seen:
+                raise ValueError(f"duplicate entry {member.name!r} in the tarball")
+            seen.add(name)
+            parts = name.split("/")
             if len(parts) == 2 and parts[1] == "package.json" and member.isfile():
-                return json.loads(tar.extractfile(member).read().decode("utf-8"))
-    raise ValueError("no package/package.json in the tarball")
+                manifest = json.loads(tar.extractfile(member).read().decode("utf-8"))
+    if manifest is None:
+        raise ValueError("no package/package.json in the tarball")
+    return manifest
 
 
 _libc = None
@@ -208,19 +242,34 @@ def _new_staging(releases_dir: Path, version: str) -> Path:
     return staging
 
 
-def _install_and_check(npm: str, staging: Path, tarball: Path, version: str, env, deadline: _Deadline) -> None:
-    cache = staging / ".npm-cache"
+def _install_and_check(npm: str, staging: Path, tarball: Path, version: str, env, deadline: _Deadline,
+                       gate: GateWork | None = None, package: str | None = None) -> None:
+    """`npm install` the tarball (scripts never run), then `t3 --version`. With a gate, npm runs
+    as the gate user into its own prefix, and root then takes the tree into `staging`."""
+    if gate is None:
+        prefix, cache, run_as = staging, staging / ".npm-cache", {"env": env}
+    else:
+        prefix, cache, run_as = gate.subdir("prefix"), gate.dir / "npm-cache", gate.run_kwargs()
     try:
-        proc.run(npm_install_argv(npm, staging, tarball, cache), env=env, cwd=staging, timeout=deadline.left())
+        proc.run(npm_install_argv(npm, prefix, tarball, cache), cwd=gate.dir if gate else staging,
+                 timeout=deadline.left(), **run_as)
     except proc.CommandError as exc:
         raise StageError(version, "install", _npm_said(exc)) from exc
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    _check_version(staging / "bin" / BIN_NAME, version, "staged", deadline.left())
+        if gate is None:
+            shutil.rmtree(cache, ignore_errors=True)
+    if gate is not None:
+        try:
+            adopt_gate_tree(prefix, staging)
+        except OSError as exc:
+            raise StageError(version, "install", f"taking the gate user's install: {exc}") from exc
+    if package is not None:
+        _check_installed_manifest(staging, package, version)
+    _check_version(staging / "bin" / BIN_NAME, version, "staged", deadline.left(), gate)
 
 
 def _finish(staging: Path, final: Path, version: str, package: str, tarball_name: str, sha: str,
-            deadline: _Deadline) -> Release:
+            deadline: _Deadline, gate: GateWork | None = None) -> Release:
     _write_record(staging, version, package, staging / tarball_name, sha)
     existed = final.exists()
     try:
@@ -229,7 +278,7 @@ def _finish(staging: Path, final: Path, version: str, package: str, tarball_name
         raise StageError(version, "rename", f"{staging} -> {final}: {exc}") from exc
     release = Release(version, final, final / "bin" / BIN_NAME, final / tarball_name, sha)
     try:
-        _check_version(release.bin, version, "released", deadline.left())
+        _check_version(release.bin, version, "released", deadline.left(), gate)
     except StageError:
         if not existed:
             shutil.rmtree(final, ignore_errors=True)
@@ -252,7 +301,8 @@ def load_release(releases_dir: Path, version: str) -> Release:
     return _release_of(prefix, meta, version)
 
 
-def verify_release(releases_dir: Path, version: str, *, timeout: float = 60) -> Release:
+def verify_release(releases_dir: Path, version: str, *, timeout: float = 60,
+                   gate: GateWork | None = None) -> Release:
     """Load a release and prove it: tarball sha512 as recorded, `bin/t3 --version` right."""
     release = load_release(releases_dir, version)
     try:
@@ -261,14 +311,16 @@ def verify_release(releases_dir: Path, version: str, *, timeout: float = 60) -> 
         raise StageError(version, "verify", f"kept tarball {release.tarball}: {exc}") from exc
     if actual != release.sha512:
         raise StageError(version, "verify", f"kept tarball {release.tarball} does not match its recorded sha512")
-    _check_version(release.bin, version, "released", timeout)
+    _check_version(release.bin, version, "released", timeout, gate)
     return release
 
 
 def stage_release(npm: str, package: str, version: str, releases_dir: Path, *, env: Mapping[str, str],
                   timeout: float = 300, fetch_timeout_ms: int = 120000,
-                  min_free_bytes: int = DEFAULT_MIN_FREE) -> Release:
-    """Stage `<package>@<version>` into `<releases_dir>/<version>` (see the module docstring)."""
+                  min_free_bytes: int = DEFAULT_MIN_FREE, gate: GateWork | None = None) -> Release:
+    """Stage `<package>@<version>` into `<releases_dir>/<version>` (see the module docstring).
+
+    With `gate`, every npm step and `t3 --version` run as the gate user (see `stage_for`)."""
     versions.validate_version(version)
     validate_package(package)
     releases_dir = Path(releases_dir)
@@ -277,7 +329,7 @@ def stage_release(npm: str, package: str, version: str, releases_dir: Path, *, e
     deadline = _Deadline(timeout)
     if final.exists():
         try:
-            release = verify_release(releases_dir, version, timeout=deadline.left())
+            release = verify_release(releases_dir, version, timeout=deadline.left(), gate=gate)
             log.info("stage: %s already staged at %s and verified; reusing it", version, final)
             return Release(**{**release.__dict__, "reused": True})
         except StageError as exc:
@@ -288,15 +340,7 @@ def stage_release(npm: str, package: str, version: str, releases_dir: Path, *, e
                                            f"less than the {min_free_bytes} required")
     staging = _new_staging(releases_dir, version)
     try:
-        cache = staging / ".npm-cache"
-        try:
-            done = proc.run(npm_pack_argv(npm, package, version, staging, cache, fetch_timeout_ms=fetch_timeout_ms),
-                            env=env, cwd=staging, timeout=deadline.left())
-        except proc.CommandError as exc:
-            raise StageError(version, "pack", _npm_said(exc)) from exc
-        finally:
-            shutil.rmtree(cache, ignore_errors=True)
-        tarball = _packed_tarball(staging, done.stdout, version)
+        tarball = _pack(npm, package, version, staging, env, gate, deadline, fetch_timeout_ms)
         sha = sha512_of(tarball)
         try:
             manifest = _tarball_manifest(tarball)
@@ -305,13 +349,53 @@ def stage_release(npm: str, package: str, version: str, releases_dir: Path, *, e
         if manifest.get("name") != package or manifest.get("version") != version:
             raise StageError(version, "tarball", f"{tarball.name} holds {manifest.get('name')!r}@"
                                                  f"{manifest.get('version')!r}, expected {package}@{version}")
-        _install_and_check(npm, staging, tarball, version, env, deadline)
-        release = _finish(staging, final, version, package, tarball.name, sha, deadline)
+        _install_and_check(npm, staging, tarball, version, env, deadline, gate, package)
+        release = _finish(staging, final, version, package, tarball.name, sha, deadline, gate)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("stage: %s@%s staged at %s (%s)", package, version, final, sha)
+    log.info("stage: %s@%s staged at %s (%s)%s", package, version, final, sha,
+             f" as gate uid {gate.user.uid}" if gate else "")
     return release
+
+
+def _pack(npm: str, package: str, version: str, staging: Path, env, gate: GateWork | None,
+          deadline: _Deadline, fetch_timeout_ms: int) -> Path:
+    """`npm pack` into `staging` (as the gate user into its own dir, then copied by root)."""
+    if gate is None:
+        dest, cache, run_as, cwd = staging, staging / ".npm-cache", {"env": env}, staging
+    else:
+        dest, cache, run_as, cwd = gate.subdir("pack"), gate.dir / "npm-cache", gate.run_kwargs(), gate.dir
+    try:
+        done = proc.run(npm_pack_argv(npm, package, version, dest, cache, fetch_timeout_ms=fetch_timeout_ms),
+                        cwd=cwd, timeout=deadline.left(), **run_as)
+    except proc.CommandError as exc:
+        raise StageError(version, "pack", _npm_said(exc)) from exc
+    finally:
+        if gate is None:
+            shutil.rmtree(cache, ignore_errors=True)
+    packed = _packed_tarball(dest, done.stdout, version)
+    if gate is None:
+        return packed
+    tarball = staging / packed.name
+    try:
+        copy_untrusted(packed, tarball)
+    except OSError as exc:
+        raise StageError(version, "pack", f"copying {packed}: {exc}") from exc
+    return tarball
+
+
+def stage_for(cfg, version: str, *, env: Mapping[str, str], timeout: float = 300) -> Release:
+    """Stage as production does: as the configured gate user, in fresh private scratch; only
+    `npm_config_registry` of `env` reaches npm."""
+    try:
+        gate_user = gate_ids(cfg)
+        with private_scratch(cfg, "stage", gate_user) as (_root_dir, gate_dir):
+            gate = GateWork(gate_user, gate_dir, env.get("npm_config_registry"))
+            return stage_release(cfg.npm, cfg.package, version, cfg.releases_dir, env=env, timeout=timeout,
+                                 gate=gate)
+    except (GateUserError, ScratchError) as exc:  # fail closed: never fall back to root
+        raise StageError(version, "gate", str(exc)) from exc
 
 
 def _packed_tarball(staging: Path, stdout: str, version: str) -> Path:

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -72,6 +73,28 @@ def atomic_symlink(link: Path, target: Path) -> None:
     os.symlink(target, tmp)
     os.rename(tmp, link)
     fsync_dir(link.parent)
+
+
+#: Modes of the tracker's own directories. The state dir is 0711, not 0700: each user's serve
+#: runs `<state>/active/<user>/bin/t3`, so users must traverse it (never list it); `runs/`
+#: (logs, junit reports, crash tracebacks) is root's alone. Files are 0600 by the umask.
+#: The scratch root (`tmpdir`) is 0710: runner.scratch gives its group to the gate user.
+STATE_MODES = (("state_dir", 0o711), ("runs_dir", 0o700), ("active_dir", 0o711), ("releases_dir", 0o755),
+               ("tmpdir", 0o710))
+RUN_UMASK = 0o077
+
+
+def secure_state_dirs(cfg) -> None:
+    """Create the tracker's directories with their modes (STATE_MODES), or put the modes back.
+
+    A path there that is a symlink, not a directory or not the runner's own is refused."""
+    for attr, mode in STATE_MODES:
+        path = Path(getattr(cfg, attr))
+        path.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"{attr} must be a directory of the runner's own (uid {os.geteuid()})", str(path))
+        os.chmod(path, mode)
 
 
 class LockBusy(Exception):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import requests
 
 from . import activate, quarantine
-from .context import instance_ports
+from .dispatchmap import load_ports
 from .goodbuilds import previous_good_path
 from .journal import JournalError, load_journal
+from .services import Services, unit_of
+from .takeover import running_off_link
 from .state import read_freeze, read_text_or_none
 
 
@@ -28,18 +30,21 @@ def _server_version(port: int | None) -> str | None:
 
 def collect_status(cfg) -> dict:
     freeze = read_freeze(cfg.freeze_file)
-    try:
-        ports = instance_ports(cfg.dispatch_map)
-    except (OSError, ValueError, KeyError, TypeError):
-        ports = {}
+    ports = load_ports(cfg.dispatch_map, cfg.os_users)  # DispatchMapError: the CLI's exit 2
     deferred = activate.deferred_users(cfg.deferred_dir)
     last_good = read_text_or_none(cfg.last_good_path)
+    services = Services(cfg.systemctl)
     users = {}
     for os_user in cfg.os_users:
         linked = activate.release_of_link(cfg.active_link(os_user))
         running = _server_version(ports.get(os_user))
+        try:
+            off_link = running_off_link(services, unit_of(os_user), cfg.active_link(os_user))
+        except Exception as exc:  # noqa: BLE001 - status reports what it cannot tell, never fails on it
+            off_link = f"unknown: {exc}"
         users[os_user] = {"link": linked, "serving": running, "stale": bool(running and linked and running != linked),
-                          "deferred": deferred.get(os_user), "off_last_good": bool(last_good and linked != last_good)}
+                          "off_link": off_link, "deferred": deferred.get(os_user),
+                          "off_last_good": bool(last_good and linked != last_good)}
     try:
         journal = load_journal(cfg.journal_path)
         unfinished = journal.__dict__ if journal else None
@@ -63,10 +68,15 @@ def format_status(status: dict) -> str:
     lines.append(f"quarantined: {', '.join(status['quarantined']) or 'none'}")
     if status["unfinished_run"]:
         lines.append(f"unfinished run: {status['unfinished_run']}")
+        if status["unfinished_run"].get("rollback_failed"):
+            lines.append(f"ROLLBACK FAILED, still on {status['unfinished_run']['version']}: "
+                         f"{', '.join(status['unfinished_run']['rollback_failed'])} (the next run retries)")
     for user, info in sorted(status["users"].items()):
         flags = []
         if info["stale"]:
             flags.append("STALE: serving differs from link")
+        if info.get("off_link"):
+            flags.append(f"NOT ON LINK: {info['off_link']} (drain-deferred moves it once idle)")
         if info["deferred"]:
             flags.append(f"deferred: {info['deferred']}")
         elif info.get("off_last_good"):  # e.g. a partial manual rollback: who is where

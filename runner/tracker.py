@@ -14,10 +14,10 @@ from pathlib import Path
 from . import activate, backup, goodbuilds, metrics, release, resolve
 from .context import RunContext
 from .gaterun import run_gate
-from .journal import Journal, clear_journal, load_journal
-from .recover import recover_unfinished_run
+from .journal import Journal, clear_journal
+from .recover import locked_and_recovered
 from .rollout import roll_back_users, roll_out
-from .state import RunLock, atomic_json, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
+from .state import atomic_json, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
 
 
 # Staging steps whose failure is a property of the build itself (its --version, its tarball's
@@ -109,8 +109,7 @@ def run_health_gate(ctx: RunContext, staged, seeds: list[Path]):
 
 def tracker_run(ctx: RunContext) -> int:
     cfg, events = ctx.cfg, ctx.events
-    with RunLock(cfg.lock_path):
-        recover_unfinished_run(ctx)
+    with locked_and_recovered(ctx):
         freeze = read_freeze(cfg.freeze_file)
         if freeze is not None:
             events("FROZEN", reason=freeze.reason, by=freeze.by or None, at=freeze.at or None,
@@ -152,7 +151,7 @@ def bump(ctx: RunContext, journal: Journal) -> int:
     ctx.outcome["backups"] = journal.backups
     journal.enter(cfg.journal_path, "stage")
     try:
-        staged = release.stage_release(cfg.npm, cfg.package, version, cfg.releases_dir, env=ctx.env)
+        staged = release.stage_for(cfg, version, env=ctx.env)  # as the gate user
     except release.StageError as exc:
         events("STAGE FAILED", version=version, reason=str(exc))
         if exc.step in DETERMINISTIC_STAGE_STEPS:  # the same build fails the same way every night
@@ -200,13 +199,17 @@ def fail_canary(ctx: RunContext, journal: Journal, result) -> int:
     write_freeze(cfg.freeze_file, reason, by=f"t3-autoupdate run {ctx.run_id}")
     release.quarantine_build(cfg.quarantine_dir, journal.version, reason=reason,
                              report_path=result.reports[-1] if result.reports else None, run_id=ctx.run_id)
+    journal.rolling_back = users
+    journal.save(cfg.journal_path)
     failed = roll_back_users(ctx, users, good_release=cfg.release_dir(good), failed_version=journal.version,
                              backups=journal.backups)
-    clear_journal(cfg.journal_path)
-    if failed:
+    if failed:  # keep the record of who was moved: status shows it, the next command retries
+        journal.rollback_failed, journal.rolling_back = failed, []  # the others are back
+        journal.save(cfg.journal_path)
         events("ROLLBACK FAILED", version=journal.version, users=",".join(failed), reason=reason)
         write_summary(ctx, result="rollback-failed", reason=reason, rolled_back=users, rollback_failed=failed)
         return 1
+    clear_journal(cfg.journal_path)
     report_streak(ctx, journal.version, "canary", result.failure)
     events("ROLLED BACK", version=journal.version, to=good, users=",".join(users), reason=reason)
     events("FROZEN", reason=reason, freeze_file=str(cfg.freeze_file))

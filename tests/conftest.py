@@ -29,3 +29,15 @@ def make_world(tmp_path):
     yield make
     for world in built:
         world.stop()
+
+
+WORLD_FIXTURES = {"world", "make_world"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test on a whole simulated world (servers, npm, the dispatch) is `slow`; those run
+    first, so parallel workers (./dev test) do not end on one long test started last."""
+    for item in items:
+        if WORLD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order kept

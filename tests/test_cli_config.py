@@ -30,6 +30,8 @@ def site(tmp_path, monkeypatch):
     write_config(config, state_dir=tmp_path / "state", user_map=user_map, freeze_file=tmp_path / "freeze",
                  backup_dest=tmp_path / "backups", home_root=tmp_path / "home", tmpdir=tmp_path / "scratch",
                  bin_link=tmp_path / "bin" / "t3", dispatch_map=tmp_path / "dispatch.json")
+    (tmp_path / "dispatch.json").write_text(json.dumps({"vbarzin": {"os_user": "wizard", "port": 3781},
+                                                        "emil.barzin": {"os_user": "emo", "port": 3782}}))
     monkeypatch.setenv("T3_CONFIG", str(config))
     return tmp_path
 

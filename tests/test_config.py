@@ -40,7 +40,8 @@ def errors_of(environ) -> list[str]:
 def test_defaults(world):
     cfg = load_config(env_for(world))
     assert (cfg.track, cfg.pin, cfg.dry_run, cfg.smoke_port) == ("nightly", None, False, 0)
-    assert cfg.tmpdir == Path("/var/tmp")
+    assert cfg.tmpdir == Path("/var/lib/t3-autoupdate/scratch")  # private, never shared /var/tmp
+    assert (cfg.gate_user, cfg.useradd) == ("t3-gate", "useradd")
     assert cfg.freeze_file == Path("/etc/t3-autoupdate.freeze")
     assert cfg.state_dir == Path("/var/lib/t3-autoupdate")
     assert cfg.releases_dir == Path("/var/lib/t3-autoupdate/releases")
@@ -351,3 +352,58 @@ def test_config_class_fields_match_the_key_table():
     fields = {f.name for f in dataclasses.fields(Config)}
     assert set(config_mod._KEYS) <= fields
     assert set(config_mod.ENV_NAMES) == {f"T3_{k.upper()}" for k in config_mod._KEYS}
+
+
+# --------------------------------------------------------------------------- security keys
+
+@pytest.mark.parametrize("value", ["t3-gate", "_gate", "64123", "1"])
+def test_gate_user_accepts_a_name_or_a_numeric_uid(world, value):
+    assert load_config(env_for(world, T3_GATE_USER=value)).gate_user == value
+
+
+@pytest.mark.parametrize("value", ["root", "0", "4294967295", "Gate", "a b", "-x", "../x", "12345678901"])
+def test_gate_user_refuses_root_and_bad_names(world, value):
+    [error] = errors_of(env_for(world, T3_GATE_USER=value))
+    assert error.startswith("T3_GATE_USER (environment): ")
+
+
+def test_tmpdir_follows_the_state_dir(world):
+    cfg = load_config(env_for(world, T3_STATE_DIR=str(world / "state")))
+    assert cfg.tmpdir == world / "state" / "scratch"
+
+
+def test_a_world_writable_or_foreign_tmpdir_is_a_config_error(world):
+    shared = world / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    [error] = errors_of(env_for(world, T3_TMPDIR=str(shared)))
+    assert error.startswith("T3_TMPDIR (environment): ") and "writable by others" in error
+    foreign = world / "foreign"
+    foreign.mkdir(mode=0o700)
+    import os
+    os.chown(foreign, 64123, 64123)
+    [error] = errors_of(env_for(world, T3_TMPDIR=str(foreign)))
+    assert "not owned by root" in error and "uid 64123" in error
+    link = world / "link"
+    link.symlink_to(world)
+    [error] = errors_of(env_for(world, T3_TMPDIR=str(link)))
+    assert "not a directory" in error
+    private = world / "private"
+    private.mkdir(mode=0o700)
+    assert load_config(env_for(world, T3_TMPDIR=str(private))).tmpdir == private
+
+
+@pytest.mark.parametrize("key", ["T3_USER_MAP", "T3_DISPATCH_MAP"])
+@pytest.mark.parametrize("mode,uid", [(0o666, 0), (0o620, 0), (0o644, 64123)])
+def test_maps_must_be_roots_and_not_writable_by_others(world, key, mode, uid):
+    import os
+    path = world / ("ttyd-user-map" if key == "T3_USER_MAP" else "dispatch.json")
+    if key == "T3_DISPATCH_MAP":
+        path.write_text("{}")
+    path.chmod(mode)
+    os.chown(path, uid, 0)
+    errors = errors_of(env_for(world, **{key: str(path)}))
+    assert any(e.startswith(f"{path}: writable by others than its owner, or not owned by root") for e in errors)
+    path.chmod(0o644)
+    os.chown(path, 0, 0)
+    load_config(env_for(world, **{key: str(path)}))

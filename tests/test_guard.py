@@ -66,3 +66,24 @@ def test_directory_relative_writes_are_judged_by_their_directory(pytester):
     result = _run_inner(pytester, body)
     assert result.parseoutcomes().get("errors", 0) == 1
     assert "/etc/probe" in result.stdout.str()
+
+
+def test_guard_holds_in_every_xdist_worker(pytester):
+    """./dev test runs the suite on pytest-xdist workers: each worker process must be guarded."""
+    pytester.makeconftest((__import__("pathlib").Path(__file__).parents[1] / "conftest.py").read_text())
+    tests_dir = pytester.mkdir("tests")
+    bodies = [ESCAPES["write_etc"], ESCAPES["mkdir_var"], ESCAPES["sqlite_home"], ESCAPES["real_systemctl"]]
+    (tests_dir / "test_inner.py").write_text("".join(textwrap.dedent(f"""
+        def test_escape_{i}():
+            import os
+            print("worker", os.environ.get("PYTEST_XDIST_WORKER"))
+            try:
+                {body}
+            except Exception:
+                pass
+    """) for i, body in enumerate(bodies)))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-rA")
+    assert result.parseoutcomes().get("errors", 0) == len(bodies), result.stdout.str()
+    out = result.stdout.str()
+    assert out.count("test guard: ") >= len(bodies)
+    assert "worker gw0" in out and "worker gw1" in out  # both workers ran escapes, and both refused them

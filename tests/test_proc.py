@@ -81,3 +81,22 @@ def test_terminate_kills_a_process_that_ignores_sigterm(tmp_path):
 def threading_event_wait(seconds):
     import threading
     threading.Event().wait(seconds)
+
+
+def test_child_env_keeps_only_locale_path_and_tz_then_the_callers_extras():
+    base = {"PATH": "/p", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "NPM_TOKEN": "secret",
+            "HOME": "/root", "SSH_AUTH_SOCK": "/run/agent", "npm_config_registry": "http://r"}
+    assert proc.child_env(base=base) == {"PATH": "/p", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC"}
+    assert proc.child_env({"HOME": "/h", "PATH": "/q"}, base=base) == \
+        {"PATH": "/q", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "HOME": "/h"}
+    assert proc.child_env(base={}) == {"PATH": proc.DEFAULT_PATH}
+
+
+def test_a_secret_in_the_runners_environment_reaches_no_child(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPM_TOKEN", "npm_secret")
+    show = [sys.executable, "-c", "import os; print(os.environ.get('NPM_TOKEN', 'absent'))"]
+    assert proc.run(show).stdout.strip() == "absent"
+    log_path = tmp_path / "spawned.log"
+    popen = proc.spawn(show, log_path=log_path)
+    assert popen.wait(30) == 0
+    assert log_path.read_text().strip() == "absent"

@@ -33,10 +33,10 @@ def test_npm_pack_install_and_version_argv():
     assert npm_pack_argv("npm", "t3", N28, Path("/r/.staging"), Path("/r/.staging/.npm-cache"),
                          fetch_timeout_ms=9000) == [
         "npm", "pack", f"t3@{N28}", "--pack-destination", "/r/.staging", "--json", "--prefer-online",
-        "--fetch-retries=0", "--fetch-timeout=9000", "--cache", "/r/.staging/.npm-cache"]
+        "--fetch-retries=0", "--fetch-timeout=9000", "--cache", "/r/.staging/.npm-cache", "--ignore-scripts"]
     assert npm_install_argv("npm", Path("/r/s"), Path("/r/s/t3-0.0.24.tgz"), Path("/r/s/.c")) == [
         "npm", "install", "--global", "--prefix", "/r/s", "--offline", "/r/s/t3-0.0.24.tgz",
-        "--no-audit", "--no-fund", "--cache", "/r/s/.c"]
+        "--no-audit", "--no-fund", "--cache", "/r/s/.c", "--ignore-scripts"]
     assert t3_version_argv(Path("/r/0.0.24/bin/t3")) == ["/r/0.0.24/bin/t3", "--version"]
 
 

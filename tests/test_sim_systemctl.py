@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.unit_security import SAMPLE_VALUES
 from runner.units import (
     UNIT_FILES,
     load_template,
@@ -70,11 +71,11 @@ def test_render_unit_refuses_values_systemd_would_reinterpret(bad):
 def test_serve_template_renders_to_the_production_command():
     text = render_unit(load_template("t3-serve@.service"),
                        {"ACTIVE_DIR": "/var/lib/t3-autoupdate/active", "HOME_ROOT": "/home",
-                        "SERVE_ENV_DIR": "/etc/t3-serve"})
+                        "SERVE_ENV_DIR": "/etc/t3-serve", "SERVE_HOST": "0.0.0.0"})
     service = text.split("[Service]", 1)[1].split("[Install]", 1)[0]
     settings = dict(line.split("=", 1) for line in service.splitlines() if line and not line.startswith("#"))
     assert settings["ExecStart"] == (
-        "/var/lib/t3-autoupdate/active/%i/bin/t3 serve --host ${T3_SERVE_HOST} --port ${T3_PORT}"
+        "/var/lib/t3-autoupdate/active/%i/bin/t3 serve --host 0.0.0.0 --port ${T3_PORT}"
         " --base-dir /home/%i/.t3"
     )
     assert settings["User"] == "%i"
@@ -86,7 +87,9 @@ def test_serve_template_renders_to_the_production_command():
 
 
 def test_render_all_gives_each_template_only_its_own_keys():
-    values = {"ACTIVE_DIR": "/a", "HOME_ROOT": "/h", "SERVE_ENV_DIR": "/e", "BIN": "/usr/local/bin/t3-autoupdate"}
+    values = {"ACTIVE_DIR": "/a", "HOME_ROOT": "/h", "SERVE_ENV_DIR": "/e", "SERVE_HOST": "0.0.0.0",
+              "BIN": "/usr/local/bin/t3-autoupdate",
+              "STATE_DIR": "/s", "BACKUP_DEST": "/b", "FREEZE_DIR": "/f", "BIN_LINK_DIR": "/l"}
     rendered = render_all(values)
     assert set(rendered) == set(UNIT_FILES)
     assert "ExecStart=/usr/local/bin/t3-autoupdate\n" in rendered["t3-autoupdate.service"]
@@ -123,7 +126,8 @@ def test_timer_fires_daily_at_four_and_has_no_persistent_line():
 
 def test_autoupdate_service_is_a_oneshot_running_the_console_script():
     settings = dict(_settings(load_template("t3-autoupdate.service"), "Service"))
-    assert settings == {"Type": "oneshot", "ExecStart": "@BIN@"}
+    assert (settings["Type"], settings["ExecStart"]) == ("oneshot", "@BIN@")
+    assert "User" not in settings and "Restart" not in settings  # root, once per timer tick
 
 
 # --------------------------------------------------------------------------- systemd syntax (pure)
@@ -200,15 +204,16 @@ def free_port() -> int:
 
 
 class World:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, *, host_users: bool = False):
         self.tmp = tmp
         self.active, self.home, self.env_dir, self.units = (tmp / n for n in ("active", "home", "env", "units"))
         for d in (self.active, self.home, self.env_dir, self.units):
             d.mkdir()
         self.root = tmp / "root"
-        self.values = {"ACTIVE_DIR": str(self.active), "HOME_ROOT": str(self.home), "SERVE_ENV_DIR": str(self.env_dir)}
+        self.values = {"ACTIVE_DIR": str(self.active), "HOME_ROOT": str(self.home), "SERVE_ENV_DIR": str(self.env_dir),
+                       "SERVE_HOST": "127.0.0.1"}
         (self.units / "t3-serve@.service").write_text(render_unit(load_template("t3-serve@.service"), self.values))
-        self.systemctl = install_systemctl(self.root, self.units)
+        self.systemctl = install_systemctl(self.root, self.units, host_users=host_users)
         self.ports: dict[str, int] = {}
 
     def add_user(self, user: str, extra_env: str = "") -> int:
@@ -501,10 +506,17 @@ def test_enable_and_disable_are_recorded(world):
     assert world.ctl("is-enabled", unit).returncode == 1
 
 
+def _tracker_unit(bin_path: str) -> str:
+    """t3-autoupdate.service running `bin_path`, its sandbox paths those of a default host."""
+    text = load_template("t3-autoupdate.service")
+    values = {**{k: v for k, v in SAMPLE_VALUES.items() if k in placeholders(text)}, "BIN": bin_path}
+    return render_unit(text, values)
+
+
 def test_timer_is_recorded_not_fired(world):
     (world.units / "t3-autoupdate.timer").write_text(load_template("t3-autoupdate.timer"))
     (world.units / "t3-autoupdate.service").write_text(
-        render_unit(load_template("t3-autoupdate.service"), {"BIN": "/bin/true"}))
+        _tracker_unit("/bin/true"))
     assert world.ctl("enable", "t3-autoupdate.timer").returncode == 0
     assert world.ctl("is-active", "t3-autoupdate.timer").stdout == "inactive\n"
     assert world.ctl("is-active", "t3-autoupdate.service").stdout == "inactive\n"
@@ -512,12 +524,12 @@ def test_timer_is_recorded_not_fired(world):
 
 def test_oneshot_start_waits_for_the_command_and_reports_failure(world):
     (world.units / "t3-autoupdate.service").write_text(
-        render_unit(load_template("t3-autoupdate.service"), {"BIN": "/bin/false"}))
+        _tracker_unit("/bin/false"))
     result = world.ctl("start", "t3-autoupdate.service")
     assert result.returncode == 1 and "Job for t3-autoupdate.service failed" in result.stderr
     assert world.ctl("is-failed", "t3-autoupdate.service").returncode == 0
     (world.units / "t3-autoupdate.service").write_text(
-        render_unit(load_template("t3-autoupdate.service"), {"BIN": "/bin/true"}))
+        _tracker_unit("/bin/true"))
     assert world.ctl("reset-failed", "t3-autoupdate.service").returncode == 0
     assert world.ctl("daemon-reload").returncode == 0
     assert world.ctl("start", "t3-autoupdate.service").returncode == 0
@@ -526,12 +538,40 @@ def test_oneshot_start_waits_for_the_command_and_reports_failure(world):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to User= needs root")
-def test_user_is_switched_to_when_root_and_the_user_exists(world):
+def test_user_is_switched_to_when_root_and_the_user_exists_with_host_users(tmp_path):
     try:
         nobody = pwd.getpwnam("nobody")
     except KeyError:
         pytest.skip("no 'nobody' user")
+    world = World(tmp_path, host_users=True)
     (world.units / "whoami.service").write_text(
         "[Service]\nType=oneshot\nUser=nobody\nWorkingDirectory=/\nExecStart=/usr/bin/id -u\n")
     assert world.ctl("start", "whoami.service").returncode == 0
     assert f"\n{nobody.pw_uid}\n" in "\n" + world.log("whoami.service")
+
+
+def test_without_host_users_a_real_account_named_like_a_world_user_is_never_used(tmp_path, monkeypatch):
+    """The machine has an account named wizard (the real host does): the stand-in must neither
+    look it up nor run wizard's unit as it, nor take its home, uid or shell."""
+    from tests.sim import systemctl as simctl
+
+    looked_up = []
+    real = pwd.getpwnam("root")
+    impostor = pwd.struct_passwd(("wizard", "x", 4242, 4242, "", "/home/wizard", "/bin/bash"))
+
+    def getpwnam(name):
+        looked_up.append(name)
+        return impostor if name == "wizard" else real
+
+    monkeypatch.setattr(simctl.pwd, "getpwnam", getpwnam)
+    world = World(tmp_path)
+    world.add_user("wizard")
+    manager = simctl.Manager(world.root, world.units)
+    unit = manager.load(serve_unit_name("wizard"))
+    spec = manager.exec_spec(unit, unit.exec_start[0])
+    assert looked_up == []
+    assert spec.user is None and spec.env["HOME"] != "/home/wizard" and spec.env["SHELL"] != "/bin/bash"
+    assert any("simulated user" in note for note in spec.notes)
+    with_host = simctl.Manager(world.root, world.units, host_users=True)  # asked for: the account is used
+    spec = with_host.exec_spec(unit, unit.exec_start[0])
+    assert looked_up == ["wizard"] and spec.env["HOME"] == "/home/wizard"

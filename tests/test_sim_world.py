@@ -64,3 +64,33 @@ def test_a_mixed_host_v2_users_and_one_v1_user_left_on_a_pre_v2_build(make_world
     with sqlite3.connect(world.live_database("wizard")) as conn:
         assert conn.execute("SELECT status FROM orchestration_v2_projection_runs WHERE thread_id = 'v2-thread-000000'"
                             " ORDER BY ordinal DESC LIMIT 1").fetchone() == ("running",)
+
+
+def _real_accounts(count: int) -> list[str]:
+    """Accounts of this machine (not root) with names the user map accepts."""
+    import pwd
+
+    from runner.usermap import OS_USER_RE
+
+    return sorted(e.pw_name for e in pwd.getpwall() if e.pw_uid != 0 and OS_USER_RE.fullmatch(e.pw_name))[:count]
+
+
+def test_a_world_whose_users_are_named_like_real_accounts_never_runs_as_them(make_world):
+    """On the real host the world's users (wizard, emo, ancamilea) are real accounts. Here the
+    same situation is made with this machine's own accounts (daemon, nobody, ...): the world
+    must come up and serve, every process running as the caller, never as those accounts."""
+    import pytest
+
+    from tests.sim.world import SimUser
+
+    names = _real_accounts(3)
+    if not names:
+        pytest.skip("this machine has no account but root")
+    users = tuple(SimUser(sso, name) for sso, name in zip(("vbarzin", "emil.barzin", "ancaelena98"), names))
+    world = make_world(users=users)
+    for user in world.users:
+        assert world.server_version(user.sso) == "0.0.24"
+        pid = world.systemctl_run("show", "-p", "MainPID", "--value", serve_unit_name(user.os_user)).stdout.strip()
+        status = open(f"/proc/{pid}/status").read()
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        assert int(uid) == os.geteuid(), f"{user.os_user}'s server runs as uid {uid}"

@@ -162,8 +162,11 @@ def _resolve(profile: str | Profile) -> Profile:
     return PROFILES[profile] if isinstance(profile, str) else profile
 
 
-def package_files(version: str, profile: str | Profile) -> dict[str, tuple[bytes, int]]:
-    """The package's files: path under package/ -> (content, mode)."""
+def package_files(version: str, profile: str | Profile, *, scripts: dict[str, str] | None = None,
+                  extra_files: dict[str, tuple[bytes, int]] | None = None) -> dict[str, tuple[bytes, int]]:
+    """The package's files: path under package/ -> (content, mode).
+
+    `scripts` (package.json lifecycle scripts) and `extra_files` make a hostile build."""
     profile = _resolve(profile)
     manifest = {
         "name": "t3",
@@ -173,8 +176,10 @@ def package_files(version: str, profile: str | Profile) -> dict[str, tuple[bytes
         "bin": {"t3": "bin/t3"},
         "files": ["bin", "lib", "profile.json"],
         "engines": {"node": ">=18"},
+        **({"scripts": dict(scripts)} if scripts else {}),
     }
     return {
+        **(extra_files or {}),
         "package.json": ((json.dumps(manifest, indent=2) + "\n").encode(), 0o644),
         "profile.json": ((json.dumps(profile.to_json(), indent=2) + "\n").encode(), 0o644),
         "bin/t3": ((PAYLOAD_DIR / "bin_t3").read_bytes(), 0o755),
@@ -182,7 +187,7 @@ def package_files(version: str, profile: str | Profile) -> dict[str, tuple[bytes
     }
 
 
-def build_tarball(version: str, profile: str | Profile, dest_dir: Path) -> Path:
+def build_tarball(version: str, profile: str | Profile, dest_dir: Path, **hostile) -> Path:
     """Write `dest_dir/t3-<version>.tgz`, a reproducible npm package tarball; return its path.
 
     Members sit under `package/` like `npm pack` output; same inputs give the same bytes.
@@ -191,7 +196,7 @@ def build_tarball(version: str, profile: str | Profile, dest_dir: Path) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for relpath, (content, mode) in sorted(package_files(version, profile).items()):
+        for relpath, (content, mode) in sorted(package_files(version, profile, **hostile).items()):
             info = tarfile.TarInfo(f"package/{relpath}")
             info.size, info.mode, info.mtime = len(content), mode, _NPM_EPOCH
             info.uid = info.gid = 0

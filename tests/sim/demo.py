@@ -23,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.runner_checks import events, probing_logins
+from tests.runner_checks import events, probing_logins, restart_windows
 from tests.sim import builds
 from tests.sim.world import PROJECT_ROOT, World
 
@@ -49,8 +49,13 @@ def run_scenario(world: World, title: str, version: str, out) -> int:
     print(f"exit code {done.exit_code} after {time.monotonic() - started:.1f}s", file=out)
     for line in events(done):
         print(f"  {line}", file=out)
+    windows = restart_windows(done)
     for sso, report in logins.items():
-        print(f"  logins for {sso}: {len(report.attempts)} attempts, {len(report.failures)} failed", file=out)
+        own = windows.get(world.user(sso).os_user, [])
+        outside = len(report.failures_outside(own))
+        print(f"  logins for {sso}: {len(report.attempts)} attempts, {len(report.failures)} failed "
+              f"({len(report.failures) - outside} inside that user's own restart, {outside} outside: "
+              "the dispatch does not retry)", file=out)
     if dispatch_failures:
         print(f"  dispatch failures: {dispatch_failures}", file=out)
     for user in world.users:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A `systemctl` stand-in that runs real processes from real unit files.
 
-    python3 systemctl.py --root ROOT [--unit-dir DIR] <systemctl arguments...>
+    python3 systemctl.py --root ROOT [--unit-dir DIR] [--host-users] <systemctl arguments...>
 
 or, with no environment needed, the wrapper ``install_systemctl(root, unit_dir)`` writes
 to ``ROOT/bin/systemctl``. Unit files come from ``--unit-dir`` (default
@@ -29,15 +29,19 @@ Faithful to systemd where the tracker can tell the difference:
   an inactive, not enabled unit is loaded afresh (systemd unloads those);
 * ActiveEnterTimestamp keeps the last activation after the unit stops, as systemd does;
   it is empty only for a unit never started.
-* User= switches to that user when running as root and the user exists; otherwise the
-  process runs as the caller and the unit log says so (simulated users have no passwd
-  entry). HOME is then WorkingDirectory=.
+* User= names a *simulated* user: the process runs as the caller and the unit log says so;
+  HOME is then WorkingDirectory=. The machine's passwd database is never consulted for it
+  (a real account that happens to share a world user's name, as on a host with users
+  wizard, emo and ancamilea, must never run the world's processes), unless the stand-in
+  was started with ``--host-users`` (``install_systemctl(..., host_users=True)``): then
+  User= switches to that account when running as root and the account exists.
 Deliberate differences: the child environment is systemd's (USER, LOGNAME, HOME, SHELL,
 INVOCATION_ID, the unit's Environment=/EnvironmentFile=) on top of a pass-through of the
 caller's PATH, LANG/LC_*, TMPDIR and PYTHON* (so the sandboxed test environment
 holds); TimeoutStopSec defaults to 10 s (systemd: 90 s); Type=notify/forking/exec are
 run as simple; processes that leave the main process's session escape KillMode; timers
-are only recorded (start/stop/enable), never fired.
+are only recorded (start/stop/enable), never fired; Memory*=/OOMPolicy= are parsed and
+reported by ``show`` (drop-ins applied, as ``cat`` shows them) but not enforced.
 """
 from __future__ import annotations
 
@@ -451,7 +455,18 @@ def _specifiers(value: str, table: dict[str, str], where: str) -> str:
     return re.sub(r"%(.)", sub, value)
 
 
-def build_unit(uname: UnitName, fragments: list[tuple[str, str]], need_reload: bool, root: Path) -> Unit:
+def host_account(name: str, host_users: bool):
+    """The machine's passwd entry for User=, or None: looked up only with --host-users."""
+    if not host_users:
+        return None
+    try:
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        return None
+
+
+def build_unit(uname: UnitName, fragments: list[tuple[str, str]], need_reload: bool, root: Path,
+               host_users: bool = False) -> Unit:
     """Interpret the unit's settings, specifiers applied; raise UnitSettingError if unusable."""
     unit = Unit(uname, fragments, need_reload)
     sections = parse_unit_text(fragments)
@@ -464,11 +479,9 @@ def build_unit(uname: UnitName, fragments: list[tuple[str, str]], need_reload: b
             unit.user = _specifiers(value, table, "User=") or None
     if unit.user:
         table["u"] = unit.user
-        try:
-            entry = pwd.getpwuid(int(unit.user)) if unit.user.isdigit() else pwd.getpwnam(unit.user)
+        entry = host_account(unit.user, host_users)
+        if entry is not None:
             table["h"], table["U"] = entry.pw_dir, str(entry.pw_uid)
-        except KeyError:
-            pass
     else:
         entry = pwd.getpwuid(os.getuid())
         table.update(u=entry.pw_name, U=str(entry.pw_uid), h=entry.pw_dir)
@@ -580,8 +593,9 @@ class ExecSpec:
 
 
 class Manager:
-    def __init__(self, root: Path, unit_dir: Path | None = None):
+    def __init__(self, root: Path, unit_dir: Path | None = None, *, host_users: bool = False):
         self.root = Path(root).resolve()
+        self.host_users = host_users
         self.unit_dir = Path(unit_dir).resolve() if unit_dir else self.root / "etc" / "systemd" / "system"
         self.state_dir = self.root / "run" / "simctl"
         self.loaded_dir = self.state_dir / "loaded"
@@ -675,7 +689,7 @@ class Manager:
         if not fragments:
             return None
         try:
-            return build_unit(u, fragments, need_reload, self.root)
+            return build_unit(u, fragments, need_reload, self.root, self.host_users)
         except UnitSettingError as e:
             return Unit(u, fragments, need_reload, bad_setting=str(e))
 
@@ -802,7 +816,7 @@ class Manager:
         try:
             supervisor = subprocess.Popen(
                 [sys.executable, str(HERE), "--root", str(self.root), "--unit-dir", str(self.unit_dir),
-                 "__supervise", name, invocation],
+                 *(["--host-users"] if self.host_users else []), "__supervise", name, invocation],
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True)
         finally:
             os.close(log_fd)
@@ -885,10 +899,7 @@ class Manager:
             elif not optional:
                 raise StartError(f"Changing to the requested working directory failed: {path}", "exit-code", 200)
         if unit.user and not cmd.privileged:
-            try:
-                entry = pwd.getpwuid(int(unit.user)) if unit.user.isdigit() else pwd.getpwnam(unit.user)
-            except KeyError:
-                entry = None
+            entry = host_account(unit.user, self.host_users)
             if entry is not None:
                 env.update(USER=entry.pw_name, LOGNAME=entry.pw_name, HOME=entry.pw_dir, SHELL=entry.pw_shell)
                 if os.geteuid() == 0:
@@ -896,7 +907,8 @@ class Manager:
                 elif entry.pw_uid != os.geteuid():
                     notes.append(f"User={unit.user}: not running as root, so running as uid {os.geteuid()} instead (simulation)")
             else:
-                notes.append(f"User={unit.user}: no such user in the passwd database, so running as uid {os.geteuid()} (simulation)")
+                notes.append(f"User={unit.user}: a simulated user (the machine's passwd is not consulted), "
+                             f"so running as uid {os.geteuid()} (simulation)")
                 env.update(USER=unit.user, LOGNAME=unit.user, HOME=cwd or env.get("HOME", "/"), SHELL="/bin/sh")
         env.update(unit.environment)
         for path, optional in unit.environment_files:
@@ -1098,13 +1110,14 @@ def _run_one(manager: Manager, unit: Unit, cmd: Command, update) -> str:
 
 # --------------------------------------------------------------------------- commands
 
+RESOURCE_PROPERTIES = ("MemoryHigh", "MemoryMax", "MemorySwapMax", "OOMPolicy")
 PROPERTIES = [
     "Type", "Restart", "RestartUSec", "NRestarts", "MainPID", "ExecMainStartTimestamp", "ExecMainExitTimestamp",
     "ExecMainPID", "ExecMainCode", "ExecMainStatus", "Result", "User", "WorkingDirectory", "Environment",
     "EnvironmentFiles", "ExecStart", "KillMode", "KillSignal", "TimeoutStopUSec", "Id", "Names", "Description",
     "LoadState", "ActiveState", "SubState", "FragmentPath", "DropInPaths", "UnitFileState", "NeedDaemonReload",
     "InvocationID", "StateChangeTimestamp", "InactiveExitTimestamp", "ActiveEnterTimestamp",
-    "ActiveExitTimestamp", "InactiveEnterTimestamp",
+    "ActiveExitTimestamp", "InactiveEnterTimestamp", *RESOURCE_PROPERTIES,
 ]
 
 
@@ -1142,7 +1155,51 @@ def properties(manager: Manager, name: str) -> dict[str, str]:
             ExecStart=" ".join("{ path=%s ; argv[]=%s }" % (c.path, " ".join(c.argv)) for c in unit.exec_start),
             KillMode=unit.kill_mode, KillSignal=str(unit.kill_signal), TimeoutStopUSec=format_timespan(unit.timeout_stop),
         )
+        props.update(resource_properties(unit))
     return props
+
+
+# ---- resource control as `show` reports it, and `cat`: both see the drop-ins applied
+
+RESOURCE_DEFAULTS = {"MemoryHigh": "infinity", "MemoryMax": "infinity", "MemorySwapMax": "infinity",
+                     "OOMPolicy": "stop"}
+_MEMORY = re.compile(r"^(\d+)([KMGT]?)$")
+
+
+def memory_bytes(value: str) -> str:
+    """A Memory*= setting as `systemctl show` prints it: bytes (1024-based suffixes) or infinity."""
+    if value == "infinity":
+        return value
+    m = _MEMORY.match(value)
+    if not m:
+        raise UnitSettingError(f"cannot parse memory limit {value!r}")
+    return str(int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
+def resource_properties(unit: Unit) -> dict[str, str]:
+    """The effective MemoryHigh/MemoryMax/MemorySwapMax/OOMPolicy of a service: the unit file,
+    then each drop-in in order (an empty assignment resets to the default)."""
+    settings = dict(RESOURCE_DEFAULTS)
+    for key, value in parse_unit_text(unit.fragments).get("Service", []):
+        if key in settings:
+            value = value or RESOURCE_DEFAULTS[key]
+            settings[key] = memory_bytes(value) if key.startswith("Memory") else value
+    return settings
+
+
+def cmd_cat(manager: Manager, names: list[str]) -> int:
+    """`systemctl cat`: the unit file and its drop-ins, each under a `# <path>` line."""
+    if not names:
+        raise SimError("Too few arguments.")
+    blocks = []
+    for raw in names:
+        name = parse_unit_name(raw).name
+        fragments = manager._disk_fragments(parse_unit_name(name))
+        if not fragments:
+            raise SimError(f"No files found for {name}.", EXIT_FAILURE)
+        blocks.extend(f"# {path}\n{text.rstrip()}\n" for path, text in fragments)
+    print("\n".join(blocks), end="")
+    return EXIT_OK
 
 
 @dataclass
@@ -1337,10 +1394,15 @@ def cmd_reset_failed(manager: Manager, names: list[str]) -> int:
 
 def run(argv: list[str]) -> int:
     root = unit_dir = None
+    host_users = False
     rest = []
     i = 0
     while i < len(argv):
         a = argv[i]
+        if a == "--host-users":
+            host_users = True
+            i += 1
+            continue
         if a in ("--root", "--unit-dir") and i + 1 < len(argv):
             root, unit_dir = (argv[i + 1], unit_dir) if a == "--root" else (root, argv[i + 1])
             i += 2
@@ -1355,7 +1417,7 @@ def run(argv: list[str]) -> int:
     if not root:
         print("simctl: --root is required", file=sys.stderr)
         return 2
-    manager = Manager(Path(root), Path(unit_dir) if unit_dir else None)
+    manager = Manager(Path(root), Path(unit_dir) if unit_dir else None, host_users=host_users)
     if rest[:1] == ["__supervise"]:
         return supervise(manager, rest[1], rest[2])
     try:
@@ -1381,6 +1443,8 @@ def run(argv: list[str]) -> int:
             return cmd_show(manager, opts, names)
         if verb == "status":
             return cmd_status(manager, opts, names)
+        if verb == "cat":
+            return cmd_cat(manager, names)
         if verb == "list-units":
             return cmd_list_units(manager, opts, names)
         if verb == "daemon-reload":
@@ -1413,14 +1477,17 @@ def main() -> None:
 
 # --------------------------------------------------------------------------- for tests and the demo
 
-def install_systemctl(root: Path, unit_dir: Path) -> Path:
-    """Write ``<root>/bin/systemctl``, a wrapper that needs no environment; return its path."""
+def install_systemctl(root: Path, unit_dir: Path, *, host_users: bool = False) -> Path:
+    """Write ``<root>/bin/systemctl``, a wrapper that needs no environment; return its path.
+
+    `host_users`: let User= name the machine's real accounts (see the module docstring)."""
     root, unit_dir = Path(root).resolve(), Path(unit_dir).resolve()
     bindir = root / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     unit_dir.mkdir(parents=True, exist_ok=True)
     wrapper = bindir / "systemctl"
-    command = " ".join(shlex.quote(str(x)) for x in (sys.executable, HERE, "--root", root, "--unit-dir", unit_dir))
+    command = " ".join(shlex.quote(str(x)) for x in (sys.executable, HERE, "--root", root, "--unit-dir", unit_dir,
+                                                      *(["--host-users"] if host_users else [])))
     wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper

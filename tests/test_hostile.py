@@ -1,0 +1,199 @@
+"""Hostile users and hostile builds against the real code paths (issue 8): each attack runs
+(as a real unprivileged uid where it is a user's) and must fail safely.
+
+Needs root (the tracker's own situation): dropping to the gate uid is the point."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from runner import backup, proc, stage
+from runner.config import ConfigError, load_config
+from runner.stage import StageError
+from tests.sim import builds
+from tests.sim.registry import NpmRegistry
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attacks need root to drop to other uids")
+
+GATE_UID = 64123  # no passwd entry needed (config gate_user accepts a numeric uid)
+V24 = builds.VERSIONS["good-0.0.24"]
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A registry, a state dir with private scratch, and a drop box anyone may write (so an
+    escaped script's marker would show, whatever uid it ran as)."""
+    reg = NpmRegistry(tmp_path / "reg").start()
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    drop.chmod(0o1777)
+    state = tmp_path / "state"
+    cfg = SimpleNamespace(npm="npm", package="t3", gate_user=str(GATE_UID), tmpdir=state / "scratch",
+                          releases_dir=state / "releases", state_dir=state)
+    env = {**os.environ, **reg.npm_env(tmp_path / "npm-cache")}
+    yield SimpleNamespace(reg=reg, drop=drop, cfg=cfg, env=env, root=tmp_path)
+    reg.stop()
+
+
+def _publish(host, **hostile) -> str:
+    return host.reg.publish(builds.build_tarball(V24, "good-0.0.24", host.root / "tgz", **hostile), tags=["nightly"])
+
+
+def _spy_runs(monkeypatch) -> list:
+    seen = []
+    real = proc.run
+
+    def spy(argv, **kw):
+        seen.append((tuple(argv), kw.get("as_user"), dict(kw.get("env") or {})))
+        return real(argv, **kw)
+    monkeypatch.setattr(proc, "run", spy)
+    return seen
+
+
+def _owned_by_root_and_not_writable_by_others(top: Path) -> list[str]:
+    bad = []
+    for dirpath, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            st = os.lstat(os.path.join(dirpath, name))
+            if st.st_uid != 0 or (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022):
+                bad.append(f"{name}: uid {st.st_uid} mode {stat.S_IMODE(st.st_mode):o}")
+    return bad
+
+
+def stage_for(*args, **kw):  # imported late: each test fails on its own where the feature is missing
+    from runner.stage import stage_for as real
+
+    return real(*args, **kw)
+
+
+def test_a_postinstall_script_never_runs_and_the_candidate_runs_as_the_gate_user(host, monkeypatch):
+    marker = host.drop / "postinstall-ran"
+    _publish(host, scripts={name: f"id -u > {marker}-{name}" for name in
+                            ("preinstall", "install", "postinstall", "prepare", "prepack")})
+    seen = _spy_runs(monkeypatch)
+    release = stage_for(host.cfg, V24, env=host.env)
+    assert sorted(p.name for p in host.drop.iterdir()) == []  # no lifecycle script ran, as anyone
+    npm_and_t3 = [(argv[1] if argv[0] == "npm" else "t3 --version", user) for argv, user, _ in seen]
+    assert npm_and_t3 and all(user is not None and user.uid == GATE_UID for _, user in npm_and_t3), npm_and_t3
+    assert [what for what, _ in npm_and_t3] == ["pack", "install", "t3 --version", "t3 --version"]
+    assert all("--ignore-scripts" in argv for argv, _, _ in seen if argv[0] == "npm")
+    st = os.lstat(release.prefix)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755)
+    assert _owned_by_root_and_not_writable_by_others(release.prefix) == []
+    assert list(Path(host.cfg.tmpdir).iterdir()) == []  # the private scratch is gone
+
+
+def test_a_secret_in_roots_environment_never_reaches_npm_or_the_candidate(host, monkeypatch):
+    monkeypatch.setenv("NPM_TOKEN", "npm_root_secret")
+    _publish(host)
+    seen = _spy_runs(monkeypatch)
+    stage_for(host.cfg, V24, env={**host.env, "NPM_TOKEN": "npm_root_secret", "AWS_SECRET_ACCESS_KEY": "k"})
+    assert len(seen) == 4
+    for argv, _user, env in seen:
+        assert "npm_root_secret" not in json.dumps(env) and "AWS_SECRET_ACCESS_KEY" not in env, argv
+        assert env["HOME"].startswith(str(host.cfg.tmpdir)), env
+    assert seen[0][2]["npm_config_registry"] == host.reg.url  # the registry alone is passed through
+
+
+def test_the_gate_user_cannot_list_or_reach_roots_scratch(host):
+    from runner.scratch import private_scratch
+
+    with private_scratch(host.cfg, "stage", proc.UserIds(GATE_UID, GATE_UID)) as (root_dir, gate_dir):
+        (root_dir / "seed.sqlite").write_bytes(b"root's copy")
+        os.chmod(root_dir / "seed.sqlite", 0o600)
+        as_gate = dict(as_user=proc.UserIds(GATE_UID, GATE_UID), cwd="/", ok_codes=range(256))
+        assert proc.run(["ls", str(root_dir)], **as_gate).exit_code != 0       # not listable
+        assert proc.run(["cat", str(root_dir / "seed.sqlite")], **as_gate).exit_code != 0
+        assert proc.run(["touch", str(root_dir / "planted")], **as_gate).exit_code != 0
+        assert proc.run(["touch", str(gate_dir / "mine")], **as_gate).exit_code == 0
+        other = proc.UserIds(GATE_UID + 1, GATE_UID + 1)  # any other local user: nothing at all
+        assert proc.run(["ls", str(gate_dir)], as_user=other, cwd="/", ok_codes=range(256)).exit_code != 0
+        assert stat.S_IMODE(os.lstat(host.cfg.tmpdir).st_mode) == 0o710
+    assert not root_dir.exists()
+
+
+def _with_duplicate_package_json(tarball: Path, smuggled: dict) -> bytes:
+    """The published tarball plus a second package/package.json (extraction keeps the last)."""
+    import gzip
+
+    raw = io.BytesIO(gzip.decompress(tarball.read_bytes()))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=raw) as src, tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+        for member in src:
+            dst.addfile(member, src.extractfile(member))
+        data = (json.dumps(smuggled) + "\n").encode()
+        info = tarfile.TarInfo("package/package.json")
+        info.size, info.mode = len(data), 0o644
+        dst.addfile(info, io.BytesIO(data))
+    return gzip.compress(out.getvalue())
+
+
+def test_a_duplicate_tarball_entry_is_refused_before_install(host):
+    marker = host.drop / "smuggled"
+    clean = builds.build_tarball(V24, "good-0.0.24", host.root / "tgz")
+    smuggled = {**json.loads(builds.package_files(V24, "good-0.0.24")["package.json"][0]),
+                "scripts": {"postinstall": f"id -u > {marker}"}}
+    host.reg.publish_bytes(_with_duplicate_package_json(clean, smuggled), tags=["nightly"])
+    with pytest.raises(StageError) as info:
+        stage.stage_release("npm", "t3", V24, host.cfg.releases_dir, env=host.env)  # even as root
+    assert info.value.step == "tarball" and "duplicate entry 'package/package.json'" in info.value.detail
+    assert not marker.exists() and not (host.cfg.releases_dir / V24).exists()
+
+
+def test_a_sparse_huge_backup_is_refused_by_size_without_hashing(tmp_path, monkeypatch):
+    from tests.sim import dbgen
+
+    ud = tmp_path / "home" / "alice" / ".t3" / "userdata"
+    ud.mkdir(parents=True)
+    dbgen.make_database(ud / "state.sqlite", 30, threads=1)
+    [record] = backup.backup_user_databases("alice", ud, tmp_path / "backups", V24, sqlite3="/usr/bin/sqlite3")
+    os.truncate(record.path, 4 * 2**40)  # 4 TiB, sparse: hashing it would take hours
+    hashed = []
+    monkeypatch.setattr(backup, "sha256_fd", lambda fd: hashed.append(fd) or "x")
+    with pytest.raises(backup.BackupError, match="does not match its record"):
+        backup.restore_user_database(record, ud, tmp_path / "backups", failed_version="0.0.25",
+                                     sqlite3="/usr/bin/sqlite3")
+    assert hashed == []
+
+
+@pytest.mark.parametrize("key", ["T3_USER_MAP", "T3_DISPATCH_MAP"])
+def test_a_map_a_user_can_write_is_a_config_error(tmp_path, key):
+    path = tmp_path / "map"
+    path.write_text("{}" if key == "T3_DISPATCH_MAP" else "vbarzin = wizard\n")
+    attacker = proc.UserIds(GATE_UID + 7, GATE_UID + 7)
+    os.chown(path, attacker.uid, attacker.gid)  # the attacker's own file, e.g. after a bad install
+    proc.run(["chmod", "0644", str(path)], as_user=attacker, cwd="/")
+    with pytest.raises(ConfigError) as info:
+        load_config({key: str(path)})
+    assert any(str(path) in e and "not owned by root" in e for e in info.value.errors)
+
+
+def test_state_dirs_get_their_modes_and_a_run_writes_private_files(tmp_path, monkeypatch):
+    from runner import cli
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)  # as an older install left it: world-readable run ids and logs
+    (state / "runs").mkdir(mode=0o755)
+    user_map = tmp_path / "map"
+    user_map.write_text("vbarzin = wizard\n")
+    monkeypatch.delenv("T3_CONFIG", raising=False)
+    for key, value in {"T3_STATE_DIR": str(state),
+                       "T3_USER_MAP": str(user_map), "T3_FREEZE_FILE": str(tmp_path / "freeze")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("runner.config.DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    before = os.umask(0o022)
+    os.umask(before)
+    assert cli.main(["freeze", "--reason", "hostile test"]) == 0
+    modes = {p: stat.S_IMODE(os.lstat(state / p).st_mode) for p in (".", "runs", "active", "releases", "scratch")}
+    assert modes == {".": 0o711, "runs": 0o700, "active": 0o711, "releases": 0o755, "scratch": 0o710}
+    assert stat.S_IMODE(os.lstat(tmp_path / "freeze").st_mode) == 0o600  # written under umask 0077
+    assert os.umask(before) == before  # main() put the caller's umask back
+    other = proc.UserIds(GATE_UID + 3, GATE_UID + 3)
+    assert proc.run(["ls", str(state)], as_user=other, cwd="/", ok_codes=range(256)).exit_code != 0
