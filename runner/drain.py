@@ -62,7 +62,7 @@ def drain_deferred(ctx: RunContext) -> int:
                 continue
             records = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, good,
                                                    sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
-                                                   keep=cfg.keep_backups)
+                                                   keep=cfg.keep_backups, serving=current)
             failure = None
             try:
                 move_and_restart(ctx, os_user, cfg.release_dir(good), ports[os_user])

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import activate, backup, metrics, release, resolve
+from . import activate, backup, goodbuilds, metrics, release, resolve
 from .context import RunContext
 from .journal import Journal, clear_journal
 from .phases.health import check_health
 from .recover import locked_and_recovered
 from .rollout import roll_back_users, roll_out
-from .state import atomic_json, atomic_write, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
+from .state import atomic_json, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
 
 
 # Staging steps whose failure is a property of the build itself (its --version, its tarball's
@@ -56,22 +56,18 @@ def choose_target(ctx: RunContext, installed: str | None):
     return target, decision
 
 
-def release_in_use(ctx: RunContext, version: str) -> bool:
-    """Whether some user's link still runs this release (a deferred user, a pin back to it)."""
-    try:
-        return version in {activate.release_of_link(ctx.cfg.active_link(u)) for u in ctx.cfg.os_users}
-    except activate.ActivationError:
-        return True  # cannot tell: keep it (a leftover directory harms nobody)
-
-
 def back_up_everyone(ctx: RunContext, version: str) -> dict[str, list]:
     cfg = ctx.cfg
     records = {}
     for os_user in cfg.os_users:
         userdata = cfg.userdata_dir(os_user)
+        try:  # recorded in the manifests: a rollback to that build restores the set taken when leaving it
+            serving = activate.release_of_link(cfg.active_link(os_user))
+        except activate.ActivationError:
+            serving = None
         records[os_user] = backup.backup_user_databases(
             os_user, userdata, cfg.backup_dest, version, sqlite3=cfg.sqlite3,
-            timeout=cfg.backup_timeout, keep=cfg.keep_backups)
+            timeout=cfg.backup_timeout, keep=cfg.keep_backups, serving=serving)
         for record in records[os_user]:
             ctx.events("BACKED UP", user=os_user, database=record.db_name, path=str(record.path), bytes=record.bytes)
     return records
@@ -139,8 +135,7 @@ def bump(ctx: RunContext, journal: Journal) -> int:
     if gate_failure:
         release.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
                                  report_path=str(report) if report else None, run_id=ctx.run_id)
-        if not release_in_use(ctx, version):
-            release.remove_release(cfg.releases_dir, version)
+        goodbuilds.remove_if_removable(cfg, version)  # never last-good's, the previous good's, or a user's
         clear_journal(cfg.journal_path)
         events("HEALTH-CHECK FAILED", version=version, reason=gate_failure, report=str(report) if report else None)
         report_streak(ctx, version, "health", gate_failure)
@@ -197,7 +192,7 @@ def commit(ctx: RunContext, journal: Journal) -> None:
     cfg = ctx.cfg
     metrics.clear_rejections(cfg.state_dir)
     release_dir = Path(journal.release)
-    atomic_write(cfg.last_good_path, journal.version + "\n")
+    goodbuilds.record_last_good(cfg, journal.version)
     activate.point_bin_link(cfg.bin_link, release_dir)
     write_summary(ctx, result="updated", per_user={u: "updated" for u in journal.passed} | {
         u: f"deferred: {r}" for u, r in ctx.outcome.get("deferred", {}).items()})

@@ -1,4 +1,4 @@
-"""The demo: three real tracker runs on the built-in simulated world.
+"""The demo: four real tracker runs on the built-in simulated world.
 
     ./dev demo [--out DIR]
 
@@ -10,7 +10,10 @@ npm registry, the systemctl and dispatch stand-ins) and runs the real
 2. a bad nightly whose migration silently drops messages: stopped by the health
    gate, quarantined, nobody touched;
 3. a nightly whose migration fails only on data one user has: passes the health
-   gate, fails that user's canary; both moved users restored, tracker frozen.
+   gate, fails that user's canary; both moved users restored, tracker frozen;
+4. the operator unfreezes, and the first orchestration V2 nightly (0.0.46) arrives: every
+   user's `state.sqlite` is imported into `statev2.sqlite`, which is their live database
+   from then on (the tracker backs up, gates and judges that file; `state.sqlite` stays, frozen).
 """
 from __future__ import annotations
 
@@ -28,11 +31,16 @@ SCENARIOS = [
     ("good nightly bump", builds.GOOD_VERSIONS["good-0.0.25"]),
     ("bad build: migration drops messages", builds.BAD_VERSIONS["migration-drops-rows"]),
     ("bad build: migration fails on archived threads (emo has some)", builds.BAD_VERSIONS["migration-fails-archived"]),
+    ("unfreeze, then the first orchestration V2 build: state.sqlite -> statev2.sqlite",
+     builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]),
 ]
+UNFREEZE_BEFORE = {builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]}
 
 
 def run_scenario(world: World, title: str, version: str, out) -> int:
     print(f"\n=== {title}: nightly -> {version}", file=out)
+    if version in UNFREEZE_BEFORE:
+        print(f"  t3-autoupdate unfreeze: exit {world.run_tracker('unfreeze').exit_code}", file=out)
     world.registry.set_tag("nightly", version)
     started = time.monotonic()
     with probing_logins(world) as logins:
@@ -50,6 +58,9 @@ def run_scenario(world: World, title: str, version: str, out) -> int:
               "the dispatch does not retry)", file=out)
     if dispatch_failures:
         print(f"  dispatch failures: {dispatch_failures}", file=out)
+    for user in world.users:
+        live = world.live_database(user.os_user)
+        print(f"  {user.os_user}: live database {live.name if live else 'none'}", file=out)
     return done.exit_code
 
 
@@ -77,7 +88,7 @@ def main(argv=None) -> int:
             print(f"  {report}", file=out)
     finally:
         world.stop()
-    expected = [0, 1, 1]
+    expected = [0, 1, 1, 0]
     verdict = "as expected" if codes == expected else f"UNEXPECTED (wanted {expected})"
     print(f"\nexit codes {codes}: {verdict}. The world is kept in {root}.", file=out)
     return 0 if codes == expected else 1
