@@ -24,7 +24,12 @@ from pathlib import Path
 
 log = logging.getLogger("t3-autoupdate")
 _BARE = re.compile(r"^[A-Za-z0-9_.:/@+=-]+$")
-REASON_CAP = 200
+REASON_CAP = 240
+# A gate's reason lists failed checks as `test_name[param]: message; test_other: ...`.
+_NEXT_CHECK = re.compile(r"; (?=test\w*(?:\[[^\]]*\])?: )")
+# pytest's `failed on setup with "gates.t3client.GateFailure: ...`: the class path is noise.
+_EXCEPTION_PATH = re.compile(r'"?\b(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*(?:Error|Failure|Exception): ')
+_ERROR_WORDS = re.compile(r"error|fail|fatal|exception|panic|refused|denied|killed", re.I)
 # Where a long text may be cut, best first: between failed checks, then inside one.
 _CLAUSE_ENDS = ("; ", ". ", ": ", ", ", " (", " - ", " ")
 
@@ -45,23 +50,51 @@ def format_event(event: str, **fields) -> str:
     return " ".join(parts)
 
 
-def first_clause(text: str, cap: int = REASON_CAP) -> str:
-    """The text's first line (its first failed check if it lists several), cut at the last
-    clause boundary within `cap` characters; ` ...` marks that something was left out."""
-    whole = text.strip()
-    line = whole.splitlines()[0].strip() if whole else ""
-    if len(line) > cap and "; " in line:
-        line = line.split("; ", 1)[0]
-    if line == whole and len(line) <= cap:
-        return line
-    if len(line) <= cap - 4:
-        return line + " ..."
-    window = line[:cap - 4]
-    for mark in _CLAUSE_ENDS:
-        cut = window.rfind(mark)
-        if cut >= cap // 3:
-            return window[:cut].rstrip(" ;,:(-.") + " ..."
+def _cut(text: str, cap: int) -> str:
+    """`text` within `cap` characters, cut at the last clause boundary; ` ...` marks a cut."""
+    if len(text) <= cap:
+        return text
+    window = text[:cap - 4]
+    for least in (cap * 2 // 3, cap // 3):  # a strong boundary near the cap, else any boundary
+        for mark in _CLAUSE_ENDS:
+            cut = window.rfind(mark)
+            if cut >= least:
+                return window[:cut].rstrip(" ;,:(-.") + " ..."
     return window + " ..."
+
+
+def _excerpt_verdict(rest: str, more_lines: list[str]) -> str | None:
+    """A log excerpt's verdict: its last line naming an error (a process logs why it gives up
+    last). The excerpt follows `log: ` with lines joined by ` | ` (the gates' form), or is
+    the text's further lines."""
+    entries = rest[len("log: "):].split(" | ") if rest.startswith("log: ") else more_lines
+    for entry in reversed(entries):
+        entry = entry.strip().strip('"').strip()
+        if _ERROR_WORDS.search(entry):
+            return entry
+    return None
+
+
+def first_clause(text: str, cap: int = REASON_CAP) -> str:
+    """The first failed check of `text` in one clause, plus its log excerpt's verdict if it
+    has one, within `cap` characters; ` ...` marks that something was left out."""
+    whole = text.strip()
+    lines = whole.splitlines() or [""]
+    line = lines[0].strip()
+    problem = _NEXT_CHECK.split(line, 1)[0] if len(line) > cap else line
+    if problem == whole and len(problem) <= cap:
+        return problem
+    clause, _, rest = problem.partition("; ")
+    if not rest.startswith("log: "):
+        clause = problem
+    clause = _EXCEPTION_PATH.sub("", clause)
+    verdict = _excerpt_verdict(rest, lines[1:])
+    if not verdict or verdict in clause:
+        short = _cut(clause, cap)
+        return short if short.endswith(" ...") else short + " ..."
+    clause = _cut(clause, max(cap * 2 // 3, cap - 5 - len(verdict)))
+    clause = clause[:-4] if clause.endswith(" ...") else clause
+    return clause + " ... " + _cut(verdict, cap - 5 - len(clause))
 
 
 def needs_details(value) -> bool:

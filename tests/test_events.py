@@ -54,11 +54,28 @@ def test_a_log_excerpt_is_cut_to_its_first_line(tmp_path):
     log = run_log(tmp_path)
     first = log("CANARY FAILED", user="alice", version="0.0.25", reason=LOG_EXCERPT)
     second = log("CANARY FAILED", user="bob", version="0.0.25", reason=LOG_EXCERPT)
-    assert fields_of(first)["reason"] == "t3-serve@alice exited with code 1; last log lines: ..."
-    assert "fiber" not in first and len(first) < 2 * REASON_CAP
+    assert fields_of(first)["reason"] == ("t3-serve@alice exited with code 1; last log lines: ... "
+                                          "Nov 30 04:00:39 t3[4242]: fiber 39 failed: Error: boom at x.js:39")
+    assert "fiber 38" not in first
     assert fields_of(first)["details"].endswith("/canary-failed-1.txt")
     assert fields_of(second)["details"].endswith("/canary-failed-2.txt")  # never overwrites
     assert "fiber 39 failed" in (tmp_path / "run" / "canary-failed-1.txt").read_text()
+
+
+def test_a_gate_log_excerpt_keeps_its_verdict(tmp_path):
+    """The gates append a server's last log lines as `; log: a | b | c`: the line keeps the
+    check, what happened, and the excerpt's last error (the cause), not the excerpt."""
+    tail = " | ".join([f"2026-11-30T04:00:0{i}Z INFO starting fiber {i}" for i in range(6)]
+                      + ['Error: MigrationError: Migration "33_ThreadPinned" failed: NOT NULL constraint failed'])
+    reason = (f'test_server_becomes_ready_bound_like_production[populated-copy]: failed on setup with '
+              f'"gates.t3client.GateFailure: t3 serve exited with code 1 before becoming ready; log: {tail}"; '
+              f'test_server_becomes_ready_bound_like_production[empty]: failed on setup with "other"')
+    short = fields_of(run_log(tmp_path)("HEALTH-CHECK FAILED", version="0.0.25", reason=reason))["reason"]
+    assert len(short) <= REASON_CAP
+    assert short == ("test_server_becomes_ready_bound_like_production[populated-copy]: failed on setup with "
+                     "t3 serve exited with code 1 before becoming ready ... Error: MigrationError: "
+                     'Migration "33_ThreadPinned" failed: NOT NULL constraint failed'), short
+    assert 'Migration "33_ThreadPinned" failed' in short and "fiber" not in short and "[empty]" not in short
 
 
 def test_two_logs_sharing_a_directory_never_overwrite_each_other(tmp_path):
@@ -89,8 +106,8 @@ def test_an_unwritable_directory_keeps_the_text_inline(tmp_path):
 ])
 def test_first_clause_is_within_the_cap_and_marks_the_cut(text):
     short = first_clause(text)
-    assert 0 < len(short) <= REASON_CAP and short.endswith(" ...")
-    assert short[:-4].rstrip() in text.splitlines()[0]
+    assert 0 < len(short) <= REASON_CAP and " ..." in short
+    assert short.split(" ...")[0] in text.splitlines()[0]
 
 
 def test_first_clause_keeps_a_short_single_line_whole():
