@@ -101,10 +101,11 @@ def _duration(seconds) -> str:
 def format_history(runs: list[dict]) -> str:
     if not runs:
         return "no runs yet"
+    versions = [f"{run['from'] or '?'} -> {run['to'] or '?'}" for run in runs]
+    wide, result_wide = max(map(len, versions)), max(len(run["result"]) for run in runs)
     out = []
-    for run in runs:
-        versions = f"{run['from'] or '?'} -> {run['to'] or '?'}"
+    for run, moved in zip(runs, versions):
         users = f"moved {run['moved']}, deferred {run['deferred']}, rolled back {run['rolled_back']}"
-        out.append(f"{run['started_at']}  {versions:<40}  {run['result']:<20}  {_duration(run['duration_s']):>7}"
-                   f"  {users}  {run['report']}")
+        out.append(f"{run['started_at']}  {moved:<{wide}}  {run['result']:<{result_wide}}  "
+                   f"{_duration(run['duration_s']):>6}  {users}  {run['report']}")
     return "\n".join(out)

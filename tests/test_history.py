@@ -37,8 +37,9 @@ def test_one_line_per_run_newest_first(tmp_path):
     assert rows[0]["report"] == "/s/runs/x/junit-canary-emo.xml" and rows[0]["rolled_back"] == 1
     assert (rows[1]["duration_s"], rows[1]["moved"], rows[1]["deferred"]) == (72, 2, 1)
     lines = format_history(rows).splitlines()
-    assert lines[1] == (f"2026-11-28T04:00:00Z  {'0.0.24 -> 0.0.25':<40}  {'updated':<20}  {'1m12s':>7}  "
+    assert lines[1] == ("2026-11-28T04:00:00Z  0.0.24 -> 0.0.25  updated       1m12s  "
                         f"moved 2, deferred 1, rolled back 0  {runs / '20261128T040000Z-11'}")
+    assert lines[0].startswith("2026-11-29T04:00:00Z  0.0.25 -> 0.0.26  rolled-back     40s  ")  # columns line up
     assert "rolled-back" in lines[0] and "40s" in lines[0] and "rolled back 1" in lines[0]
 
 
@@ -49,7 +50,7 @@ def test_a_run_without_a_summary_is_listed_with_its_versions(tmp_path):
     [row] = read_history(runs)
     assert (row["from"], row["to"], row["duration_s"]) == ("0.0.24", "0.0.25", None)
     assert row["result"].startswith("no summary (killed, crashed or still running")
-    assert "0.0.24 -> 0.0.25" in format_history([row]) and "      ?" in format_history([row])
+    assert "0.0.24 -> 0.0.25" in format_history([row]) and "      ?  moved 0" in format_history([row])
 
 
 def test_corrupt_partial_and_odd_summaries_are_clear_lines(tmp_path):
