@@ -7,7 +7,7 @@ run directory, and counts them in a Prometheus textfile (metrics.prom).
 
 A line stays readable: a field value longer than `REASON_CAP` characters or spanning
 several lines (a gate's every failed check, a unit's log excerpt) is cut to its first
-clause, and the whole event, every field in full, is written to
+failed check, plus the last error line of its log excerpt (the cause), and the whole event, every field in full, is written to
 `<details dir>/<event-slug>-<n>.txt`, named in the line as `details=<path>`. The details
 dir is the run's directory once the run has one, else the state dir's runs/.
 Every line also goes to the notifier, if one is attached (runner/notify.py): the one
