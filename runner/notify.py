@@ -134,6 +134,8 @@ class Notifier:
         self.context: dict[str, str] = {}
         self.failure_seen = False
         self.sends: list[Send] = []
+        if self.urls:
+            _apprise()  # import now (seconds on a busy host), not inside a send's deadline
 
     def event(self, event: str, fields: dict, *, run_dir: Path | None) -> None:
         if event == "UPDATE START":
