@@ -14,7 +14,6 @@ Exit codes of `mint_main`: 0 ok, 2 unknown or invalid user, 1 the mint failed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TextIO
