@@ -133,6 +133,16 @@ def cmd_drain(cfg: Config, args, events: EventLog) -> int:
     return drain_deferred(RunContext.build(cfg, events=events))
 
 
+def cmd_recover(cfg: Config, args, events: EventLog) -> int:
+    from .context import RunContext
+    from .recover import locked_and_recovered
+
+    # What the tracker unit's ExecStopPost runs: a run killed mid-move is undone within
+    # moments, not at the next night's run (a user would stay stopped until then).
+    with locked_and_recovered(RunContext.build(cfg, events=events)):
+        return OK
+
+
 def cmd_rollback(cfg: Config, args, events: EventLog) -> int:
     from .context import RunContext
     from .manual import manual_rollback
@@ -210,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", metavar="VERSION")
     p.set_defaults(func=cmd_quarantine)
     sub.add_parser("drain-deferred", help="restart deferred users who are idle now").set_defaults(func=cmd_drain)
+    sub.add_parser("recover", help="finish or undo a killed run now (the tracker unit's ExecStopPost)").set_defaults(
+        func=cmd_recover)
     p = sub.add_parser("adopt", help="first install: stage VERSION, link every user to it, record last-good")
     p.add_argument("version")
     p.set_defaults(func=cmd_adopt)
@@ -303,7 +315,7 @@ def main(argv=None) -> int:
 COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback", "backup"}
 # Commands that reach instances by the dispatch map's ports. Not freeze/unfreeze (holding the
 # tracker must work whatever state the map is in), not mint (every login; it needs no port).
-DISPATCH_MAP_COMMANDS = {"run", "status", "verify", "rollback", "drain-deferred", "install-units"}
+DISPATCH_MAP_COMMANDS = {"run", "status", "verify", "rollback", "drain-deferred", "install-units", "recover"}
 
 
 def wire_outcomes(cfg: Config, command: str, events: EventLog):

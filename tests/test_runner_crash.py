@@ -347,6 +347,33 @@ def test_killed_mid_move_link_switched_server_not_restarted(world):
     assert_consistent(world, before, on=V28)
 
 
+def test_killed_mid_move_the_units_stop_post_recovery_brings_the_user_back_at_once(world):
+    """The tracker unit's ExecStopPost (`t3-autoupdate recover`) runs as soon as the killed
+    run is gone: emo, stopped for the move, serves again within moments (on last-good, with
+    the pre-bump databases), instead of staying down until the next night's run."""
+    from runner.units import load_template
+
+    assert "\nExecStopPost=@BIN@ recover\n" in load_template("t3-autoupdate.service")
+    before = fingerprints(world)
+    world.registry.set_tag("nightly", V28)
+    stop = StopAt(world, "systemctl", str(world.systemctl), ["start", serve_unit_name("emo")])
+    tracker = Tracker(world, "killed", T3_SYSTEMCTL=str(stop.path))
+    stop.wait_stopped(tracker)
+    journal = read_journal(world)
+    assert world.systemctl_run("is-active", serve_unit_name("emo"), ok_codes=range(256)).exit_code != 0
+    tracker.kill()
+    assert_no_leftovers(world, tracker)
+
+    done = world.run_tracker("recover", timeout=RUN_TIMEOUT)
+    assert done.exit_code == 0, done.stderr
+    assert recovered_line(done.stderr) == (
+        f"RECOVERED run={journal['run_id']} phase=canary action=\"rolled back {','.join(journal['moving'])}\"")
+    assert world.systemctl_run("is-active", serve_unit_name("emo"), ok_codes=range(256)).exit_code == 0
+    assert_consistent(world, before, on=V24)
+    again = world.run_tracker("recover", timeout=RUN_TIMEOUT)  # after a normal end: nothing to do
+    assert again.exit_code == 0 and "RECOVERED" not in again.stderr, again.stderr
+
+
 def test_killed_while_committing_is_finished_by_the_rerun(world):
     """The commit window is a few milliseconds, so the runner is made to block in it: its
     first write there, `last-good` (temp `.last-good.tmp-<pid>`), meets a FIFO, and an
