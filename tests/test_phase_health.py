@@ -28,7 +28,7 @@ RECORDS = {
 
 
 def test_every_user_with_a_live_database_is_a_seed_of_their_own():
-    seeds = health_seeds(RECORDS)
+    seeds = {user: [r.path for r in records] for user, records in health_seeds(RECORDS).items()}
     assert seeds == {
         "wizard": [Path("/b/wizard/state-prebump-1.0.0-20260101T000000Z.sqlite")],
         # the live statev2.sqlite first, then the state.sqlite frozen beside it
@@ -39,7 +39,7 @@ def test_every_user_with_a_live_database_is_a_seed_of_their_own():
 
 
 def test_the_gate_reads_the_option_the_runner_writes():
-    seeds = health_seeds(RECORDS)
+    seeds = {user: [r.path for r in records] for user, records in health_seeds(RECORDS).items()}
     parsed = parse_seed_option(seed_option(seeds))
     assert [(s.case, s.user, list(s.files)) for s in parsed] == [
         (f"populated-{user}", user, seeds[user]) for user in sorted(seeds)]
