@@ -85,13 +85,13 @@ def pytest_generate_tests(metafunc):
                              scope="module")
 
 
-@pytest.fixture(scope="session")
-def gate_runner(gate, scratch_root):
+def prepare_gate_runner(gate_user: str, scratch_root: Path) -> SimpleNamespace:
     """As whom, with what, and where every candidate process runs: the gate user, a minimal
     environment, a home of its own (0700) in this gate's scratch, which the gate user may
     traverse (root:<gate gid> 0710) but not change."""
+    __tracebackhide__ = True
     try:
-        user = gate_ids(SimpleNamespace(gate_user=str(gate.get("--gate-user"))))
+        user = gate_ids(SimpleNamespace(gate_user=str(gate_user)))
     except GateUserError as exc:
         raise GateFailure(f"no gate user to run the candidate as: {exc}") from None
     os.chown(scratch_root, os.geteuid(), user.gid, follow_symlinks=False)
@@ -100,6 +100,11 @@ def gate_runner(gate, scratch_root):
     os.mkdir(home, 0o700)
     os.chown(home, user.uid, user.gid, follow_symlinks=False)
     return SimpleNamespace(user=user, home=home, env=proc.child_env({"HOME": str(home)}))
+
+
+@pytest.fixture(scope="session")
+def gate_runner(gate, scratch_root):
+    return prepare_gate_runner(gate.get("--gate-user"), scratch_root)
 
 
 def hand_over(case_dir: Path, base_dir: Path, user: proc.UserIds) -> None:

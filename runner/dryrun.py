@@ -8,6 +8,7 @@ is staged exactly as a run stages it: by the gate user (`stage_for`), never by r
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 from . import backup, resolve
@@ -39,8 +40,11 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
                                                              version, sqlite3=cfg.sqlite3,
                                                              timeout=cfg.backup_timeout, keep=1)
                        for os_user in cfg.os_users}
-            try:  # the preview's release goes to its scratch (root's, the gate user may traverse it)
-                staged = stage_for(dataclasses.replace(cfg, releases_dir=work / "releases"), version, env=ctx.env)
+            releases = work / "releases"  # like the real releases dir: 0755, the gate user runs what is in it
+            os.mkdir(releases, 0o755)
+            os.chmod(releases, 0o755)  # whatever the umask
+            try:
+                staged = stage_for(dataclasses.replace(cfg, releases_dir=releases), version, env=ctx.env)
             except StageError as exc:
                 print(f"DRY-RUN FAIL {version}: staging failed: {exc}", file=stdout)
                 return 1
