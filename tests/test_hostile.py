@@ -308,9 +308,13 @@ def test_a_user_precreating_the_old_scratch_path_gets_nothing_written_through_it
     loot.chmod(0o777)
     _as_attacker("ln", "-s", str(loot), str(shared / f"t3-health-{gated.ctx.run_id}"))
     _as_attacker("mkdir", str(shared / f"health-{gated.ctx.run_id.lower()}"))
+    planted = [loot, shared / f"health-{gated.ctx.run_id.lower()}"]
+    before = [os.stat(p).st_mtime_ns for p in planted]
     verdict = _check_health_within_deadline(gated)
-    assert list(loot.iterdir()) == []  # nothing written through the link
-    assert list((shared / f"health-{gated.ctx.run_id.lower()}").iterdir()) == []
+    # Nothing created there, not even for a while (a directory's mtime moves with every entry
+    # made or removed: a gate that wrote through the link and cleaned up after itself shows).
+    assert [os.stat(p).st_mtime_ns for p in planted] == before
+    assert list(loot.iterdir()) == [] and list(planted[1].iterdir()) == []
     assert not verdict.passed and "writable by others" in verdict.reason, verdict.reason
     assert sorted(p.name for p in shared.iterdir()) == [f"health-{gated.ctx.run_id.lower()}",
                                                         f"t3-health-{gated.ctx.run_id}"]
