@@ -25,6 +25,8 @@ OPTIONS = [
     ("--seed-user", None, "only this OS user's newest backups seed the health gate (default: every user in the map)"),
     ("--health-parallel", None, "throwaway servers the health gate runs at once (default: 4)"),
     ("--scratch", "tmpdir", "scratch directory on disk, never a tmpfs (default: T3_TMPDIR)"),
+    ("--gate-user", "gate_user", "unprivileged user (name or numeric uid) every candidate process of the health "
+     "gate runs as; never root (default: T3_GATE_USER)"),
     ("--serve-host", "serve_host", "host the throwaway server binds, as production (default: T3_SERVE_HOST)"),
     ("--smoke-port", "smoke_port", "port of the throwaway server, 0 = any free (default: T3_SMOKE_PORT)"),
     ("--ready-timeout", "ready_timeout", "seconds a server may take to become ready (default: T3_READY_TIMEOUT)"),

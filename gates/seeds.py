@@ -18,6 +18,8 @@ is named `statev2-prebump-<version>-<ts>.sqlite`): `orchestration_v2_*` tables m
 from __future__ import annotations
 
 import re
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +114,23 @@ def place_seed(seed: Seed, files: tuple[Path, ...], userdata: Path) -> Path:
     if seed.user is None and not any(count for count, _ in precious_fingerprint(live).values()):
         raise GateFailure(f"seed database {placed[live_name]} holds no history; the gate needs a populated copy")
     return live
+
+
+def auth_tables_of(conn: sqlite3.Connection) -> list[str]:
+    """Every auth table of a database (`auth_sessions`, `auth_pairing_links` and any other
+    `auth_*`, V1 or V2): the contract calls them disposable."""
+    return [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name LIKE 'auth\\_%' ESCAPE '\\' ORDER BY name")]
+
+
+def scrub_credentials(db: Path) -> dict[str, int]:
+    """Delete every session and pairing credential from a private copy (never a user's own
+    file), so no browser cookie or pairing link of a real user is valid against a throwaway
+    server; returns the rows each table held. The gate's own mint then makes the only session."""
+    with closing(sqlite3.connect(db, timeout=5.0)) as conn:
+        conn.execute("PRAGMA secure_delete = ON")  # the deleted secrets do not linger in free pages
+        counts = {}
+        with conn:
+            for table in auth_tables_of(conn):
+                counts[table] = conn.execute(f'DELETE FROM "{table}"').rowcount
+    return counts

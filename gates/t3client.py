@@ -93,12 +93,12 @@ class Instance:
         return last
 
 
-def mint_credential(t3_bin: str, base_dir: Path, *, env=None, as_user=None, timeout=60.0) -> str:
+def mint_credential(t3_bin: str, base_dir: Path, *, env=None, as_user=None, cwd=None, timeout=60.0) -> str:
     """`t3 auth pairing create --json` (it migrates the database itself: run it only on the build under test)."""
     __tracebackhide__ = True
     argv = [t3_bin, "auth", "pairing", "create", "--base-dir", str(base_dir), "--ttl", "5m", "--json"]
     try:
-        done = proc.run(argv, env=env, timeout=timeout, as_user=as_user)
+        done = proc.run(argv, env=env, timeout=timeout, as_user=as_user, cwd=cwd)
     except proc.CommandError as exc:
         said = " | ".join((exc.stderr or exc.stdout).strip().splitlines()[-3:]) or exc.reason
         raise GateFailure(f"`t3 auth pairing create` failed ({exc.reason}): {said}") from None

@@ -9,18 +9,28 @@ empty base dir (`fresh-empty`), each on its own server, started together (gates/
 gates/throwaway.py). Every database check reads the file the build actually opened after
 start (statev2.sqlite once it exists, else state.sqlite); a V1 seed the build imported into
 statev2.sqlite must arrive there whole, and the state.sqlite left behind must stay as it was.
+
+Every process of the candidate (the servers, the gate's mint, `t3 --version`) runs as the gate
+user (`--gate-user`), never root: root places each case's seed copies in a directory of its
+own, removes every session and pairing credential from them, and only then hands the base
+dir over to the gate user; a server whose uid in the process table is not the gate's fails.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from runner import dbfacts, proc
+from runner.gateuser import GateUserError, gate_ids
 from runner.livedb import V1_NAME, V2_NAME
 from runner.versions import VersionError, parse_t3_version_output
-from gates.seeds import FRESH_CASE, Seed, backed_up_files, default_seeds, parse_seed_option, place_seed
+from gates.seeds import (FRESH_CASE, Seed, backed_up_files, default_seeds, parse_seed_option, place_seed,
+                         scrub_credentials)
 from gates.t3client import GateFailure, mint_credential, package_version_of
 from gates.throwaway import ServerPool, ThrowawayServer
 
@@ -31,12 +41,12 @@ DEFAULT_PARALLEL = 4
 class Candidate:
     """A started throwaway server plus what its databases looked like before it ran."""
 
-    def __init__(self, server: ThrowawayServer, live_before: Path | None):
+    def __init__(self, server: ThrowawayServer, live_before: Path | None, auth_before: dict[str, int]):
         self.server = server
         self.live_name_before = live_before.name if live_before else None
         self.level_before = dbfacts.migration_level(live_before) if live_before else 0
         self.precious_before = dbfacts.precious_fingerprint(live_before) if live_before else {}
-        self.auth_before = dbfacts.auth_row_counts(live_before) if live_before else {}
+        self.auth_before = auth_before  # the seed's auth rows before they were scrubbed
         v1 = server.userdata / V1_NAME
         self.v1_content_before = dbfacts.content_fingerprint(v1) if v1.is_file() else None
 
@@ -75,21 +85,65 @@ def pytest_generate_tests(metafunc):
                              scope="module")
 
 
-def _launch(gate, scratch_root: Path, t3_bin: str, seed: Seed | None, port: int) -> Candidate:
-    server = ThrowawayServer(t3_bin, scratch_root / (seed.case if seed else FRESH_CASE),
-                             host=str(gate.get("--serve-host")), port=port,
-                             ready_timeout=float(gate.get("--ready-timeout")))
-    live_before = None
+def prepare_gate_runner(gate_user: str, scratch_root: Path) -> SimpleNamespace:
+    """As whom, with what, and where every candidate process runs: the gate user, a minimal
+    environment, a home of its own (0700) in this gate's scratch, which the gate user may
+    traverse (root:<gate gid> 0710) but not change."""
+    __tracebackhide__ = True
+    try:
+        user = gate_ids(SimpleNamespace(gate_user=str(gate_user)))
+    except GateUserError as exc:
+        raise GateFailure(f"no gate user to run the candidate as: {exc}") from None
+    os.chown(scratch_root, os.geteuid(), user.gid, follow_symlinks=False)
+    os.chmod(scratch_root, 0o710)
+    home = scratch_root / "home"
+    os.mkdir(home, 0o700)
+    os.chown(home, user.uid, user.gid, follow_symlinks=False)
+    return SimpleNamespace(user=user, home=home, env=proc.child_env({"HOME": str(home)}))
+
+
+@pytest.fixture(scope="session")
+def gate_runner(gate, scratch_root):
+    return prepare_gate_runner(gate.get("--gate-user"), scratch_root)
+
+
+def hand_over(case_dir: Path, base_dir: Path, user: proc.UserIds) -> None:
+    """Give the base dir root prepared (nobody else could write in it yet) to the gate user:
+    its dirs 0700, files 0600, by descriptor and no-follow; the case dir stays root's, 0710."""
+    for _dirpath, _dirs, files, dfd in os.fwalk(base_dir, follow_symlinks=False):
+        os.fchown(dfd, user.uid, user.gid)
+        os.fchmod(dfd, 0o700)
+        for name in files:
+            if not stat.S_ISREG(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                raise GateFailure(f"{base_dir}: {name} is not a regular file")
+            os.chown(name, user.uid, user.gid, dir_fd=dfd, follow_symlinks=False)
+            os.chmod(name, 0o600, dir_fd=dfd)
+    os.chown(case_dir, os.geteuid(), user.gid, follow_symlinks=False)
+    os.chmod(case_dir, 0o710)
+
+
+def _launch(gate, scratch_root: Path, runner, t3_bin: str, seed: Seed | None, port: int) -> Candidate:
+    case_dir = scratch_root / (seed.case if seed else FRESH_CASE)
+    os.mkdir(case_dir, 0o700)  # root's until the seeds are placed and scrubbed
+    server = ThrowawayServer(t3_bin, case_dir, host=str(gate.get("--serve-host")), port=port,
+                             ready_timeout=float(gate.get("--ready-timeout")),
+                             as_user=runner.user, env=runner.env, cwd=runner.home)
+    server.userdata.mkdir(parents=True)
+    live_before, auth_before = None, {}
     if seed is not None:
         files = seed.files or backed_up_files(gate.path("--backup-dest"), seed.user)
         live_before = place_seed(seed, files, server.userdata)
-    candidate = Candidate(server, live_before)
+        auth_before = dbfacts.auth_row_counts(live_before)
+        for db in sorted(server.userdata.glob("*.sqlite")):
+            scrub_credentials(db)
+    candidate = Candidate(server, live_before, auth_before)
+    hand_over(case_dir, server.base_dir, runner.user)
     server.start()
     return candidate
 
 
 @pytest.fixture(scope="session")
-def server_pool(request, gate, scratch_root):
+def server_pool(request, gate, scratch_root, gate_runner):
     """Every selected case's server, started ahead of its checks, in the order pytest runs them."""
     t3_bin = str(gate.get("--t3-bin"))
     if not Path(t3_bin).exists():
@@ -99,7 +153,7 @@ def server_pool(request, gate, scratch_root):
         params = getattr(getattr(item, "callspec", None), "params", {})
         if "health_case" in params and params["health_case"] not in order:
             order.append(params["health_case"])
-    pool = ServerPool(order, lambda seed, port: _launch(gate, scratch_root, t3_bin, seed, port),
+    pool = ServerPool(order, lambda seed, port: _launch(gate, scratch_root, gate_runner, t3_bin, seed, port),
                       bound=int(gate.get("--health-parallel") or DEFAULT_PARALLEL),
                       first_port=int(gate.get("--smoke-port") or 0))
     try:
@@ -120,6 +174,14 @@ def candidate(health_case, server_pool):
 def test_server_becomes_ready_bound_like_production(candidate, gate):
     assert candidate.server.host == str(gate.get("--serve-host"))
     assert candidate.server.ready_seconds is not None
+
+
+def test_server_runs_as_the_gate_user(candidate, gate_runner):
+    """From the process table: a host where the drop did not happen fails here, so candidate
+    code never runs as root unnoticed."""
+    uid = candidate.server.pid_uid()
+    assert uid == gate_runner.user.uid, (
+        f"the throwaway server runs as uid {uid}, not the gate user's {gate_runner.user.uid}")
 
 
 def test_migrations_applied_cleanly(candidate):
@@ -152,11 +214,12 @@ def test_precious_history_kept(candidate, gate_notes):
                           + "): this bump logs every browser out")
 
 
-def test_binary_reports_the_candidate_version(gate):
+def test_binary_reports_the_candidate_version(gate, gate_runner):
     t3_bin = str(gate.get("--t3-bin"))
     expected = gate.get("--expect-version") or package_version_of(t3_bin)
     try:
-        reported = parse_t3_version_output(proc.run([t3_bin, "--version"], timeout=30).stdout)
+        reported = parse_t3_version_output(proc.run([t3_bin, "--version"], timeout=30, as_user=gate_runner.user,
+                                                    env=gate_runner.env, cwd=gate_runner.home).stdout)
     except (proc.CommandError, VersionError) as exc:
         raise GateFailure(f"`t3 --version` is unusable: {exc}") from None
     assert reported == expected, f"`t3 --version` reports {reported}, the package is {expected}"
@@ -168,10 +231,11 @@ def test_server_reports_the_candidate_version(candidate, gate):
     assert actual == expected, f"serverVersion is {actual}, expected {expected}"
 
 
-def test_pairing_handshake_gives_a_working_session_cookie(candidate, gate):
+def test_pairing_handshake_gives_a_working_session_cookie(candidate, gate, gate_runner):
     server = candidate.server
     expected_name = str(gate.get("--cookie-name"))
-    credential = mint_credential(str(gate.get("--t3-bin")), server.base_dir)
+    credential = mint_credential(str(gate.get("--t3-bin")), server.base_dir, env=gate_runner.env,
+                                 as_user=gate_runner.user, cwd=gate_runner.home)
     exchange = server.instance.exchange(credential)
     assert exchange.status != 404, "no pairing endpoint: " + " and ".join(
         f"{e} answered 404" for e in ("/api/auth/browser-session", "/api/auth/bootstrap"))

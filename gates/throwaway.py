@@ -14,8 +14,10 @@ the thread that started it, so servers must not be started from short-lived thre
 """
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from contextlib import closing
@@ -55,8 +57,14 @@ def copy_database(source: Path, dest: Path) -> None:
 
 
 class ThrowawayServer:
-    def __init__(self, t3_bin: str, scratch: Path, *, host: str, port: int = 0, ready_timeout: float = 30.0):
+    """One `t3 serve`: `as_user`/`env`/`cwd` are those of the gate user (gates/test_health.py
+    hands the base dir over to it before `start`); its log is written by root beside the
+    base dir, so the server can append to it but never swap it."""
+
+    def __init__(self, t3_bin: str, scratch: Path, *, host: str, port: int = 0, ready_timeout: float = 30.0,
+                 as_user: proc.UserIds | None = None, env: dict | None = None, cwd: Path | None = None):
         self.t3_bin = t3_bin
+        self.as_user, self.env, self.cwd = as_user, env, cwd
         self.base_dir = scratch / ".t3"
         self.userdata = self.base_dir / "userdata"
         self.log_path = scratch / "server.log"
@@ -78,13 +86,27 @@ class ThrowawayServer:
         db = live_database_in(self.userdata) if self.userdata.is_dir() else None
         if db is None:
             raise GateFailure(f"after start, no {V2_NAME} or {V1_NAME} in the base dir {self.base_dir}")
+        if not stat.S_ISREG(os.lstat(db).st_mode):  # the candidate owns the dir: never follow its links
+            raise GateFailure(f"after start, {db} is not a regular file")
         return db
+
+    def pid_uid(self) -> int:
+        """The server's real uid from the process table (/proc/<pid>/status), not from what we asked for."""
+        __tracebackhide__ = True
+        try:
+            status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        except OSError as exc:
+            raise GateFailure(f"cannot read the throwaway server's process status: {exc}") from None
+        uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
+        if len(set(uids)) != 1:  # real, effective, saved and filesystem uid are one and the same
+            raise GateFailure(f"throwaway server pid {self.popen.pid} has uids {uids}")
+        return int(uids[0])
 
     def start(self) -> "ThrowawayServer":
         self.userdata.mkdir(parents=True, exist_ok=True)
         argv = [self.t3_bin, "serve", "--host", self.host, "--port", str(self.port), "--base-dir", str(self.base_dir)]
         self.started_at = time.monotonic()
-        self.popen = proc.spawn(argv, log_path=self.log_path)
+        self.popen = proc.spawn(argv, log_path=self.log_path, as_user=self.as_user, env=self.env, cwd=self.cwd)
         return self
 
     def check_ready(self) -> bool:

@@ -16,14 +16,14 @@ shows it, and the next command retries.
 from __future__ import annotations
 
 import re
-import shutil
 from contextlib import contextmanager
-from pathlib import Path
 
 from . import activate, goodbuilds, release
 from .context import RunContext
 from .journal import Journal, clear_journal, load_journal
+from .phases.health import health_purpose
 from .rollout import roll_back_users
+from .scratch import remove_leftovers
 from .services import unit_of
 from .state import RunLock, write_freeze
 
@@ -93,9 +93,10 @@ def recover_unfinished_run(ctx: RunContext) -> Journal | None:
     if journal.release is not None or journal.phase in ("stage", "health", "canary"):
         goodbuilds.remove_if_removable(cfg, journal.version)  # never a good build's or a user's release
     release.clean_staging(cfg.releases_dir)
-    # A health gate killed with the run leaves its scratch (copies of a user's database) behind.
+    # A health gate killed with the run leaves its private scratch (copies of users' databases)
+    # behind: only `health-<run id>-*` directly below the root-owned scratch root is removed.
     if re.fullmatch(r"[0-9A-Za-z-]+", journal.run_id):
-        shutil.rmtree(Path(cfg.tmpdir) / f"t3-health-{journal.run_id}", ignore_errors=True)
+        remove_leftovers(cfg, health_purpose(journal.run_id))
     clear_journal(cfg.journal_path)
     events("RECOVERED", run=journal.run_id, phase=journal.phase, action=action)
     return journal

@@ -31,11 +31,11 @@ from typing import Iterator
 from . import proc
 from .gateuser import gate_ids
 
-__all__ = ["ScratchError", "private_scratch", "ensure_scratch_root", "SCRATCH_MODE", "GATE_DIR"]
+__all__ = ["ScratchError", "private_scratch", "ensure_scratch_root", "remove_leftovers", "SCRATCH_MODE", "GATE_DIR"]
 
 SCRATCH_MODE = 0o710
 GATE_DIR = "gate"
-_PURPOSE_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_PURPOSE_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
 
 class ScratchError(RuntimeError):
@@ -87,3 +87,25 @@ def private_scratch(cfg, purpose: str, gate: proc.UserIds | None = None) -> Iter
         yield root_dir, gate_dir
     finally:
         shutil.rmtree(root_dir, ignore_errors=True)
+
+
+def remove_leftovers(cfg, purpose: str) -> list[Path]:
+    """Remove what a killed run left of `private_scratch(cfg, purpose)`: the `<purpose>-*`
+    directories directly below the scratch root (root's own, nobody else can create there);
+    a symlink or anything not a directory is left alone, never followed. Returns the removed."""
+    if not _PURPOSE_RE.fullmatch(purpose):
+        raise ValueError(f"remove_leftovers: purpose {purpose!r} must match {_PURPOSE_RE.pattern}")
+    root = Path(cfg.tmpdir)
+    removed = []
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(f"{purpose}-") or len(name) != len(purpose) + 9:  # mkdtemp's 8 characters
+            continue
+        path = root / name
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

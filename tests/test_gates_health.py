@@ -6,6 +6,7 @@ import pytest
 
 from runner.gaterun import run_gate
 from tests.sim import builds, dbgen
+from tests.sim.world import GATE_UID
 
 SEED_LEVEL = 30  # what a 0.0.24 fleet's databases are at
 
@@ -19,7 +20,7 @@ def seed_db(tmp_path_factory):
 
 def health(tmp_path, version, seed_db, *, host="0.0.0.0", ready_timeout=5, **extra):
     t3_bin = builds.install_layout(version, builds.profile_for(version), tmp_path / "release")
-    options = {"--t3-bin": t3_bin, "--seed-db": seed_db, "--scratch": tmp_path / "scratch",
+    options = {"--t3-bin": t3_bin, "--seed-db": seed_db, "--scratch": tmp_path / "scratch", "--gate-user": GATE_UID,
                "--serve-host": host, "--smoke-port": 0, "--ready-timeout": ready_timeout,
                "--cookie-name": "t3_session", **extra}
     (tmp_path / "scratch").mkdir()
@@ -94,6 +95,7 @@ def test_missing_binary_is_a_failure(tmp_path, seed_db):
     (tmp_path / "scratch").mkdir()
     result = run_gate("health", run_dir=tmp_path / "run", options={
         "--t3-bin": str(tmp_path / "nope" / "t3"), "--seed-db": str(seed_db), "--scratch": str(tmp_path / "scratch"),
+        "--gate-user": GATE_UID,
         "--serve-host": "0.0.0.0", "--smoke-port": "0", "--ready-timeout": "2", "--cookie-name": "t3_session"})
     assert not result.passed and result.errors + result.failures > 0
     assert any("not found" in p for p in result.problems), result.problems
@@ -196,7 +198,7 @@ def test_one_user_case_selected_by_keyword(tmp_path, seed_db, archived_db):
     (tmp_path / "scratch").mkdir()
     result = run_gate("health", run_dir=tmp_path / "run", keyword="emo", options={
         "--t3-bin": str(t3_bin), "--seed-db": f"wizard={seed_db},emo={archived_db}",
-        "--scratch": str(tmp_path / "scratch"), "--serve-host": "0.0.0.0", "--smoke-port": "0",
+        "--scratch": str(tmp_path / "scratch"), "--gate-user": GATE_UID, "--serve-host": "0.0.0.0", "--smoke-port": "0",
         "--ready-timeout": "5", "--cookie-name": "t3_session"})
     assert result.passed, result.reason()
     names = case_names(result)

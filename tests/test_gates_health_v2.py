@@ -9,6 +9,7 @@ import pytest
 
 from runner.gaterun import run_gate
 from tests.sim import builds, dbgen
+from tests.sim.world import GATE_UID
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def health(tmp_path, version, seed_option, *, ready_timeout=10):
     (tmp_path / "scratch").mkdir()
     return run_gate("health", run_dir=tmp_path / "run", options={
         "--t3-bin": str(t3_bin), "--seed-db": seed_option, "--scratch": str(tmp_path / "scratch"),
+        "--gate-user": GATE_UID,
         "--serve-host": "0.0.0.0", "--smoke-port": "0", "--ready-timeout": str(ready_timeout),
         "--cookie-name": "t3_session"})
 

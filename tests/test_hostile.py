@@ -197,3 +197,163 @@ def test_state_dirs_get_their_modes_and_a_run_writes_private_files(tmp_path, mon
     assert os.umask(before) == before  # main() put the caller's umask back
     other = proc.UserIds(GATE_UID + 3, GATE_UID + 3)
     assert proc.run(["ls", str(state)], as_user=other, cwd="/", ok_codes=range(256)).exit_code != 0
+
+
+# --- the health gate: scratch, seeds, credentials, the server's uid ------------------------
+
+ATTACKER = proc.UserIds(GATE_UID + 11, GATE_UID + 11)  # a local user whose backups seed the gate
+SEED_DEADLINE = 30.0  # a seed that is a FIFO must be a verdict long before this, never a hang
+
+
+def _as_attacker(*argv: str) -> None:
+    proc.run(list(argv), as_user=ATTACKER, cwd="/", timeout=30)
+
+
+@pytest.fixture
+def gated(tmp_path):
+    """alice (the attacker's uid) with a populated database and this run's pre-bump backup of
+    it in a directory she owns, a good build, and a context for the health phase."""
+    from tests.sim import dbgen
+
+    home = tmp_path / "home" / "alice"
+    ud = home / ".t3" / "userdata"
+    ud.mkdir(parents=True)
+    dbgen.make_database(ud / "state.sqlite", 30, threads=2, messages_per_thread=4)
+    for dirpath, dirs, files in os.walk(home):
+        for name in [".", *files]:
+            os.chown(os.path.join(dirpath, name), ATTACKER.uid, ATTACKER.gid)
+    [record] = backup.backup_user_databases("alice", ud, tmp_path / "backups", V24, sqlite3="/usr/bin/sqlite3")
+    assert os.stat(record.path.parent).st_uid == ATTACKER.uid  # her dir: she can swap what is in it
+    t3_bin = builds.install_layout(V24, "good-0.0.24", tmp_path / "release")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o711)
+    cfg = SimpleNamespace(tmpdir=state / "scratch", gate_user=str(GATE_UID), serve_host="0.0.0.0", smoke_port=0,
+                          ready_timeout=20.0, cookie_name="t3_session", gate_timeout=120.0)
+    run_id = "20260101T000000Z-4242"
+    ctx = SimpleNamespace(cfg=cfg, run_id=run_id, run_dir=state / "runs" / run_id, env=proc.child_env())
+    return SimpleNamespace(ctx=ctx, record=record, staged=SimpleNamespace(bin=t3_bin, version=V24), root=tmp_path)
+
+
+def _check_health_within_deadline(gated):
+    """check_health in a thread: a hang is a failure of this test, never a hang of the suite."""
+    import threading
+
+    from runner.phases.health import check_health
+
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(v=check_health(gated.ctx, gated.staged,
+                                                                       {"alice": [gated.record]})), daemon=True)
+    worker.start()
+    worker.join(SEED_DEADLINE)
+    assert not worker.is_alive(), f"the health phase still runs after {SEED_DEADLINE:g}s: a hang"
+    return out["v"]
+
+
+def test_the_health_gate_passes_on_a_seed_left_alone(gated):
+    """The baseline the seed attacks below are measured against."""
+    verdict = _check_health_within_deadline(gated)
+    assert verdict.passed, verdict.reason
+    assert list(gated.ctx.cfg.tmpdir.iterdir()) == []  # the private scratch is gone
+
+
+def test_a_fifo_as_a_seed_is_a_per_seed_failure_not_a_hang(gated):
+    _as_attacker("rm", "-f", str(gated.record.path))
+    _as_attacker("mkfifo", str(gated.record.path))
+    verdict = _check_health_within_deadline(gated)
+    assert not verdict.passed and verdict.report is None, verdict
+    assert "alice" in verdict.reason and "fifo" in verdict.reason and str(gated.record.path) in verdict.reason
+
+
+def test_a_symlink_as_a_seed_is_refused_not_followed(gated):
+    from tests.sim import dbgen
+
+    secret = gated.root / "roots-secret.sqlite"  # any SQLite file on the host the attacker cannot read
+    dbgen.make_database(secret, 30, threads=3)
+    secret.chmod(0o600)
+    _as_attacker("rm", "-f", str(gated.record.path))
+    _as_attacker("ln", "-s", str(secret), str(gated.record.path))
+    verdict = _check_health_within_deadline(gated)
+    assert not verdict.passed and verdict.report is None, verdict  # the gate never saw it
+    assert "alice" in verdict.reason and "symlink" in verdict.reason, verdict.reason
+
+
+@pytest.mark.parametrize("same_size", [False, True])
+def test_a_seed_replaced_after_the_backup_is_a_sha256_mismatch(gated, same_size):
+    from tests.sim import dbgen
+
+    other = gated.root / "other.sqlite"
+    dbgen.make_database(other, 30, threads=5)
+    os.chmod(other, 0o644)
+    _as_attacker("cp", str(other), str(gated.record.path))
+    if same_size:  # the same length as the recorded backup: only the hash can tell
+        _as_attacker("truncate", "-s", str(gated.record.bytes), str(gated.record.path))
+    verdict = _check_health_within_deadline(gated)
+    assert not verdict.passed and verdict.report is None, verdict
+    assert "alice" in verdict.reason and "changed since the backup" in verdict.reason, verdict.reason
+    if same_size:
+        assert "sha256" in verdict.reason and gated.record.sha256 in verdict.reason
+
+
+def test_a_user_precreating_the_old_scratch_path_gets_nothing_written_through_it(gated):
+    """On a shared tmpdir (where the old `t3-health-<run id>` lived) a user pre-creates that
+    path as a symlink to a directory of theirs: the health phase neither uses it nor writes
+    through it (private scratch refuses a tmpdir others can write, and never reuses a path)."""
+    shared = gated.root / "shared-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    gated.ctx.cfg.tmpdir = shared
+    loot = gated.root / "loot"
+    loot.mkdir()
+    os.chown(loot, ATTACKER.uid, ATTACKER.gid)
+    loot.chmod(0o777)
+    _as_attacker("ln", "-s", str(loot), str(shared / f"t3-health-{gated.ctx.run_id}"))
+    _as_attacker("mkdir", str(shared / f"health-{gated.ctx.run_id.lower()}"))
+    planted = [loot, shared / f"health-{gated.ctx.run_id.lower()}"]
+    before = [os.stat(p).st_mtime_ns for p in planted]
+    verdict = _check_health_within_deadline(gated)
+    # Nothing created there, not even for a while (a directory's mtime moves with every entry
+    # made or removed: a gate that wrote through the link and cleaned up after itself shows).
+    assert [os.stat(p).st_mtime_ns for p in planted] == before
+    assert list(loot.iterdir()) == [] and list(planted[1].iterdir()) == []
+    assert not verdict.passed and "writable by others" in verdict.reason, verdict.reason
+    assert sorted(p.name for p in shared.iterdir()) == [f"health-{gated.ctx.run_id.lower()}",
+                                                        f"t3-health-{gated.ctx.run_id}"]
+
+
+def test_a_users_session_cookie_is_not_valid_against_the_throwaway_server_which_runs_as_the_gate_user(gated):
+    """Through the gate's own launch: root copies, scrubs and hands over the seed; the server
+    answers `authenticated: false` for the user's real cookie and runs as the gate uid."""
+    import sqlite3
+    import tempfile
+
+    import requests
+
+    from gates.seeds import Seed
+    from gates.test_health import _launch, prepare_gate_runner
+    from runner.phases.health import copy_seed
+
+    with sqlite3.connect(f"file:{gated.record.path}?mode=ro", uri=True) as conn:  # her real, live session
+        cookie = conn.execute("SELECT session_id FROM auth_sessions ORDER BY session_id").fetchone()[0]
+    scratch = Path(tempfile.mkdtemp(dir=gated.root))
+    seed = copy_seed(gated.record, scratch / "alice-0-state.sqlite")
+    runner = prepare_gate_runner(str(GATE_UID), scratch)
+    settings = {"--serve-host": "0.0.0.0", "--ready-timeout": "20"}
+    gate = SimpleNamespace(get=settings.get, path=lambda option: None)
+    candidate = _launch(gate, scratch, runner, str(gated.staged.bin), Seed("populated-alice", "alice", (seed,)), 0)
+    try:
+        candidate.server.wait_ready()
+        assert candidate.server.pid_uid() == GATE_UID
+        assert candidate.auth_before == {"auth_sessions": 2, "auth_pairing_links": 2}  # the NOTE's "before"
+        placed = candidate.server.userdata / "state.sqlite"
+        st = os.lstat(placed)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (GATE_UID, 0o600)
+        answer = requests.get(f"{candidate.server.instance.base_url}/api/auth/session",
+                              cookies={"t3_session": cookie}, timeout=10).json()
+        assert answer["authenticated"] is False, answer
+        with sqlite3.connect(f"file:{placed}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT COUNT(*) FROM auth_sessions").fetchone()[0]
+        assert rows == 0
+    finally:
+        candidate.server.stop()
+    with sqlite3.connect(f"file:{gated.record.path}?mode=ro", uri=True) as conn:  # her backup is untouched
+        assert conn.execute("SELECT COUNT(*) FROM auth_sessions WHERE session_id = ?", (cookie,)).fetchone()[0] == 1

@@ -1,17 +1,27 @@
 """Phase 5, the health gate: the staged build on copies of every user's own live database
 (from this run's pre-bump backups), each on its own throwaway server, plus an empty base
 dir; run as `pytest gates/test_health.py` in a subprocess (runner/gaterun.py), never
-imported. docs: README.md, "Phases of one run".
+imported. docs: README.md, "Phases of one run" and "Security model".
+
+The seeds are backups in directories their users own: root copies each one (no-follow,
+non-blocking, checked against the size and sha256 its backup recorded) into fresh private
+scratch (runner/scratch.py) before anything opens it as SQLite, and the gate works only on
+those copies; every candidate process in it runs as the gate user.
 """
 from __future__ import annotations
 
-import shutil
+import hashlib
+import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..context import RunContext
 from ..gaterun import run_gate
+from ..gateuser import GateUserError
 from ..livedb import V1_NAME, V2_NAME, live_database_name
+from ..scratch import ScratchError, private_scratch
+from ..userfiles import UserFileError, open_dir_at, open_file_at, open_trusted_dir
 
 NO_SEED = "no populated database to seed the health gate"
 
@@ -27,7 +37,16 @@ class HealthVerdict:
         return None if self.passed else self.reason
 
 
-def health_seeds(records: dict[str, list]) -> dict[str, list[Path]]:
+class SeedError(RuntimeError):
+    """A seed could not be copied safely (not a regular file, a symlink, changed since its backup)."""
+
+
+def health_purpose(run_id: str) -> str:
+    """The private scratch purpose of a run's health gate (recovery removes what it leaves)."""
+    return f"health-{run_id.lower()}"
+
+
+def health_seeds(records: dict[str, list]) -> dict[str, list]:
     """OS user -> the backups that seed that user's case: the backup of the database that
     was live at backup time, and for a V2 user also the state.sqlite frozen beside it (a
     faithful base dir holds both). A user with no database has no case."""
@@ -38,8 +57,54 @@ def health_seeds(records: dict[str, list]) -> dict[str, list[Path]]:
         if live is None:
             continue
         names = [live] + ([V1_NAME] if live == V2_NAME and V1_NAME in by_name else [])
-        seeds[os_user] = [by_name[name].path for name in names]
+        seeds[os_user] = [by_name[name] for name in names]
     return seeds
+
+
+def copy_seed(record, dest: Path) -> Path:
+    """Copy one backup, as root, into `dest` (created 0600, never an existing path): opened
+    no-follow and non-blocking below its backup root (a trusted directory), a regular file
+    only, its size then its sha256 checked against the backup's record. The bytes hashed
+    are exactly the bytes copied, so a file replaced or rewritten meanwhile is a mismatch."""
+    shown = f"seed of {record.os_user}: {record.path}"
+    user_dir = record.path.parent
+    with ExitStack() as stack:
+        try:
+            root_fd, _ = open_trusted_dir(user_dir.parent)
+            stack.callback(os.close, root_fd)
+            dir_fd = open_dir_at(root_fd, user_dir.name, user_dir)
+            stack.callback(os.close, dir_fd)
+            fd = open_file_at(dir_fd, record.path.name, record.path)
+            stack.callback(os.close, fd)
+        except UserFileError as exc:
+            raise SeedError(f"{shown}: {exc}") from None
+        size = os.fstat(fd).st_size
+        if size != record.bytes:  # first: a swapped sparse huge file is refused before any read
+            raise SeedError(f"{shown}: {size} bytes, its backup recorded {record.bytes}: changed since the backup")
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        digest, offset = hashlib.sha256(), 0
+        try:
+            while offset <= record.bytes and (chunk := os.pread(fd, 1 << 20, offset)):
+                digest.update(chunk)
+                os.write(out, chunk)
+                offset += len(chunk)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        if (offset, digest.hexdigest()) != (record.bytes, record.sha256):
+            os.unlink(dest)
+            raise SeedError(f"{shown}: sha256 {digest.hexdigest()} ({offset} bytes) does not match its backup's"
+                            f" record {record.sha256}: changed since the backup")
+    return dest
+
+
+def copy_seeds(seeds: dict[str, list], dest_dir: Path) -> dict[str, list[Path]]:
+    """Every seed copied by `copy_seed` into `dest_dir` (root's, 0700); the first failure raises."""
+    os.mkdir(dest_dir, 0o700)
+    copies: dict[str, list[Path]] = {}
+    for os_user, user_records in seeds.items():
+        copies[os_user] = [copy_seed(r, dest_dir / f"{os_user}-{i}-{r.db_name}") for i, r in enumerate(user_records)]
+    return copies
 
 
 def seed_option(seeds: dict[str, list[Path]]) -> str:
@@ -47,27 +112,25 @@ def seed_option(seeds: dict[str, list[Path]]) -> str:
     return ",".join(f"{user}={path}" for user, paths in sorted(seeds.items()) for path in paths)
 
 
-def health_options(ctx: RunContext, staged, seeds: dict[str, list[Path]], scratch: Path) -> dict[str, str]:
+def health_options(ctx: RunContext, staged, copies: dict[str, list[Path]], scratch: Path) -> dict[str, str]:
     cfg = ctx.cfg
-    return {"--t3-bin": str(staged.bin), "--expect-version": staged.version, "--seed-db": seed_option(seeds),
-            "--scratch": str(scratch), "--serve-host": cfg.serve_host, "--smoke-port": str(cfg.smoke_port),
-            "--ready-timeout": str(cfg.ready_timeout), "--cookie-name": cfg.cookie_name}
-
-
-def run_health_gate(ctx: RunContext, staged, seeds: dict[str, list[Path]]):
-    scratch = Path(ctx.cfg.tmpdir) / f"t3-health-{ctx.run_id}"
-    scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        return run_gate("health", run_dir=ctx.run_dir, options=health_options(ctx, staged, seeds, scratch),
-                        env=ctx.env, timeout=ctx.cfg.gate_timeout)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return {"--t3-bin": str(staged.bin), "--expect-version": staged.version, "--seed-db": seed_option(copies),
+            "--scratch": str(scratch), "--gate-user": cfg.gate_user, "--serve-host": cfg.serve_host,
+            "--smoke-port": str(cfg.smoke_port), "--ready-timeout": str(cfg.ready_timeout),
+            "--cookie-name": cfg.cookie_name}
 
 
 def check_health(ctx: RunContext, staged, records: dict[str, list]) -> HealthVerdict:
-    """Gate the staged build on every user's data; the verdict names the cause of a failure."""
+    """Gate the staged build on private copies of every user's data; the verdict names the
+    cause of a failure (a seed that cannot be copied safely names its user and file)."""
     seeds = health_seeds(records)
     if not seeds:
         return HealthVerdict(False, NO_SEED, None)
-    gate = run_health_gate(ctx, staged, seeds)
+    try:
+        with private_scratch(ctx.cfg, health_purpose(ctx.run_id)) as (root_dir, _gate_dir):
+            copies = copy_seeds(seeds, root_dir / "seeds")
+            gate = run_gate("health", run_dir=ctx.run_dir, env=ctx.env, timeout=ctx.cfg.gate_timeout,
+                            options=health_options(ctx, staged, copies, root_dir))
+    except (SeedError, GateUserError, ScratchError, OSError) as exc:  # fail closed, never a hang or a follow
+        return HealthVerdict(False, str(exc), None)
     return HealthVerdict(gate.passed, gate.reason(), gate.report)
