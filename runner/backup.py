@@ -25,6 +25,8 @@ under its final name always has a complete manifest; `latest_backup` reads it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -44,7 +46,7 @@ from runner.userfiles import (NotFound, UserFileError, close_quietly, describe, 
 
 __all__ = ["BackupError", "BackupRecord", "RestoreReport", "find_user_databases", "check_free_space",
            "backup_user_databases", "restore_user_database", "set_aside_database", "latest_backup",
-           "backup_file_name"]
+           "backup_file_name", "copy_backup_out", "discard_backup", "remove_backup_dir_if_empty", "BACKUP_KINDS"]
 
 log = logging.getLogger("t3-autoupdate.backup")
 
@@ -55,6 +57,9 @@ TMP_PREFIX = ".t3-autoupdate-tmp-"          # temporaries in a backup dir
 RESTORE_PREFIX = ".t3-autoupdate-restore-"  # temporaries in userdata
 TS_FORMAT = "%Y%m%dT%H%M%SZ"
 DEFAULT_MARGIN = 1.5
+#: prebump: a run's restore point; dryrun: a preview's seed, copied out and discarded at once
+#: (its own name, so a left-over one is never taken for a restore point nor prunes one).
+BACKUP_KINDS = ("prebump", "dryrun")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _DB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = r"[0-9A-Za-z][0-9A-Za-z.+-]{0,127}"
@@ -460,8 +465,11 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
                           dd: str = "dd", mv: str = "mv", timeout: float = 1800, keep: int = 3,
                           now: datetime | None = None, margin: float = DEFAULT_MARGIN,
                           free_bytes: Callable[[object], int] | None = None,
-                          home_dir=None) -> list[BackupRecord]:
-    """Back up every database of one user online, as that user, verified; prune to `keep`."""
+                          home_dir=None, kind: str = "prebump") -> list[BackupRecord]:
+    """Back up every database of one user online, as that user, verified; prune to `keep`
+    (among backups of the same `kind`, one of BACKUP_KINDS)."""
+    if kind not in BACKUP_KINDS:
+        raise BackupError(f"unknown backup kind {kind!r}")
     _check(_USER_RE, os_user, "OS user name")
     _check(_VERSION_RE, version, "version")
     if keep < 1:
@@ -476,13 +484,13 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
         needed = sum(_size_at(tree.fd, n) + _size_at(tree.fd, n + "-wal") for n in names)
         bdir = _open_backup_dir(stack, backup_root, os_user, owner)
         _remove_stale(bdir, TMP_PREFIX)
-        while any(lstat_at(bdir.fd, backup_file_name(n, "prebump", version, ts)) is not None for n in names):
+        while any(lstat_at(bdir.fd, backup_file_name(n, kind, version, ts)) is not None for n in names):
             taken_at, ts = _timestamp(taken_at + timedelta(seconds=1))  # a killed run's backup took this second
         check_free_space(bdir.path, needed, margin, free_bytes=free_bytes or (lambda _p: free_bytes_fd(bdir.fd)))
         tools = _Tools(owner, sqlite3=sqlite3, dd=dd, mv=mv, timeout=timeout, scratch=bdir.path)
         records = []
         for name in names:
-            final = backup_file_name(name, "prebump", version, ts)
+            final = backup_file_name(name, kind, version, ts)
             with _errors(os_user, f"backup of {tree.path / name} to {bdir.path / final}"):
                 def manifest(c: _Copy, name=name, final=final) -> dict:
                     return {"format": 1, "os_user": os_user, "db_name": name, "file": final, "version": version,
@@ -496,7 +504,7 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
                      c.copy_seconds, c.verify_seconds)
             records.append(record)
         for record in records:
-            _prune(bdir, record.db_name, keep, {r.path.name for r in records})
+            _prune(bdir, record.db_name, keep, {r.path.name for r in records}, kind)
         return records
 
 
@@ -513,13 +521,13 @@ def _backups_of(bdir: _Dir, db_name: str, kind: str = "prebump") -> list[tuple[s
     return sorted(found, reverse=True)
 
 
-def _prune(bdir: _Dir, db_name: str, keep: int, protect: set[str]) -> None:
-    """Keep the newest `keep` prebump backups of db_name (and any in `protect`); best effort."""
-    entries = _backups_of(bdir, db_name)
+def _prune(bdir: _Dir, db_name: str, keep: int, protect: set[str], kind: str = "prebump") -> None:
+    """Keep the newest `keep` backups of db_name of `kind` (and any in `protect`); best effort."""
+    entries = _backups_of(bdir, db_name, kind)
     keepers = {name for _, name, _ in entries[:keep]} | protect
     present = {name for _, name, _ in entries}
     doomed = [name for _, name, _ in entries if name not in keepers]
-    pattern = _name_re(db_name, "prebump")
+    pattern = _name_re(db_name, kind)
     doomed += [n for n in os.listdir(bdir.fd) if n.startswith(".") and n.endswith(".json")
                and pattern.fullmatch(n[1:-5]) and n[1:-5] not in present]  # orphaned manifests
     for name in doomed:
@@ -552,6 +560,64 @@ def latest_backup(backup_root, os_user: str, db_name: str = "state.sqlite",
             if version is None or found_version == version:
                 return _read_manifest(bdir, name, os_user, db_name, found_version)
     return None
+
+
+def _open_record(stack: contextlib.ExitStack, record: BackupRecord, backup_root) -> tuple[_Dir, int]:
+    """The backup dir and a no-follow descriptor of `record`'s file in it, its size as recorded."""
+    bdir = _open_backup_dir(stack, backup_root, record.os_user, None)
+    if bdir is None or Path(os.path.realpath(record.path.parent)) != bdir.path:
+        raise UserFileError(f"{record.path} is not in {Path(backup_root) / record.os_user}")
+    fd = open_file_at(bdir.fd, record.path.name, record.path)
+    stack.callback(os.close, fd)
+    size = os.fstat(fd).st_size
+    if size != record.bytes:  # before reading it: a swapped sparse giant is refused at once
+        raise UserFileError(f"{record.path} is {size} bytes, recorded {record.bytes}: changed, refusing it")
+    return bdir, fd
+
+
+def copy_backup_out(record: BackupRecord, backup_root, dest: Path) -> BackupRecord:
+    """Copy a backup out of its user's dir into root's own `dest` (a new 0600 file), no-follow
+    and non-blocking, checked against its record (size first, then sha256 of what was copied);
+    returns the record of the copy. Nothing opens the user's file as SQLite."""
+    with contextlib.ExitStack() as stack, _errors(record.os_user, f"copying {record.path} to {dest}"):
+        _, fd = _open_record(stack, record, backup_root)
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        stack.callback(os.close, out)
+        digest, left = hashlib.sha256(), record.bytes
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                raise UserFileError(f"{record.path} ended {left} bytes early")
+            digest.update(chunk)
+            os.write(out, chunk)
+            left -= len(chunk)
+        if digest.hexdigest() != record.sha256:
+            raise UserFileError(f"{record.path} does not match its sha256 as recorded: changed, refusing it")
+        os.fsync(out)
+    return dataclasses.replace(record, path=Path(dest))
+
+
+def discard_backup(record: BackupRecord, backup_root) -> None:
+    """Remove a backup and its manifest from its user's dir (relative to the dir, no-follow)."""
+    with contextlib.ExitStack() as stack, _errors(record.os_user, f"removing {record.path}"):
+        bdir = _open_backup_dir(stack, backup_root, record.os_user, None)
+        if bdir is None or Path(os.path.realpath(record.path.parent)) != bdir.path:
+            raise UserFileError(f"{record.path} is not in {Path(backup_root) / record.os_user}")
+        unlink_at(bdir.fd, record.path.name)
+        unlink_at(bdir.fd, _manifest_name(record.path.name))
+
+
+def remove_backup_dir_if_empty(backup_root, os_user: str) -> bool:
+    """rmdir `<backup_root>/<os_user>` when it is empty (a preview made it); never follows a link."""
+    _check(_USER_RE, os_user, "OS user name")
+    with contextlib.ExitStack() as stack, _errors(os_user, f"removing {Path(backup_root) / os_user}"):
+        root_fd, _ = open_trusted_dir(backup_root)
+        stack.callback(os.close, root_fd)
+        try:
+            os.rmdir(os_user, dir_fd=root_fd)
+        except OSError:  # not empty, gone, or not a directory: leave it as it is
+            return False
+    return True
 
 
 def _read_manifest(bdir: _Dir, name: str, os_user: str, db_name: str, version: str) -> BackupRecord:

@@ -1,17 +1,48 @@
 """`t3-autoupdate dry-run` (or T3_DRY_RUN=1): preview the tracked build without
 changing anything: resolve, stage into a temporary prefix, run the health gate
 on a fresh online copy of a user's database, print PASS or FAIL with the report.
-No backup, no quarantine, no link, no restart."""
+No restore point, no quarantine, no link, no restart.
+
+Where things go. Every user's database is copied online AS THAT USER, into that user's own
+backup dir (`<backup dest>/<user>/`, the one place their uid may write besides their home),
+under a `dryrun` name that no restore or pruning of restore points ever takes; root then
+copies each one out, no-follow and checked against its recorded size and sha256, into this
+preview's private scratch (`runner.scratch.private_scratch`, where the staging happens too,
+as the gate user), and removes the user's copy. Any backup, staging or gate failure is
+`DRY-RUN FAIL` (exit 1), never a crash.
+"""
 from __future__ import annotations
 
-import shutil
-import tempfile
+import os
 from pathlib import Path
 
 from . import backup, resolve
 from .context import RunContext
+from .gatework import GateWork
+from .gateuser import GateUserError, gate_ids
+from .scratch import ScratchError, private_scratch
 from .stage import StageError, stage_release
 from .state import new_run_id, read_text_or_none, read_freeze
+
+
+def preview_seeds(cfg, version: str, seeds_dir: Path) -> dict[str, list]:
+    """OS user -> records of root's own copies (in `seeds_dir`) of fresh backups of their databases."""
+    os.mkdir(seeds_dir, 0o700)
+    records = {}
+    for os_user in cfg.os_users:
+        had_dir = os.path.lexists(cfg.backup_dest / os_user)
+        taken = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, version,
+                                             sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout, keep=1, kind="dryrun")
+        user_dir = seeds_dir / os_user
+        os.mkdir(user_dir, 0o700)
+        try:
+            records[os_user] = [backup.copy_backup_out(r, cfg.backup_dest, user_dir / r.db_name) for r in taken]
+        finally:
+            for record in taken:
+                backup.discard_backup(record, cfg.backup_dest)
+            if not had_dir:  # leave the host as it was
+                backup.remove_backup_dir_if_empty(cfg.backup_dest, os_user)
+    return records
 
 
 def dry_run(ctx: RunContext, *, stdout) -> int:
@@ -29,26 +60,33 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
     ctx.run_id = "dry-run-" + new_run_id(ctx.now())
     ctx.run_dir = cfg.runs_dir / ctx.run_id
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="t3-dry-run-", dir=cfg.tmpdir))
     try:
-        seeds = []
-        for os_user in cfg.os_users:
-            seeds += backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), work / "seeds", version,
-                                                  sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout, keep=1)
-        try:
-            staged = stage_release(cfg.npm, cfg.package, version, work / "releases", env=ctx.env)
-        except StageError as exc:
-            print(f"DRY-RUN FAIL {version}: staging failed: {exc}", file=stdout)
-            return 1
-        from .tracker import health_seeds, run_health_gate
+        gate_user = gate_ids(cfg)
+        with private_scratch(cfg, "dry-run", gate_user) as (work, gate_dir):
+            try:
+                records = preview_seeds(cfg, version, work / "seeds")
+            except backup.BackupError as exc:
+                print(f"DRY-RUN FAIL {version}: backup failed: {exc}", file=stdout)
+                return 1
+            releases = work / "releases"
+            os.mkdir(releases)
+            os.chmod(releases, 0o755)  # as releases/ is (run commands' umask is 0077): the gate user reads in it
+            try:
+                staged = stage_release(cfg.npm, cfg.package, version, releases, env=ctx.env,
+                                       gate=GateWork(gate_user, gate_dir, ctx.env.get("npm_config_registry")))
+            except StageError as exc:
+                print(f"DRY-RUN FAIL {version}: staging failed: {exc}", file=stdout)
+                return 1
+            from .tracker import health_seeds, run_health_gate
 
-        seed_paths = health_seeds({"all": seeds})
-        if not seed_paths:
-            print(f"DRY-RUN FAIL {version}: no populated database to seed the health gate", file=stdout)
-            return 1
-        gate = run_health_gate(ctx, staged, seed_paths)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            seed_paths = health_seeds(records)
+            if not seed_paths:
+                print(f"DRY-RUN FAIL {version}: no populated database to seed the health gate", file=stdout)
+                return 1
+            gate = run_health_gate(ctx, staged, seed_paths)
+    except (GateUserError, ScratchError) as exc:  # fail closed: candidate code never runs as root
+        print(f"DRY-RUN FAIL {version}: no private scratch for the gate user: {exc}", file=stdout)
+        return 1
     verdict = "PASS" if gate.passed else "FAIL"
     note = f" (a real run would hold: {decision.reason})" if decision.action != "install" else ""
     freeze = read_freeze(cfg.freeze_file)
