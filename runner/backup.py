@@ -329,6 +329,34 @@ def _scan_databases(tree: _Dir) -> list[str]:
     return found
 
 
+SQLITE_HEADER = 100
+
+
+def database_bytes(header: bytes, file_size: int) -> int:
+    """What an online copy of a database needs: page count x page size as SQLite itself reckons
+    them from the 100-byte header (the in-header page count when valid: non-zero and its
+    version-valid-for equals the change counter; else the file size in whole pages). Not the
+    file's size: a sparse tail past the last page is never copied."""
+    if len(header) < SQLITE_HEADER or not header.startswith(SQLITE_MAGIC):
+        return file_size
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return file_size  # not a valid header: SQLite refuses it, the copy fails and says so
+    pages = int.from_bytes(header[28:32], "big")
+    if not pages or header[24:28] != header[92:96]:
+        pages = -(-file_size // page_size)
+    return pages * page_size
+
+
+def _database_bytes_at(dir_fd: int, name: str, shown: Path) -> int:
+    fd = open_file_at(dir_fd, name, shown)
+    try:
+        return database_bytes(read_head(fd, SQLITE_HEADER), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 def _size_at(dir_fd: int, name: str) -> int:
     st = lstat_at(dir_fd, name)
     return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
@@ -481,12 +509,15 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
         if not names:
             log.info("backup none user=%s userdata=%s (no database)", os_user, tree.path)
             return []
-        needed = sum(_size_at(tree.fd, n) + _size_at(tree.fd, n + "-wal") for n in names)
+        needed = sum(_database_bytes_at(tree.fd, n, tree.path / n) + _size_at(tree.fd, n + "-wal") for n in names)
         bdir = _open_backup_dir(stack, backup_root, os_user, owner)
         _remove_stale(bdir, TMP_PREFIX)
         while any(lstat_at(bdir.fd, backup_file_name(n, kind, version, ts)) is not None for n in names):
             taken_at, ts = _timestamp(taken_at + timedelta(seconds=1))  # a killed run's backup took this second
-        check_free_space(bdir.path, needed, margin, free_bytes=free_bytes or (lambda _p: free_bytes_fd(bdir.fd)))
+        try:
+            check_free_space(bdir.path, needed, margin, free_bytes=free_bytes or (lambda _p: free_bytes_fd(bdir.fd)))
+        except BackupError as exc:
+            raise BackupError(f"{os_user}: {exc} (databases {', '.join(names)}, by page count x page size)") from None
         tools = _Tools(owner, sqlite3=sqlite3, dd=dd, mv=mv, timeout=timeout, scratch=bdir.path)
         records = []
         for name in names:
