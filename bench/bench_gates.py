@@ -1,9 +1,13 @@
-"""Benchmark of the health gate (a script, not a test): how long the gate takes on a
-good build as the seed database grows. Prints one table.
+"""Benchmark of the health gate (a script, not a test): how long the gate takes on a good
+build as the seed database grows and as the number of users (one throwaway server each,
+run together) grows, and what a build that never becomes ready costs. Prints one table.
 
-    python3 bench/bench_gates.py [--sizes-mb 1,50,200] [--dir /var/tmp/...]
+    python3 bench/bench_gates.py [--sizes-mb 1,50,200] [--users 1,3] [--never-ready-timeout 5]
+                                 [--dir /var/tmp/...]
 
-Scratch goes to /var/tmp by default: on disk, never a tmpfs.
+Every user's case seeds from a copy of the same generated database (the gate copies each
+seed into its own base dir, as it does for real users). Scratch goes to /var/tmp by
+default: on disk, never a tmpfs.
 """
 from __future__ import annotations
 
@@ -21,31 +25,48 @@ from runner.gaterun import run_gate  # noqa: E402
 from tests.sim import builds, dbgen  # noqa: E402
 
 
+def gate(t3_bin: Path, seeds: str, work: Path, label: str, ready_timeout: float):
+    scratch = work / f"scratch-{label}"
+    scratch.mkdir()
+    started = time.monotonic()
+    result = run_gate("health", run_dir=work / f"run-{label}", options={
+        "--t3-bin": str(t3_bin), "--seed-db": seeds, "--scratch": str(scratch),
+        "--serve-host": "0.0.0.0", "--smoke-port": "0", "--ready-timeout": str(ready_timeout),
+        "--cookie-name": "t3_session"}, timeout=3600)
+    return time.monotonic() - started, result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", default="1,50,200")
+    parser.add_argument("--users", default="1,3", help="numbers of users (servers) per gate run")
+    parser.add_argument("--never-ready-timeout", type=float, default=5.0,
+                        help="ready timeout for the never-ready rows (0: skip them)")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--version", default=builds.GOOD_VERSIONS["good-0.0.28"])
     args = parser.parse_args(argv)
+    user_counts = [int(n) for n in args.users.split(",")]
     work = Path(tempfile.mkdtemp(prefix="t3-bench-gates-", dir=args.dir))
     try:
         t3_bin = builds.install_layout(args.version, builds.profile_for(args.version), work / "release")
+        never = builds.BAD_VERSIONS["never-ready"]
+        never_bin = builds.install_layout(never, "never-ready", work / "release-never")
         print(f"health gate on {args.version}, scratch {work}")
-        print(f"{'seed MB':>8} {'make s':>8} {'gate s':>8} {'tests':>6} verdict")
+        print(f"{'build':>11} {'seed MB':>8} {'users':>6} {'make s':>7} {'gate s':>8} {'tests':>6} verdict")
         for size in (int(s) for s in args.sizes_mb.split(",")):
             seed = work / f"seed-{size}.sqlite"
             started = time.monotonic()
             dbgen.make_database(seed, 30, threads=20, target_bytes=size * 1024 * 1024)
             made = time.monotonic() - started
-            scratch = work / f"scratch-{size}"
-            scratch.mkdir()
-            started = time.monotonic()
-            result = run_gate("health", run_dir=work / f"run-{size}", options={
-                "--t3-bin": str(t3_bin), "--seed-db": str(seed), "--scratch": str(scratch),
-                "--serve-host": "0.0.0.0", "--smoke-port": "0", "--ready-timeout": "120",
-                "--cookie-name": "t3_session"}, timeout=3600)
-            took = time.monotonic() - started
-            print(f"{size:>8} {made:>8.1f} {took:>8.1f} {result.tests:>6} {'PASS' if result.passed else 'FAIL: ' + result.reason()}")
+            runs = [("good", t3_bin, 120.0)]
+            if args.never_ready_timeout:
+                runs.append(("never-ready", never_bin, args.never_ready_timeout))
+            for build, binary, ready_timeout in runs:
+                for users in user_counts:
+                    seeds = ",".join(f"user{i}={seed}" for i in range(users))
+                    took, result = gate(binary, seeds, work, f"{build}-{size}-{users}", ready_timeout)
+                    verdict = "PASS" if result.passed else "FAIL: " + result.reason()[:80]
+                    print(f"{build:>11} {size:>8} {users:>6} {made:>7.1f} {took:>8.1f} {result.tests:>6} {verdict}")
             seed.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -19,6 +19,7 @@ from runner.units import render_all
 #: Values as on a default host (the runbook's paths); only the score is of interest.
 SAMPLE_VALUES = {
     "ACTIVE_DIR": "/var/lib/t3-autoupdate/active", "HOME_ROOT": "/home", "SERVE_ENV_DIR": "/etc/t3-serve",
+    "SERVE_HOST": "0.0.0.0",
     "BIN": "/usr/local/bin/t3-autoupdate", "STATE_DIR": "/var/lib/t3-autoupdate",
     "BACKUP_DEST": "/var/backups/t3-state", "FREEZE_DIR": "/etc", "BIN_LINK_DIR": "/usr/local/bin",
 }

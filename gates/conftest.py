@@ -20,8 +20,11 @@ import pytest
 OPTIONS = [
     ("--t3-bin", "bin_link", "t3 binary under test (default: T3_BIN_LINK)"),
     ("--expect-version", None, "version the build under test must report (default: its package.json)"),
-    ("--seed-db", None, "populated database to copy for the health gate (default: newest pre-bump backup)"),
-    ("--seed-user", None, "OS user whose newest backup seeds the health gate (default: first in the user map)"),
+    ("--seed-db", None, "health gate seeds: user=path entries, comma-separated (a user's entries are one "
+     "case: a V2 user's statev2.sqlite and state.sqlite), or plain paths (default: every user's newest "
+     "pre-bump backups)"),
+    ("--seed-user", None, "only this OS user's newest backups seed the health gate (default: every user in the map)"),
+    ("--health-parallel", None, "throwaway servers the health gate runs at once (default: 4)"),
     ("--scratch", "tmpdir", "scratch directory on disk, never a tmpfs (default: T3_TMPDIR)"),
     ("--serve-host", "serve_host", "host the throwaway server binds, as production (default: T3_SERVE_HOST)"),
     ("--smoke-port", "smoke_port", "port of the throwaway server, 0 = any free (default: T3_SMOKE_PORT)"),

@@ -1,8 +1,14 @@
-"""Health gate: the build under test, on a copy of real data, in a throwaway server.
+"""Health gate: the build under test, on copies of real data, in throwaway servers.
 
 It proves the feature, never liveness alone (GET / -> 200 passed a build that
 broke every login): the forward migration keeps every precious row, the
 database is sound, and a browser can pair and hold a session.
+
+One case per seed (every user's own live database: `populated-<user>`) and one on an
+empty base dir (`fresh-empty`), each on its own server, started together (gates/seeds.py,
+gates/throwaway.py). Every database check reads the file the build actually opened after
+start (statev2.sqlite once it exists, else state.sqlite); a V1 seed the build imported into
+statev2.sqlite must arrive there whole, and the state.sqlite left behind must stay as it was.
 """
 from __future__ import annotations
 
@@ -11,80 +17,104 @@ from pathlib import Path
 
 import pytest
 
-from gates import dbfacts
-from runner import proc
+from runner import dbfacts, proc
+from runner.livedb import V1_NAME, V2_NAME
 from runner.versions import VersionError, parse_t3_version_output
+from gates.seeds import FRESH_CASE, Seed, backed_up_files, default_seeds, parse_seed_option, place_seed
 from gates.t3client import GateFailure, mint_credential, package_version_of
-from gates.throwaway import ThrowawayServer, copy_database
+from gates.throwaway import ServerPool, ThrowawayServer
 
 MIGRATION_FAILED = re.compile(r'Migration "\d+_[^"]*" failed')
-
-
-def _seed_database(gate, given: str | None) -> Path:
-    if given is not None:
-        seed = Path(given)
-        if not seed.is_file():
-            raise GateFailure(f"seed database {seed} does not exist")
-        return seed
-    backups = gate.path("--backup-dest")
-    users = sorted(set(gate.users().values()))
-    seed_user = gate.get("--seed-user") or (users[0] if users else None)
-    candidates = sorted((backups / str(seed_user)).glob("state-prebump-*.sqlite")) if seed_user else []
-    if not candidates:
-        raise GateFailure(f"no seed database: no pre-bump backup of {seed_user} under {backups}; pass --seed-db")
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+DEFAULT_PARALLEL = 4
 
 
 class Candidate:
-    """A started throwaway server plus what its database looked like before it ran."""
+    """A started throwaway server plus what its databases looked like before it ran."""
 
-    def __init__(self, server: ThrowawayServer, seeded: bool):
+    def __init__(self, server: ThrowawayServer, live_before: Path | None):
         self.server = server
-        self.seeded = seeded
-        self.level_before = dbfacts.migration_level(server.db) if seeded else 0
-        self.precious_before = dbfacts.precious_fingerprint(server.db) if seeded else {}
-        self.auth_before = dbfacts.auth_row_counts(server.db) if seeded else {}
+        self.live_name_before = live_before.name if live_before else None
+        self.level_before = dbfacts.migration_level(live_before) if live_before else 0
+        self.precious_before = dbfacts.precious_fingerprint(live_before) if live_before else {}
+        self.auth_before = dbfacts.auth_row_counts(live_before) if live_before else {}
+        v1 = server.userdata / V1_NAME
+        self.v1_content_before = dbfacts.content_fingerprint(v1) if v1.is_file() else None
+
+    def imported(self) -> bool:
+        """Whether this start carried a V1 database into statev2.sqlite."""
+        return self.live_name_before == V1_NAME and self.server.live_db().name == V2_NAME
+
+    def where(self) -> str:
+        """Which file a message is about, when it is not plain V1 (whose messages stay as they were)."""
+        after = self.server.live_db().name
+        if self.imported():
+            return f" ({V1_NAME} imported into {V2_NAME})"
+        return f" in {after}" if after != V1_NAME else ""
 
 
-def health_cases(seed_option: str | None) -> list[tuple[str, str | None]]:
-    """(case id, seed path) per populated seed given (one per schema level the fleet is at),
-    then a fresh empty database. Without --seed-db the seed is found when the case runs."""
-    seeds = [s for s in (seed_option or "").split(",") if s] or [None]
-    cases = [("populated-copy" if len(seeds) == 1 else f"populated-copy-{i + 1}", seed) for i, seed in enumerate(seeds)]
-    return cases + [("fresh-empty", None)]
+def health_cases(config) -> list[Seed | None]:
+    """The fresh empty base dir first (it starts in the first batch, whatever the number of
+    users), then one populated case per seed."""
+    option = config.getoption("seed_db")
+    if option:
+        try:
+            seeds = parse_seed_option(option)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    else:
+        gate = config._t3_gate
+        chosen = gate.get("--seed-user")
+        seeds = default_seeds([chosen] if chosen else sorted(set(gate.users().values())))
+    return [None] + seeds
 
 
 def pytest_generate_tests(metafunc):
     if "health_case" in metafunc.fixturenames:
-        cases = health_cases(metafunc.config.getoption("seed_db"))
-        metafunc.parametrize("health_case", cases, ids=[c[0] for c in cases], scope="module")
+        cases = health_cases(metafunc.config)
+        metafunc.parametrize("health_case", cases, ids=[c.case if c else FRESH_CASE for c in cases],
+                             scope="module")
 
 
-@pytest.fixture(scope="module")
-def candidate(health_case, gate, scratch_root):
-    """The build under test serving a copy of a populated database, or an empty one."""
+def _launch(gate, scratch_root: Path, t3_bin: str, seed: Seed | None, port: int) -> Candidate:
+    server = ThrowawayServer(t3_bin, scratch_root / (seed.case if seed else FRESH_CASE),
+                             host=str(gate.get("--serve-host")), port=port,
+                             ready_timeout=float(gate.get("--ready-timeout")))
+    live_before = None
+    if seed is not None:
+        files = seed.files or backed_up_files(gate.path("--backup-dest"), seed.user)
+        live_before = place_seed(seed, files, server.userdata)
+    candidate = Candidate(server, live_before)
+    server.start()
+    return candidate
+
+
+@pytest.fixture(scope="session")
+def server_pool(request, gate, scratch_root):
+    """Every selected case's server, started ahead of its checks, in the order pytest runs them."""
     t3_bin = str(gate.get("--t3-bin"))
     if not Path(t3_bin).exists():
         raise GateFailure(f"t3 binary under test not found: {t3_bin}")
-    case, given_seed = health_case
-    server = ThrowawayServer(
-        t3_bin, scratch_root / case,
-        host=str(gate.get("--serve-host")), port=int(gate.get("--smoke-port") or 0),
-        ready_timeout=float(gate.get("--ready-timeout")),
-    )
-    seeded = case != "fresh-empty"
-    if seeded:
-        seed = _seed_database(gate, given_seed)
-        copy_database(seed, server.db)
-        if not any(count for count, _ in dbfacts.precious_fingerprint(server.db).values()):
-            raise GateFailure(f"seed database {seed} holds no history; the gate needs a populated copy")
-    state = Candidate(server, seeded)
-    server.start()
+    order = []
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "health_case" in params and params["health_case"] not in order:
+            order.append(params["health_case"])
+    pool = ServerPool(order, lambda seed, port: _launch(gate, scratch_root, t3_bin, seed, port),
+                      bound=int(gate.get("--health-parallel") or DEFAULT_PARALLEL),
+                      first_port=int(gate.get("--smoke-port") or 0))
     try:
-        server.wait_ready()
-        yield state
+        yield pool
     finally:
-        server.stop()
+        pool.close()
+
+
+@pytest.fixture(scope="module")
+def candidate(health_case, server_pool):
+    """The build under test serving a copy of one user's database, or an empty base dir."""
+    try:
+        yield server_pool.get(health_case)
+    finally:
+        server_pool.release(health_case)
 
 
 def test_server_becomes_ready_bound_like_production(candidate, gate):
@@ -93,23 +123,28 @@ def test_server_becomes_ready_bound_like_production(candidate, gate):
 
 
 def test_migrations_applied_cleanly(candidate):
-    level = dbfacts.migration_level(candidate.server.db)
+    level = dbfacts.migration_level(candidate.server.live_db())
     assert level >= candidate.level_before, (
-        f"effect_sql_migrations went backwards: {candidate.level_before} -> {level}")
+        f"effect_sql_migrations went backwards: {candidate.level_before} -> {level}{candidate.where()}")
     failed = MIGRATION_FAILED.findall(candidate.server.log_text())
     assert not failed, f"server log reports {', '.join(failed)}"
 
 
 def test_database_integrity_ok(candidate):
-    problems = dbfacts.integrity_problems(candidate.server.db)
-    assert not problems, "database is damaged after migration: " + "; ".join(problems[:5])
+    problems = dbfacts.integrity_problems(candidate.server.live_db())
+    assert not problems, (f"database is damaged after migration{candidate.where()}: "
+                          + "; ".join(problems[:5]))
 
 
 def test_precious_history_kept(candidate, gate_notes):
-    after = dbfacts.precious_fingerprint(candidate.server.db)
-    losses = dbfacts.describe_losses(candidate.precious_before, after)
+    live = candidate.server.live_db()
+    after = dbfacts.precious_fingerprint(live)
+    imported = candidate.imported()
+    losses = dbfacts.describe_losses(candidate.precious_before, after, across_import=imported)
+    if imported:  # the V2 tables (what a V2 build shows) must hold every V1 thread and message
+        losses += dbfacts.import_losses(candidate.server.userdata / V1_NAME, live)
     assert not losses, "; ".join(losses)
-    auth_after = dbfacts.auth_row_counts(candidate.server.db)
+    auth_after = dbfacts.auth_row_counts(live)
     reset = [f"{t} {n} -> {auth_after.get(t, 0)}" for t, n in candidate.auth_before.items()
              if n and not auth_after.get(t, 0)]
     if reset:
@@ -150,3 +185,18 @@ def test_pairing_handshake_gives_a_working_session_cookie(candidate, gate):
     value = dict(exchange.cookies)[announced]
     session = server.instance.session({announced: value})
     assert session.get("authenticated") is True, "the new session cookie is not accepted by /api/auth/session"
+
+
+def test_v1_database_left_as_it_was_beside_statev2(candidate):
+    """A V2 build opens only statev2.sqlite: the state.sqlite beside it stays frozen at the
+    import (a pre-V2 build, after a rollback, serves exactly that file). Checked last, so the
+    server has run the pairing too."""
+    if candidate.server.live_db().name != V2_NAME:
+        return  # the build serves state.sqlite itself: its changes are the migration checked above
+    v1 = candidate.server.userdata / V1_NAME
+    if candidate.v1_content_before is None:
+        assert not v1.exists(), f"{V1_NAME} appeared beside {V2_NAME} on a base dir that had none"
+        return
+    assert v1.is_file(), f"{V1_NAME} disappeared after the import to {V2_NAME}"
+    assert dbfacts.content_fingerprint(v1) == candidate.v1_content_before, (
+        f"{V1_NAME} changed after the import to {V2_NAME}")

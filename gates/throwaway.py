@@ -1,8 +1,16 @@
-"""A throwaway `t3 serve` on a copy of real data, started exactly as production starts it.
+"""Throwaway `t3 serve` processes on copies of real data, started exactly as production
+starts them, several at once.
 
-Exactly as production: same `--host` (0.0.0.0 by default). A loopback-bound
-server names its session cookie after its port and state path, and a gate that
-started one rejected every good build for 17 days (lessons.md).
+Exactly as production: same `--host` (0.0.0.0 by default). A loopback-bound server names
+its session cookie after its port and state path, and a gate that started one rejected
+every good build for 17 days.
+
+Several at once: the health gate runs one server per seed (every user's own database)
+plus one on an empty base dir; `ServerPool` starts them ahead of the checks that use them,
+at most `bound` alive at a time, each on its own port, so a build that never becomes ready
+costs one ready timeout, not one per case. Everything happens in the calling (main)
+thread: a server's readiness is a poll, and `proc.spawn` arranges for a child to die with
+the thread that started it, so servers must not be started from short-lived threads.
 """
 from __future__ import annotations
 
@@ -12,14 +20,18 @@ import threading
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Callable, Hashable
 
 import requests
 
 from runner import proc
+from runner.dbfacts import live_database_in
+from runner.livedb import V1_NAME, V2_NAME
 
 from .t3client import GateFailure, Instance
 
 POLL_SECONDS = 0.05
+PROBE_TIMEOUT = 0.5  # one readiness probe; short, so one hung server never stalls the others' polls
 
 
 def free_port() -> int:
@@ -47,46 +59,60 @@ class ThrowawayServer:
         self.t3_bin = t3_bin
         self.base_dir = scratch / ".t3"
         self.userdata = self.base_dir / "userdata"
-        self.db = self.userdata / "state.sqlite"
         self.log_path = scratch / "server.log"
         self.host = host
         self.port = port or free_port()
         self.ready_timeout = ready_timeout
         self.popen = None
+        self.started_at: float | None = None
         self.ready_seconds: float | None = None
 
     @property
     def instance(self) -> Instance:
         return Instance(f"http://127.0.0.1:{self.port}")
 
-    def seed_from(self, database: Path) -> None:
-        copy_database(database, self.db)
+    def live_db(self) -> Path:
+        """The database the build opened, judged after start: statev2.sqlite once it exists,
+        else state.sqlite (never assumed from the layout of the seed)."""
+        __tracebackhide__ = True
+        db = live_database_in(self.userdata) if self.userdata.is_dir() else None
+        if db is None:
+            raise GateFailure(f"after start, no {V2_NAME} or {V1_NAME} in the base dir {self.base_dir}")
+        return db
 
     def start(self) -> "ThrowawayServer":
         self.userdata.mkdir(parents=True, exist_ok=True)
         argv = [self.t3_bin, "serve", "--host", self.host, "--port", str(self.port), "--base-dir", str(self.base_dir)]
+        self.started_at = time.monotonic()
         self.popen = proc.spawn(argv, log_path=self.log_path)
         return self
 
-    def wait_ready(self) -> None:
-        """Poll until the server answers; a process that exits is a verdict at once."""
+    def check_ready(self) -> bool:
+        """One poll: True once the server answers; a process that exited, or the ready
+        timeout passing, is a verdict at once (GateFailure)."""
         __tracebackhide__ = True
-        started = time.monotonic()
-        deadline = started + self.ready_timeout
+        code = self.popen.poll()
+        if code is not None:
+            raise GateFailure(f"t3 serve exited with code {code} before becoming ready; log: {self.log_tail()}")
+        try:
+            answered = requests.get(f"{self.instance.base_url}/.well-known/t3/environment",
+                                    timeout=PROBE_TIMEOUT).status_code == 200
+        except requests.RequestException:
+            answered = False
+        elapsed = time.monotonic() - self.started_at
+        if answered:
+            self.ready_seconds = elapsed
+            return True
+        if elapsed >= self.ready_timeout:
+            raise GateFailure(f"t3 serve did not become ready within {self.ready_timeout:g}s "
+                              f"(process still running); log: {self.log_tail()}")
+        return False
+
+    def wait_ready(self) -> None:
+        """Poll until the server answers (or a verdict)."""
+        __tracebackhide__ = True
         pause = threading.Event()
-        while True:
-            code = self.popen.poll()
-            if code is not None:
-                raise GateFailure(f"t3 serve exited with code {code} before becoming ready; log: {self.log_tail()}")
-            try:
-                if requests.get(f"{self.instance.base_url}/.well-known/t3/environment", timeout=1.0).status_code == 200:
-                    self.ready_seconds = time.monotonic() - started
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() >= deadline:
-                raise GateFailure(f"t3 serve did not become ready within {self.ready_timeout:g}s "
-                                  f"(process still running); log: {self.log_tail()}")
+        while not self.check_ready():
             pause.wait(POLL_SECONDS)
 
     def log_text(self) -> str:
@@ -102,3 +128,105 @@ class ThrowawayServer:
     def stop(self) -> None:
         if self.popen is not None:
             proc.terminate(self.popen, timeout=10)
+
+
+class _Entry:
+    def __init__(self):
+        self.value = None        # what `launch` returned; has `.server`
+        self.error: BaseException | None = None
+        self.ready = False
+        self.released = False
+
+    @property
+    def settled(self) -> bool:
+        return self.ready or self.error is not None
+
+
+class ServerPool:
+    """Throwaway servers for a list of cases, started in the order the cases will be used,
+    at most `bound` alive at once (started and not yet released), ready-polled together.
+
+    `launch(key, port)` prepares a case and returns an object whose `.server` is a started
+    ThrowawayServer (or raises: that error is the case's verdict). `get(key)` returns it
+    once ready, or raises its verdict; `release(key)` stops it, which lets the next case
+    start. A case asked for out of order is started at once, whatever the bound: the pool
+    never waits on itself. The first server gets `first_port` (the configured smoke port,
+    if any), every other a free port of its own.
+    """
+
+    def __init__(self, keys: list[Hashable], launch: Callable[[Hashable, int], object], *, bound: int,
+                 first_port: int = 0):
+        if bound < 1:
+            raise ValueError(f"at most {bound} throwaway servers at once: need at least 1")
+        self._pending = list(keys)
+        self._launch = launch
+        self._bound = bound
+        self._first_port = first_port
+        self._ports: set[int] = set()
+        self._entries: dict[Hashable, _Entry] = {}
+
+    def _alive(self) -> list[_Entry]:
+        return [e for e in self._entries.values() if e.error is None and not e.released]
+
+    def _port(self) -> int:
+        if self._first_port and not self._ports:
+            port = self._first_port
+        else:
+            port = free_port()
+            while port in self._ports:  # the kernel may hand a just-closed port out again
+                port = free_port()
+        self._ports.add(port)
+        return port
+
+    def _start(self, key) -> None:
+        self._pending.remove(key)
+        entry = self._entries[key] = _Entry()
+        try:
+            entry.value = self._launch(key, self._port())
+        except Exception as exc:  # noqa: BLE001 (any failure to prepare or start is this case's verdict)
+            entry.error = exc
+
+    def _fill(self) -> None:
+        while self._pending and len(self._alive()) < self._bound:
+            self._start(self._pending[0])
+
+    def _poll(self) -> None:
+        for entry in self._alive():
+            if entry.ready:
+                continue
+            try:
+                entry.ready = entry.value.server.check_ready()
+            except Exception as exc:  # noqa: BLE001 (exited, timed out, or unreadable: the verdict)
+                entry.error = exc
+                entry.value.server.stop()
+
+    def get(self, key):
+        __tracebackhide__ = True
+        pause = threading.Event()
+        while True:
+            if key not in self._entries:
+                if key not in self._pending:
+                    raise KeyError(f"no health case {key!r}")
+                self._start(key)
+            self._fill()
+            self._poll()
+            entry = self._entries[key]
+            if entry.error is not None:
+                raise entry.error
+            if entry.ready:
+                return entry.value
+            pause.wait(POLL_SECONDS)  # every server has its own deadline (its ready timeout)
+
+    def release(self, key) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.released:
+            return
+        entry.released = True
+        if entry.value is not None:
+            entry.value.server.stop()
+        self._fill()
+
+    def close(self) -> None:
+        self._pending.clear()
+        for key in list(self._entries):
+            self.release(key)

@@ -120,7 +120,10 @@ def _read_marker(path: Path) -> dict | None:
     try:
         data = json.loads(text)
     except ValueError as exc:
-        return {"error": f"corrupt marker: {exc}"}
+        # The old bash tracker's one-line markers (a host taken over): parsed, not corrupt.
+        from .takeover import parse_legacy_marker
+
+        return parse_legacy_marker(text) or {"error": f"corrupt marker: {exc}"}
     return data if isinstance(data, dict) else {"error": "corrupt marker: not a JSON object"}
 
 

@@ -46,7 +46,8 @@ from runner.userfiles import (NotFound, UserFileError, close_quietly, describe, 
 
 __all__ = ["BackupError", "BackupRecord", "RestoreReport", "find_user_databases", "check_free_space",
            "backup_user_databases", "restore_user_database", "set_aside_database", "latest_backup",
-           "backup_file_name", "copy_backup_out", "discard_backup", "remove_backup_dir_if_empty", "BACKUP_KINDS"]
+           "backup_file_name", "prebump_backups", "copy_backup_out", "discard_backup",
+           "remove_backup_dir_if_empty", "BACKUP_KINDS"]
 
 log = logging.getLogger("t3-autoupdate.backup")
 
@@ -57,9 +58,9 @@ TMP_PREFIX = ".t3-autoupdate-tmp-"          # temporaries in a backup dir
 RESTORE_PREFIX = ".t3-autoupdate-restore-"  # temporaries in userdata
 TS_FORMAT = "%Y%m%dT%H%M%SZ"
 DEFAULT_MARGIN = 1.5
-#: prebump: a run's restore point; dryrun: a preview's seed, copied out and discarded at once
-#: (its own name, so a left-over one is never taken for a restore point nor prunes one).
-BACKUP_KINDS = ("prebump", "dryrun")
+#: prebump: a run's restore point; daily: the daily job's; dryrun: a preview's seed, copied out
+#: and discarded at once (its own name: a left-over one is never a restore point nor prunes one).
+BACKUP_KINDS = ("prebump", "daily", "dryrun")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _DB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = r"[0-9A-Za-z][0-9A-Za-z.+-]{0,127}"
@@ -83,6 +84,7 @@ class BackupRecord:
     bytes: int
     sha256: str
     precious_counts: Mapping[str, int] = field(default_factory=dict, hash=False)
+    serving_version: str | None = None  # the build the user ran when the copy was taken (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -493,13 +495,21 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
                           dd: str = "dd", mv: str = "mv", timeout: float = 1800, keep: int = 3,
                           now: datetime | None = None, margin: float = DEFAULT_MARGIN,
                           free_bytes: Callable[[object], int] | None = None,
-                          home_dir=None, kind: str = "prebump") -> list[BackupRecord]:
-    """Back up every database of one user online, as that user, verified; prune to `keep`
-    (among backups of the same `kind`, one of BACKUP_KINDS)."""
+                          home_dir=None, kind: str = "prebump", serving: str | None = None) -> list[BackupRecord]:
+    """Back up every database of one user online, as that user, verified; prune to `keep`.
+
+    `kind` names the copies: "prebump" (before a bump: the restore points of a rollback) or
+    "daily" (the daily job) or "dryrun" (a preview's seed, copied out and discarded at once). Pruning counts and removes copies of the same kind only, so a
+    daily backup never prunes a pre-bump restore point. `serving`: the build the user runs
+    now, recorded in each manifest: the backups taken when a user left a build are the ones a
+    rollback to that build restores.
+    """
     if kind not in BACKUP_KINDS:
-        raise BackupError(f"unknown backup kind {kind!r}")
+        raise BackupError(f"invalid backup kind {kind!r}")
     _check(_USER_RE, os_user, "OS user name")
     _check(_VERSION_RE, version, "version")
+    if serving is not None:
+        _check(_VERSION_RE, serving, "serving version")
     if keep < 1:
         raise BackupError(f"keep must be at least 1, not {keep}")
     taken_at, ts = _timestamp(now)
@@ -526,10 +536,10 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
                 def manifest(c: _Copy, name=name, final=final) -> dict:
                     return {"format": 1, "os_user": os_user, "db_name": name, "file": final, "version": version,
                             "taken_at": taken_at.isoformat(), "bytes": c.bytes, "sha256": c.sha256,
-                            "precious_counts": c.counts}
+                            "precious_counts": c.counts, "serving_version": serving}
                 c = _copy_into_backup_dir(tools, tree.path / name, bdir, final, require_ok=True, manifest=manifest)
             record = BackupRecord(os_user, name, bdir.path / final, version, taken_at, c.bytes, c.sha256,
-                                  dict(c.counts or {}))
+                                  dict(c.counts or {}), serving)
             log.info("backup ok user=%s db=%s file=%s bytes=%d sha256=%s precious=%s copy_s=%.2f verify_s=%.2f",
                      os_user, name, record.path, c.bytes, c.sha256, _fmt_counts(record.precious_counts),
                      c.copy_seconds, c.verify_seconds)
@@ -553,7 +563,7 @@ def _backups_of(bdir: _Dir, db_name: str, kind: str = "prebump") -> list[tuple[s
 
 
 def _prune(bdir: _Dir, db_name: str, keep: int, protect: set[str], kind: str = "prebump") -> None:
-    """Keep the newest `keep` backups of db_name of `kind` (and any in `protect`); best effort."""
+    """Keep the newest `keep` backups of `kind` of db_name (and any in `protect`); best effort."""
     entries = _backups_of(bdir, db_name, kind)
     keepers = {name for _, name, _ in entries[:keep]} | protect
     present = {name for _, name, _ in entries}
@@ -651,6 +661,41 @@ def remove_backup_dir_if_empty(backup_root, os_user: str) -> bool:
     return True
 
 
+def prebump_backups(backup_root, os_user: str) -> list[BackupRecord]:
+    """Every pre-bump backup of every database of one user, from the manifests, oldest first.
+
+    A manifest of a pre-bump backup that is not whole (unreadable, describing another file,
+    its backup missing) is a BackupError: a restore picks a set of them, and never guesses."""
+    _check(_USER_RE, os_user, "OS user name")
+    records = []
+    with contextlib.ExitStack() as stack, _errors(os_user, f"listing backups in {backup_root}"):
+        bdir = _open_backup_dir(stack, backup_root, os_user, None)
+        if bdir is None:
+            return []
+        for entry in sorted(os.listdir(bdir.fd)):
+            name = entry[1:-len(".json")] if entry.startswith(".") and entry.endswith(".json") else ""
+            if "-prebump-" not in name or name.startswith((TMP_PREFIX, RESTORE_PREFIX)):
+                continue
+            try:
+                fd = open_file_at(bdir.fd, entry, bdir.path / entry)
+                try:
+                    m = json.loads(read_head(fd, _MANIFEST_MAX + 1)[:_MANIFEST_MAX])
+                finally:
+                    os.close(fd)
+                db_name, version = _check(_DB_NAME_RE, m["db_name"], "database name"), m["version"]
+                if not _name_re(db_name, "prebump").fullmatch(name):
+                    raise ValueError(f"it does not name a pre-bump backup of {db_name}")
+            except (ValueError, KeyError, TypeError, BackupError) as exc:
+                raise UserFileError(f"manifest {bdir.path / entry} is unusable ({exc})") from None
+            records.append(_read_manifest(bdir, name, os_user, db_name, str(version)))
+        described = {r.path.name for r in records}
+        for name in os.listdir(bdir.fd):  # a set missing a member would set that database aside
+            if ("-prebump-" in name and not name.startswith(".") and not name.endswith(SIDE_SUFFIXES)
+                    and name not in described):
+                raise UserFileError(f"backup {bdir.path / name} has no manifest: refusing to guess")
+    return sorted(records, key=lambda r: (r.taken_at, r.db_name))
+
+
 def _read_manifest(bdir: _Dir, name: str, os_user: str, db_name: str, version: str) -> BackupRecord:
     shown = bdir.path / name
     st = lstat_at(bdir.fd, name)
@@ -675,7 +720,10 @@ def _read_manifest(bdir: _Dir, name: str, os_user: str, db_name: str, version: s
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise ValueError("bad sha256")
         taken_at = datetime.fromisoformat(m["taken_at"])
-        return BackupRecord(os_user, db_name, shown, version, taken_at, int(m["bytes"]), sha, counts)
+        serving = m.get("serving_version")
+        if serving is not None and not (isinstance(serving, str) and _VERSION_RE.fullmatch(serving)):
+            raise ValueError("bad serving_version")
+        return BackupRecord(os_user, db_name, shown, version, taken_at, int(m["bytes"]), sha, counts, serving)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserFileError(f"manifest of {shown} is unusable ({exc})") from None
 

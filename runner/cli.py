@@ -129,6 +129,26 @@ def cmd_install_units(cfg: Config, args, events: EventLog) -> int:
     return OK
 
 
+def cmd_backup(cfg: Config, args, events: EventLog) -> int:
+    from .dailybackup import daily_backup
+
+    return daily_backup(cfg, events)
+
+
+def cmd_install_mint(cfg: Config, args, events: EventLog) -> int:
+    from .install import MintInstallError, install_mint, uninstall_mint
+
+    try:
+        if args.uninstall:
+            uninstall_mint(cfg, events=events)
+        else:
+            install_mint(cfg, bin_path=args.bin, events=events)
+    except (MintInstallError, OSError) as exc:
+        events("REFUSED", reason=str(exc))
+        return FAILED
+    return OK
+
+
 def cmd_adopt(cfg: Config, args, events: EventLog) -> int:
     from .adopt import adopt
     from .context import RunContext
@@ -170,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve-env-dir", default="/etc/t3-serve", help="holds <os_user>.env with T3_PORT")
     p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
     p.set_defaults(func=cmd_install_units)
+    sub.add_parser("backup", help="the daily verified backup of every user's databases (what "
+                                  "t3-autoupdate-backup.timer runs)").set_defaults(func=cmd_backup)
+    p = sub.add_parser("install-mint", help="install the mint wrapper at the dispatch's helper path (mint_helper), "
+                                            "keeping the host's helper aside; --uninstall puts it back")
+    p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
+    p.add_argument("--uninstall", action="store_true")
+    p.set_defaults(func=cmd_install_mint)
     p = sub.add_parser("rollback", help="manual rollback to last-good (or --to VERSION) with database restore")
     p.add_argument("--to", default=None)
     p.set_defaults(func=cmd_rollback)
@@ -219,6 +246,8 @@ def main(argv=None) -> int:
         if args.command != "config" and getattr(cfg, "warnings", None):
             for warning in cfg.warnings:
                 print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
+        if args.command == "mint":  # on every login: none of the run machinery (tracker, requests, sh)
+            return cmd_mint(cfg, args, events)
         if args.command in DISPATCH_MAP_COMMANDS and not (args.command == "run" and cfg.dry_run):
             from .dispatchmap import DispatchMapError, load_ports
 
@@ -236,10 +265,10 @@ def main(argv=None) -> int:
             os.umask(saved_umask)
 
 
-COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback"}
+COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback", "backup"}
 # Commands that reach instances by the dispatch map's ports. Not freeze/unfreeze (holding the
 # tracker must work whatever state the map is in), not mint (every login; it needs no port).
-DISPATCH_MAP_COMMANDS = {"run", "status", "verify", "rollback", "drain-deferred"}
+DISPATCH_MAP_COMMANDS = {"run", "status", "verify", "rollback", "drain-deferred", "install-units"}
 
 
 def dispatch_command(args, cfg: Config, events: EventLog) -> int:

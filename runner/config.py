@@ -213,6 +213,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "user_map": (_path, "/etc/ttyd-user-map"),
     "dispatch": (_url, "http://127.0.0.1:3780"),
     "dispatch_map": (_path, "/etc/t3-dispatch/dispatch.json"),
+    "mint_helper": (_path, "/usr/local/bin/t3-mint"),  # the path the dispatch's sudoers rule allows
     "serve_host": (_host, "0.0.0.0"),
     "package": (_matching(_PACKAGE_RE, "npm package name"), "t3"),
     "cookie_name": (_matching(_COOKIE_RE, "cookie name"), "t3_session"),
@@ -225,6 +226,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "gate_timeout": (_seconds(allow_zero=False), 900),
     "busy_quiet": (_seconds(allow_zero=True), 120),
     "keep_backups": (_integer(1), 3),
+    "keep_daily_backups": (_integer(1), 6),  # copies of the daily backup job, per database
 }
 _DERIVED = {"releases_dir": "releases", "active_dir": "active", "tmpdir": "scratch"}
 ENV_NAMES = {f"T3_{key.upper()}": key for key in _KEYS}
@@ -255,6 +257,7 @@ class Config:
     user_map: Path
     dispatch: str
     dispatch_map: Path
+    mint_helper: Path
     serve_host: str
     package: str
     cookie_name: str
@@ -267,6 +270,7 @@ class Config:
     gate_timeout: float
     busy_quiet: float
     keep_backups: int
+    keep_daily_backups: int
     users: Mapping[str, str]              # SSO name -> OS user
     config_file: Path | None              # the TOML file actually read, if any
     sources: Mapping[str, str]            # key -> "default" | "file" | "environment"

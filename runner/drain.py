@@ -1,8 +1,10 @@
 """`t3-autoupdate drain-deferred`: the idle-gated job that moves deferred users.
 
-A deferred user owes a restart onto last-good. When they are idle now, the same
-safe routine as the canary runs for them alone: a fresh pre-bump backup, link
-switch, restart, canary gate; a failure puts them back with that backup.
+A deferred user owes a restart onto last-good, and so does a user whose running
+server is not on their link (after a takeover: still the old global `t3`). When they
+are idle now, the same safe routine as the canary runs for them alone: a fresh
+pre-bump backup, link switch, restart, canary gate; a failure puts them back with
+that backup.
 """
 from __future__ import annotations
 
@@ -11,9 +13,20 @@ from .context import RunContext
 from .gaterun import run_gate
 from .rollout import busy_reason, canary_options, move_and_restart, roll_back_users
 from .services import unit_of
-from .userlock import UserLockTimeout
 from .recover import locked_and_recovered
 from .state import new_run_id, read_freeze, read_text_or_none
+from .takeover import running_off_link
+from .userlock import UserLockTimeout
+
+
+def off_link_users(ctx: RunContext, os_users) -> dict[str, str]:
+    """os_user -> why their running server is not on their link (e.g. the old global t3)."""
+    found = {}
+    for os_user in os_users:
+        reason = running_off_link(ctx.services, unit_of(os_user), ctx.cfg.active_link(os_user))
+        if reason:
+            found[os_user] = reason
+    return found
 
 
 def drain_deferred(ctx: RunContext) -> int:
@@ -24,18 +37,21 @@ def drain_deferred(ctx: RunContext) -> int:
             events("FROZEN", reason=freeze.reason, freeze_file=str(cfg.freeze_file))
             return 0
         good = read_text_or_none(cfg.last_good_path)
-        pending = activate.deferred_users(cfg.deferred_dir)
-        if not good or not pending:
+        if not good:
+            return 0
+        running = set(ctx.services.running_instances())
+        off_link = off_link_users(ctx, sorted(running & set(cfg.os_users)))
+        pending = {**activate.deferred_users(cfg.deferred_dir), **off_link}
+        if not pending:
             return 0
         ctx.run_id = "drain-" + new_run_id(ctx.now())
         ctx.run_dir = cfg.runs_dir / ctx.run_id
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        running = set(ctx.services.running_instances())
         ports = ctx.ports()
         failures = 0
         for os_user in sorted(pending):
             current = activate.release_of_link(cfg.active_link(os_user))
-            if current == good:
+            if current == good and os_user not in off_link:
                 activate.clear_deferred(cfg.deferred_dir, os_user)
                 continue
             if os_user not in running:
@@ -47,7 +63,7 @@ def drain_deferred(ctx: RunContext) -> int:
             try:
                 records = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, good,
                                                        sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
-                                                       keep=cfg.keep_backups)
+                                                       keep=cfg.keep_backups, serving=current)
             except backup.BackupError as exc:  # this user's problem: still owed, the others go on
                 events("DEFERRED", user=os_user, version=good, reason=f"backup failed: {exc}")
                 continue

@@ -19,6 +19,7 @@ from pathlib import Path
 from . import backup, resolve
 from .context import RunContext
 from .gatework import GateWork
+from .phases.health import check_health
 from .gateuser import GateUserError, gate_ids
 from .scratch import ScratchError, private_scratch
 from .stage import StageError, stage_release
@@ -77,20 +78,17 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
             except StageError as exc:
                 print(f"DRY-RUN FAIL {version}: staging failed: {exc}", file=stdout)
                 return 1
-            from .tracker import health_seeds, run_health_gate
-
-            seed_paths = health_seeds(records)
-            if not seed_paths:
-                print(f"DRY-RUN FAIL {version}: no populated database to seed the health gate", file=stdout)
-                return 1
-            gate = run_health_gate(ctx, staged, seed_paths)
+            verdict = check_health(ctx, staged, records)
     except (GateUserError, ScratchError) as exc:  # fail closed: candidate code never runs as root
         print(f"DRY-RUN FAIL {version}: no private scratch for the gate user: {exc}", file=stdout)
         return 1
-    verdict = "PASS" if gate.passed else "FAIL"
+    if verdict.report is None:
+        print(f"DRY-RUN FAIL {version}: {verdict.reason}", file=stdout)
+        return 1
     note = f" (a real run would hold: {decision.reason})" if decision.action != "install" else ""
     freeze = read_freeze(cfg.freeze_file)
     if freeze is not None:  # a PASS must not read as "the next run installs it"
         note = f" (a real run would hold: frozen: {freeze.reason})"
-    print(f"DRY-RUN {verdict} {version}{note}: {gate.reason()} report={gate.report}", file=stdout)
-    return 0 if gate.passed else 1
+    said = "PASS" if verdict.passed else "FAIL"
+    print(f"DRY-RUN {said} {version}{note}: {verdict.reason} report={verdict.report}", file=stdout)
+    return 0 if verdict.passed else 1

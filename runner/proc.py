@@ -19,8 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import sh
-
 log = logging.getLogger("t3-autoupdate.proc")
 
 
@@ -152,6 +150,8 @@ def run(
     preexec = _drop_privileges(as_user)
     if preexec is not None:
         kwargs["_preexec_fn"] = preexec
+    import sh  # here, not at the top: `run_light` callers (the mint) never pay for it
+
     try:
         cmd = sh.Command(argv[0])
     except sh.CommandNotFound as exc:
@@ -168,6 +168,48 @@ def run(
     done = Completed(argv, result.exit_code, _decode(result.stdout), _decode(result.stderr),
                      time.monotonic() - started)
     log.debug("exit %d after %.2fs: %s", done.exit_code, done.seconds, argv[0])
+    if done.exit_code not in ok_codes:
+        raise CommandError(argv, done.exit_code, done.stdout, done.stderr)
+    return done
+
+
+def run_light(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 120.0,
+    as_user: UserIds | None = None,
+    ok_codes: Sequence[int] = (0,),
+) -> Completed:
+    """`run`'s contract (argv only, logged, CommandError unless the exit code is in ok_codes,
+    `as_user` dropped to before exec) for a short command whose latency users feel: the
+    mint, run on every login. Built on subprocess, so the caller never imports `sh`
+    (the largest part of the mint's start-up). No stdin."""
+    import subprocess
+
+    argv = tuple(str(a) for a in argv)
+    if not argv or not argv[0]:
+        raise ValueError("run_light: empty command")
+    log.debug("run: %s%s", format_argv(argv), f" (as uid {as_user.uid})" if as_user else "")
+    started = time.monotonic()
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                                env=dict(env) if env is not None else None, cwd=cwd,
+                                preexec_fn=_drop_privileges(as_user))
+    except FileNotFoundError as exc:
+        raise CommandError(argv, 127, reason="program not found") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(argv, -9, _decode(exc.stdout), _decode(exc.stderr),
+                           reason=f"timed out after {timeout:g}s") from exc
+    except OSError as exc:
+        raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc
+    done = Completed(argv, result.returncode, _decode(result.stdout), _decode(result.stderr),
+                     time.monotonic() - started)
+    log.debug("exit %d after %.2fs: %s", done.exit_code, done.seconds, argv[0])
+    if done.exit_code < 0:
+        raise CommandError(argv, done.exit_code, done.stdout, done.stderr,
+                           reason=f"killed by signal {-done.exit_code}")
     if done.exit_code not in ok_codes:
         raise CommandError(argv, done.exit_code, done.stdout, done.stderr)
     return done

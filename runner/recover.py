@@ -20,7 +20,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import activate, release
+from . import activate, goodbuilds, release
 from .context import RunContext
 from .journal import Journal, clear_journal, load_journal
 from .rollout import roll_back_users
@@ -91,9 +91,7 @@ def recover_unfinished_run(ctx: RunContext) -> Journal | None:
     else:
         action = "discarded stage"
     if journal.release is not None or journal.phase in ("stage", "health", "canary"):
-        in_use = {activate.release_of_link(cfg.active_link(u)) for u in cfg.os_users}
-        if journal.version not in in_use:
-            release.remove_release(cfg.releases_dir, journal.version)
+        goodbuilds.remove_if_removable(cfg, journal.version)  # never a good build's or a user's release
     release.clean_staging(cfg.releases_dir)
     # A health gate killed with the run leaves its scratch (copies of a user's database) behind.
     if re.fullmatch(r"[0-9A-Za-z-]+", journal.run_id):

@@ -178,6 +178,7 @@ CODES = {
     "newer": "install: strictly newer, on the track, not quarantined, old enough",
     "pinned": "install: the pinned version (up or down)",
     "pinned-current": "hold: the pinned version is installed",
+    "pinned-down": "hold: the pin is older than last-good; going down needs a restore: `rollback --to`",
     "pinned-quarantined": "hold: the pinned version is quarantined; clear the quarantine first",
     "already-current": "hold: the target is the installed version",
     "not-newer": "hold: the target is older than the installed version (tag moved backward)",
@@ -204,8 +205,9 @@ def decide(target: Target | None, *, installed: str | None, track: str, pin: str
            quarantined: set[str] | frozenset[str], min_age: float | None, now: datetime) -> Decision:
     """The pure policy of phase 2. `target` may be None only when pinned.
 
-    A pin moves to exactly the pinned version, up or down, whatever the tag, the track and the
-    minimum age say; but a quarantined pin is refused (fail closed: the operator clears the
+    A pin moves up to exactly the pinned version, whatever the tag, the track and the minimum
+    age say; a pin below `installed` holds (`pinned-down`: the way down is `rollback --to`, a
+    restore); a quarantined pin is refused (fail closed: the operator clears the
     quarantine explicitly). Otherwise the target must be strictly newer than `installed` (npm
     precedence; `installed=None` means nothing is installed yet), of the tracked channel, not
     quarantined, and at least `min_age` seconds old (unknown publish time: refused).
@@ -216,11 +218,16 @@ def decide(target: Target | None, *, installed: str | None, track: str, pin: str
         versions.validate_version(pin, "pin")
         if installed is not None and versions.compare(pin, installed) == 0:
             return _hold(pin, "pinned-current", f"pinned to {pin}, which is installed")
+        if installed is not None and versions.compare(pin, installed) < 0:
+            # An older build on data a newer one migrated fails at query time, and a pre-V2 build
+            # ignores statev2.sqlite: going down is a restore, never an install (nothing is
+            # quarantined or removed, so the way back stays installed).
+            return _hold(pin, "pinned-down", f"pinned to {pin}, older than last-good {installed}: going down "
+                                             f"needs a database restore; run `t3-autoupdate rollback --to {pin}`")
         if pin in quarantined:
             return _hold(pin, "pinned-quarantined",
                          f"pinned to {pin}, but {pin} is quarantined (failed a gate); clear it to install it")
-        where = "nothing installed" if installed is None else \
-            ("up from" if versions.is_newer(pin, installed) else "down from") + f" {installed}"
+        where = "nothing installed" if installed is None else f"up from {installed}"
         return Decision("install", pin, f"pinned to {pin} ({where})", "pinned")
     if target is None:
         raise ValueError("decide: no target and no pin")

@@ -9,6 +9,7 @@ database breaks the next login: the 2026-06-09 failure).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,20 +49,24 @@ def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int
     mint of the new build can migrate the database under the old one (2026-06-09)."""
     unit = unit_of(os_user)
     with user_lock(ctx.cfg.state_dir, os_user, exclusive=True, timeout=MOVE_LOCK_WAIT):
+        # Only the stop, the relink and the start lie between these two stamps: the
+        # backup, staging and gate setup all happen before, so logins fail for no longer.
+        stopping = time.time()
         ctx.services.stop(unit)
         activate.point_user(ctx.cfg.active_dir, os_user, release_dir)
         ctx.services.start(unit)
-        return wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+        serving = wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+    served = time.time()
+    # The window in which the dispatch (which does not retry) fails this user's requests.
+    ctx.events("RESTARTED", user=os_user, release=release_dir.name, stopped_at=f"{stopping:.3f}",
+               serving_at=f"{served:.3f}", gap_ms=round((served - stopping) * 1000))
+    return serving
 
 
 def busy_reason(ctx: RunContext, os_user: str) -> str | None:
     """Why this user must not be restarted now, or None when idle. Unjudgeable counts as busy."""
-    try:
-        owner = activity.owner_of(ctx.cfg.home_dir(os_user))
-    except Exception as exc:  # noqa: BLE001 - fail closed: a user we cannot judge is not restarted
-        return f"cannot judge activity: {exc}"
-    busy, reason = activity.assess(ctx.cfg.userdata_dir(os_user) / "state.sqlite", sqlite3=ctx.cfg.sqlite3,
-                                   as_user=owner, now=ctx.now(), quiet_seconds=ctx.cfg.busy_quiet)
+    busy, reason = activity.assess_user(ctx.cfg.home_dir(os_user), ctx.cfg.userdata_dir(os_user),
+                                        sqlite3=ctx.cfg.sqlite3, now=ctx.now(), quiet_seconds=ctx.cfg.busy_quiet)
     return reason if busy else None
 
 
@@ -121,24 +126,43 @@ def roll_out(ctx: RunContext, journal: Journal, release_dir: Path, *,
     return result
 
 
-def restore_databases(ctx: RunContext, os_user: str, failed_version: str, taken: dict[str, str]) -> None:
-    """Restore every database backed up for this bump; set aside any the new build created."""
+def backup_set(ctx: RunContext, os_user: str, taken: dict[str, str]) -> dict[str, backup.BackupRecord]:
+    """The records of a backup set named by paths (a journal's, or one `rollback --to` chose), each
+    read from its manifest; a path that is not a whole pre-bump backup of its database refuses."""
+    known = {str(r.path): r for r in backup.prebump_backups(ctx.cfg.backup_dest, os_user)} if taken else {}
+    records = {}
+    for db_name, path in sorted(taken.items()):
+        record = known.get(str(path))
+        if record is None or record.db_name != db_name:
+            raise backup.BackupError(f"{os_user}: {path} is not a whole pre-bump backup of {db_name} "
+                                     f"(missing, or no manifest); refusing to guess")
+        records[db_name] = record
+    return records
+
+
+def restore_databases(ctx: RunContext, os_user: str, failed_version: str,
+                      records: dict[str, backup.BackupRecord]) -> None:
+    """Make `records` (database name -> pre-bump backup, one backup set) the user's databases again:
+    restore every database in the set, and set aside every database that exists now but is not in
+    it (a `statev2.sqlite` when going back to a pre-V2 build: a pre-V2 build ignores it, and a later
+    re-upgrade must import the restored `state.sqlite` afresh). Replaced and set-aside files are
+    kept in the backup dir, named by `failed_version`; each is reported in an event and in the
+    run's outcome (`set_aside`)."""
     cfg, events = ctx.cfg, ctx.events
     userdata = cfg.userdata_dir(os_user)
-    for db_name, path in sorted(taken.items()):
-        record = backup.latest_backup(cfg.backup_dest, os_user, db_name, version=failed_version)
-        if record is None or str(record.path) != path:
-            raise backup.BackupError(f"{os_user}: the pre-bump backup {path} is no longer the newest backup "
-                                     f"of {db_name} for {failed_version}; refusing to guess")
+    for db_name, record in sorted(records.items()):
         report = backup.restore_user_database(record, userdata, cfg.backup_dest, failed_version=failed_version,
                                               sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout)
-        events("RESTORED", user=os_user, database=db_name, backup=path, kept_aside=str(report.kept_aside),
-               rows_since_backup=report.rows_since_backup)
+        events("RESTORED", user=os_user, database=db_name, backup=str(record.path),
+               kept_aside=str(report.kept_aside), rows_since_backup=report.rows_since_backup)
     for db_name in backup.find_user_databases(userdata):
-        if db_name not in taken:  # e.g. a statev2.sqlite the failed build created
-            backup.set_aside_database(os_user, userdata, cfg.backup_dest, db_name, failed_version=failed_version,
-                                      sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout)
-            events("SET ASIDE", user=os_user, database=db_name, version=failed_version)
+        if db_name not in records:  # e.g. a statev2.sqlite the failed (or newer) build created
+            kept = backup.set_aside_database(os_user, userdata, cfg.backup_dest, db_name,
+                                             failed_version=failed_version, sqlite3=cfg.sqlite3,
+                                             timeout=cfg.backup_timeout)
+            ctx.outcome.setdefault("set_aside", {}).setdefault(os_user, []).append(str(kept))
+            events("SET ASIDE", user=os_user, database=db_name, version=failed_version, kept_aside=str(kept),
+                   reason="not in the restored backup set")
 
 
 def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, failed_version: str,
@@ -150,14 +174,17 @@ def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, fa
     for os_user in reversed(users):
         unit = unit_of(os_user)
         try:
-            # Refuse before stopping anything: a symlinked database would leave the user
-            # stopped with nothing restored.
+            # Refuse before stopping anything: a symlinked database, or a backup set that is not
+            # whole, would leave the user stopped with nothing restored.
             backup.find_user_databases(cfg.userdata_dir(os_user))
+            records = backup_set(ctx, os_user, backups.get(os_user, {}))
             # Mints wait while the database is replaced (they would open and migrate it).
             with user_lock(cfg.state_dir, os_user, exclusive=True, timeout=MINT_TIMEOUT):
                 ctx.services.stop(unit)
+                # The link moves only once the databases are back: a failed restore never leaves
+                # the older build linked to data the newer one migrated.
+                restore_databases(ctx, os_user, failed_version, records)
                 activate.point_user(cfg.active_dir, os_user, good_release)
-                restore_databases(ctx, os_user, failed_version, backups.get(os_user, {}))
                 ctx.services.start(unit)
                 wait_serving(ports[os_user], cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
         except Exception as exc:  # noqa: BLE001 - keep rolling back the others, then report loudly

@@ -102,6 +102,10 @@ def show_argv(systemctl: str, unit: str, prop: str) -> list[str]:
     return [systemctl, "show", "-p", prop, "--value", _unit(unit)]
 
 
+def liveness_argv(systemctl: str, unit: str) -> list[str]:
+    return [systemctl, "show", "-p", "ActiveState", "-p", "MainPID", _unit(unit)]
+
+
 def list_running_argv(systemctl: str) -> list[str]:
     return [systemctl, "list-units", "--type=service", "--state=running", "--no-legend", "--plain",
             SERVE_PATTERN]
@@ -122,6 +126,14 @@ def parse_main_pid(text: str) -> int | None:
     if not re.fullmatch(r"[0-9]{1,10}", value):
         raise ServiceError(f"unparseable MainPID {text!r}")
     return int(value) or None
+
+
+def parse_liveness(text: str) -> tuple[str, int | None]:
+    """`show -p ActiveState -p MainPID` output -> (ActiveState, main pid or None)."""
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if "ActiveState" not in fields or "MainPID" not in fields:
+        raise ServiceError(f"unparseable liveness {text!r}")
+    return fields["ActiveState"].strip(), parse_main_pid(fields["MainPID"])
 
 
 def parse_timestamp(text: str) -> datetime | None:
@@ -217,7 +229,12 @@ class Services:
         pid = self.main_pid(unit)
 
         def is_alive() -> bool:
-            return pid is not None and self.is_active(unit) and self.main_pid(unit) == pid
+            # One systemctl call per poll, not two: readiness is polled every 50 ms while the
+            # user's mints wait on their lock, so a slow poll lengthens their restart window.
+            if pid is None:
+                return False
+            state = parse_liveness(self._call(liveness_argv(self.systemctl, unit)).stdout)
+            return state == ("active", pid) or state == ("reloading", pid)
 
         return is_alive
 

@@ -7,17 +7,15 @@ failed (or the run was refused) and was handled; 2 and 3 are the CLI's.
 """
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
-from . import activate, backup, metrics, release, resolve
+from . import activate, backup, goodbuilds, metrics, release, resolve
 from .context import RunContext
-from .gaterun import run_gate
 from .journal import Journal, clear_journal
+from .phases.health import check_health
 from .recover import locked_and_recovered
 from .rollout import roll_back_users, roll_out
-from .state import atomic_json, atomic_write, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
+from .state import atomic_json, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
 
 
 # Staging steps whose failure is a property of the build itself (its --version, its tarball's
@@ -27,28 +25,6 @@ DETERMINISTIC_STAGE_STEPS = {"version", "tarball"}
 
 class RunRefused(Exception):
     """Stopped before touching anything a user runs (exit 1)."""
-
-
-def health_options(ctx: RunContext, staged, seeds: list[Path], scratch: Path) -> dict[str, str]:
-    cfg = ctx.cfg
-    return {"--t3-bin": str(staged.bin), "--expect-version": staged.version,
-            "--seed-db": ",".join(str(seed) for seed in seeds),
-            "--scratch": str(scratch), "--serve-host": cfg.serve_host, "--smoke-port": str(cfg.smoke_port),
-            "--ready-timeout": str(cfg.ready_timeout), "--cookie-name": cfg.cookie_name}
-
-
-def health_seeds(records: dict[str, list]) -> list[Path]:
-    """One seed per schema level the fleet's databases are at (a deferred user may lag
-    behind), each the richest history at that level: the migration is proven from every
-    starting point it will really start from."""
-    from gates.dbfacts import migration_level
-
-    richest: dict[int, object] = {}
-    for record in (r for rs in records.values() for r in rs if r.db_name == "state.sqlite"):
-        level = migration_level(record.path)
-        if level not in richest or record.bytes > richest[level].bytes:
-            richest[level] = record
-    return [richest[level].path for level in sorted(richest)]
 
 
 def installed_version(ctx: RunContext) -> str | None:
@@ -80,14 +56,6 @@ def choose_target(ctx: RunContext, installed: str | None):
     return target, decision
 
 
-def release_in_use(ctx: RunContext, version: str) -> bool:
-    """Whether some user's link still runs this release (a deferred user, a pin back to it)."""
-    try:
-        return version in {activate.release_of_link(ctx.cfg.active_link(u)) for u in ctx.cfg.os_users}
-    except activate.ActivationError:
-        return True  # cannot tell: keep it (a leftover directory harms nobody)
-
-
 def back_up_everyone(ctx: RunContext, version: str) -> tuple[dict[str, list], dict[str, str]]:
     """(records of the users backed up, reason of each user whose backup failed).
 
@@ -98,10 +66,14 @@ def back_up_everyone(ctx: RunContext, version: str) -> tuple[dict[str, list], di
     records, problems = {}, {}
     for os_user in cfg.os_users:
         userdata = cfg.userdata_dir(os_user)
+        try:  # recorded in the manifests: a rollback to that build restores the set taken when leaving it
+            serving = activate.release_of_link(cfg.active_link(os_user))
+        except activate.ActivationError:
+            serving = None
         try:
             records[os_user] = backup.backup_user_databases(
                 os_user, userdata, cfg.backup_dest, version, sqlite3=cfg.sqlite3,
-                timeout=cfg.backup_timeout, keep=cfg.keep_backups)
+                timeout=cfg.backup_timeout, keep=cfg.keep_backups, serving=serving)
         except backup.BackupError as exc:
             problems[os_user] = f"backup failed: {exc}"
             # Not "BACKUP FAILED": that line means the whole run stopped; this user is DEFERRED later.
@@ -110,16 +82,6 @@ def back_up_everyone(ctx: RunContext, version: str) -> tuple[dict[str, list], di
         for record in records[os_user]:
             ctx.events("BACKED UP", user=os_user, database=record.db_name, path=str(record.path), bytes=record.bytes)
     return records, problems
-
-
-def run_health_gate(ctx: RunContext, staged, seeds: list[Path]):
-    scratch = Path(ctx.cfg.tmpdir) / f"t3-health-{ctx.run_id}"
-    scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        return run_gate("health", run_dir=ctx.run_dir, options=health_options(ctx, staged, seeds, scratch),
-                        env=ctx.env, timeout=ctx.cfg.gate_timeout)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def tracker_run(ctx: RunContext) -> int:
@@ -177,18 +139,14 @@ def bump(ctx: RunContext, journal: Journal) -> int:
         return 1
     journal.release = str(staged.prefix)
     journal.enter(cfg.journal_path, "health")
-    seeds = health_seeds(records)
-    if not seeds:
-        gate_failure, report = "no populated database to seed the health gate", None
-    else:
-        gate = run_health_gate(ctx, staged, seeds)
-        gate_failure, report = (None if gate.passed else gate.reason()), gate.report
-        ctx.outcome["health_report"] = str(gate.report)
+    verdict = check_health(ctx, staged, records)
+    gate_failure, report = verdict.failure, verdict.report
+    if report is not None:
+        ctx.outcome["health_report"] = str(report)
     if gate_failure:
         release.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
                                  report_path=str(report) if report else None, run_id=ctx.run_id)
-        if not release_in_use(ctx, version):
-            release.remove_release(cfg.releases_dir, version)
+        goodbuilds.remove_if_removable(cfg, version)  # never last-good's, the previous good's, or a user's
         clear_journal(cfg.journal_path)
         events("HEALTH-CHECK FAILED", version=version, reason=gate_failure, report=str(report) if report else None)
         report_streak(ctx, version, "health", gate_failure)
@@ -245,7 +203,7 @@ def commit(ctx: RunContext, journal: Journal) -> None:
     cfg = ctx.cfg
     metrics.clear_rejections(cfg.state_dir)
     release_dir = Path(journal.release)
-    atomic_write(cfg.last_good_path, journal.version + "\n")
+    goodbuilds.record_last_good(cfg, journal.version)
     activate.point_bin_link(cfg.bin_link, release_dir)
     write_summary(ctx, result="updated", per_user={u: "updated" for u in journal.passed} | {
         u: f"deferred: {r}" for u, r in ctx.outcome.get("deferred", {}).items()})

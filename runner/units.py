@@ -2,8 +2,12 @@
 
 Pure functions, no I/O beyond reading the templates shipped in ``runner/units/``.
 A template names what the installer must supply as ``@NAME@`` placeholders
-(``@ACTIVE_DIR@``, ``@HOME_ROOT@``, ``@SERVE_ENV_DIR@``, ``@BIN@``); systemd's own
-specifiers (``%i``) and variables (``${T3_PORT}``) are left for systemd.
+(``@ACTIVE_DIR@``, ``@HOME_ROOT@``, ``@SERVE_ENV_DIR@``, ``@SERVE_HOST@``, ``@BIN@``);
+systemd's own specifiers (``%i``) and variables (``${T3_PORT}``) are left for systemd.
+
+A host that already has a ``t3-serve@.service`` keeps it: only the drop-in
+``t3-serve@.service.d/t3-autoupdate.conf`` (ExecStart reset to the user's link) is
+installed over it (`units_for_host`).
 """
 from __future__ import annotations
 
@@ -14,7 +18,15 @@ from .usermap import OS_USER_RE
 
 UNITS_DIR = Path(__file__).resolve().parent / "units"
 SERVE_TEMPLATE = "t3-serve@.service"
-UNIT_FILES = (SERVE_TEMPLATE, "t3-autoupdate.service", "t3-autoupdate.timer")
+SERVE_DROPIN_TEMPLATE = "t3-serve-dropin.conf"
+SERVE_DROPIN_PATH = "t3-serve@.service.d/t3-autoupdate.conf"  # where the drop-in is installed
+OWN_UNITS = ("t3-autoupdate.service", "t3-autoupdate.timer", "t3-autoupdate-drain.service",
+             "t3-autoupdate-drain.timer", "t3-autoupdate-backup.service", "t3-autoupdate-backup.timer")
+UNIT_FILES = (SERVE_TEMPLATE, *OWN_UNITS)
+TIMERS = tuple(name for name in OWN_UNITS if name.endswith(".timer"))
+# The first line of the shipped serve template: a unit file that starts with it is ours
+# (an earlier install-units), any other is the host's own and is never replaced.
+OWN_SERVE_MARKER = "# One `t3 serve` instance per OS user; the instance name (%i) is the OS user."
 
 _PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 # A value lands inside ExecStart=/EnvironmentFile=/WorkingDirectory= lines, where systemd
@@ -58,17 +70,18 @@ def render_unit(template_text: str, values: dict[str, str]) -> str:
 
 def load_template(name: str) -> str:
     """The text of a shipped unit template, by file name (one of ``UNIT_FILES``)."""
-    if name not in UNIT_FILES:
-        raise ValueError(f"unknown unit template {name!r}; shipped: {', '.join(UNIT_FILES)}")
+    if name not in UNIT_FILES and name != SERVE_DROPIN_TEMPLATE:
+        raise ValueError(f"unknown unit template {name!r}; shipped: {', '.join(UNIT_FILES)}, {SERVE_DROPIN_TEMPLATE}")
     return (UNITS_DIR / name).read_text(encoding="utf-8")
 
 
-def render_all(values: dict[str, str]) -> dict[str, str]:
-    """Every shipped unit file rendered, by file name; each template takes the keys it uses.
+def render_all(values: dict[str, str], names: tuple[str, ...] = UNIT_FILES) -> dict[str, str]:
+    """Every shipped unit file (or those `names`) rendered, by file name; each template takes
+    the keys it uses.
 
     Raises ValueError for a key no template uses, or as ``render_unit`` does.
     """
-    templates = {name: load_template(name) for name in UNIT_FILES}
+    templates = {name: load_template(name) for name in names}
     used = set().union(*(placeholders(text) for text in templates.values()))
     unknown = sorted(values.keys() - used)
     if unknown:
@@ -77,6 +90,24 @@ def render_all(values: dict[str, str]) -> dict[str, str]:
         name: render_unit(text, {k: v for k, v in values.items() if k in placeholders(text)})
         for name, text in templates.items()
     }
+
+
+def is_own_serve_unit(text: str) -> bool:
+    """Whether a ``t3-serve@.service`` on disk is the project's template (else the host's own)."""
+    return text.startswith(OWN_SERVE_MARKER)
+
+
+def units_for_host(values: dict[str, str], *, host_serve_unit: bool) -> dict[str, str]:
+    """What install-units writes, by path relative to the unit directory: the project's own
+    units, and either the serve drop-in (the host has its own ``t3-serve@.service``) or
+    the full serve template (it has none)."""
+    serve = SERVE_DROPIN_TEMPLATE if host_serve_unit else SERVE_TEMPLATE
+    if host_serve_unit:  # the host's unit names its own env files: the drop-in needs no dir
+        values = {k: v for k, v in values.items() if k != "SERVE_ENV_DIR"}
+    rendered = render_all(values, (serve, *OWN_UNITS))
+    if host_serve_unit:
+        rendered[SERVE_DROPIN_PATH] = rendered.pop(SERVE_DROPIN_TEMPLATE)
+    return rendered
 
 
 def serve_unit_name(os_user: str) -> str:

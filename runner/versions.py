@@ -22,7 +22,6 @@ import functools
 import re
 from typing import Iterable
 
-import semver
 
 __all__ = [
     "MAX_LENGTH", "TRACKS", "VersionError", "validate_version", "compare", "is_newer",
@@ -84,7 +83,9 @@ def validate_version(text: str, source: str = "version") -> str:
     return text
 
 
-def _parse(text: str, source: str) -> semver.Version:
+def _parse(text: str, source: str) -> "semver.Version":  # noqa: F821
+    import semver  # here: validation alone (the mint, on every login) does not need it
+
     return semver.Version.parse(validate_version(text, source))
 
 

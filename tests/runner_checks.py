@@ -64,8 +64,65 @@ def probing_logins(world, interval: float = 0.5):
     finally:
         for sso, prober in probers.items():
             reports[sso] = prober.stop()
-        reports["dispatch failures"] = [line for line in world.dispatch.log if not line.startswith("retrying")
-                                        and ("failed" in line or "forbidden" in line)]
+        reports["dispatch failures"] = [line for line in world.dispatch.log
+                                        if "failed" in line or "forbidden" in line]
+
+
+@contextmanager
+def probing_requests(world, interval: float = 0.02):
+    """Per user, an open tab's request (valid cookie, proxied straight) every `interval`;
+    yields a dict filled with their reports at exit."""
+    from tests.sim.prober import RequestProber, session_cookie
+
+    probers = {u.sso: RequestProber(world.dispatch.url, u.sso, session_cookie(world.dispatch.url, u.sso),
+                                    interval=interval).start() for u in world.users}
+    reports: dict = {}
+    try:
+        yield reports
+    finally:
+        for sso, prober in probers.items():
+            reports[sso] = prober.stop()
+
+
+def assert_requests_fail_only_in_own_restart_windows(world, reports: dict, done) -> dict[str, str]:
+    """Like the logins: a failed request must overlap that user's own restart. Returns, per
+    SSO user, "<failed> of <sent>, failing for <first to last failure> ms" (the figure)."""
+    windows = restart_windows(done)
+    figures = {}
+    for user in world.users:
+        report = reports[user.sso]
+        outside = report.failures_outside(windows.get(user.os_user, []))
+        assert not outside, f"{user.sso}: requests failed outside its restart windows: {report.summary()}"
+        span = (report.failures[-1].ended - report.failures[0].wall) * 1000 if report.failures else 0
+        figures[user.sso] = f"{len(report.failures)} of {len(report.attempts)} failed over {span:.0f} ms"
+    return figures
+
+
+def restart_windows(done) -> dict[str, list[tuple[float, float]]]:
+    """Per OS user, the wall-clock (stop issued, serving again) windows of the run's RESTARTED events."""
+    windows: dict[str, list[tuple[float, float]]] = {}
+    for line in events(done):
+        if line.startswith("RESTARTED "):
+            fields = dict(word.split("=", 1) for word in line.split()[1:])
+            windows.setdefault(fields["user"], []).append((float(fields["stopped_at"]), float(fields["serving_at"])))
+    return windows
+
+
+def assert_failures_only_in_own_restart_windows(world, logins: dict, done) -> dict[str, int]:
+    """The production dispatch does not retry, so a login overlapping that user's own restart
+    may fail; any other failure is a bug. Returns the failed logins per SSO user (the figure)."""
+    windows = restart_windows(done)
+    failed = {}
+    for user in world.users:
+        report = logins[user.sso]
+        outside = report.failures_outside(windows.get(user.os_user, []))
+        assert not outside, f"{user.sso}: failed outside its restart windows {windows.get(user.os_user)}: " \
+                            f"{report.summary()}"
+        failed[user.sso] = len(report.failures)
+    restarted = {u.sso for u in world.users if u.os_user in windows}
+    for line in logins["dispatch failures"]:
+        assert any(f" user={sso} " in line for sso in restarted), line
+    return failed
 
 
 def summary_of(world) -> dict:
@@ -76,3 +133,28 @@ def summary_of(world) -> dict:
 
 def events(done) -> list[str]:
     return [line.split("t3-autoupdate: ", 1)[1] for line in done.stderr.splitlines() if line.startswith("t3-autoupdate: ")]
+
+
+ARCHIVE_ON_STOP = '''#!{python}
+import sqlite3, subprocess, sys
+code = subprocess.call([{real!r}, *sys.argv[1:]])
+if sys.argv[1:2] == ["stop"] and {unit!r} in sys.argv[2:]:
+    with sqlite3.connect({db!r}) as conn:
+        conn.execute("UPDATE projection_threads SET deleted_at = updated_at"
+                     " WHERE thread_id = (SELECT MAX(thread_id) FROM projection_threads)")
+sys.exit(code)
+'''
+
+
+def archives_a_thread_when_stopped(world, os_user: str) -> Path:
+    """A systemctl for the runner (T3_SYSTEMCTL) under which `os_user` archives a thread that
+    their server writes as it stops: data newer than the pre-bump backup the health gate was
+    seeded from, so a migration that fails only on archived threads meets it first at that
+    user's canary restart (the one failure class the health gate cannot see)."""
+    import sys
+
+    path = world.root / f"systemctl-{os_user}-archives"
+    path.write_text(ARCHIVE_ON_STOP.format(python=sys.executable, real=str(world.systemctl),
+                                           unit=serve_unit_name(os_user), db=str(world.database(os_user))))
+    path.chmod(0o755)
+    return path

@@ -467,6 +467,39 @@ def test_backup_root_users_cannot_search_is_reported_before_copying(t):
     assert not t.bdir.exists()
 
 
+# --- backup sets: which build the user ran, every backup of every database ------------------
+
+def test_the_manifest_records_the_build_the_user_ran(t):
+    [record] = _backup(t, serving="0.0.24", now=T0)
+    assert record.serving_version == "0.0.24"
+    assert backup.latest_backup(t.backups, "alice") == record  # read back from the manifest
+    assert '"serving_version": "0.0.24"' in (t.bdir / f".{record.path.name}.json").read_text()
+    with pytest.raises(BackupError, match="invalid serving version"):
+        _backup(t, serving="0.0.24; rm -rf /", now=T0 + timedelta(hours=1))
+
+
+def test_prebump_backups_lists_every_set_and_refuses_an_incomplete_one(t):
+    assert backup.prebump_backups(t.backups, "alice") == []
+    first = _backup(t, serving="0.0.24", now=T0)
+    v2 = t.ud / "statev2.sqlite"
+    dbgen.make_database(v2, 33, threads=2)  # a V2 user: both files, one set
+    second = _backup(t, version=FAILED, serving=VERSION, now=T0 + timedelta(hours=1))
+    assert [r.db_name for r in second] == ["state.sqlite", "statev2.sqlite"]
+    _restore(t, second[0])  # leaves a rolledback copy: not a pre-bump backup
+    listed = backup.prebump_backups(t.backups, "alice")
+    assert listed == first + second
+    assert {(r.version, r.serving_version) for r in listed} == {(VERSION, "0.0.24"), (FAILED, VERSION)}
+    # A member whose manifest is gone would make the set look smaller: refuse, never guess.
+    manifest = t.bdir / f".{second[1].path.name}.json"
+    text = manifest.read_text()
+    manifest.unlink()
+    with pytest.raises(BackupError, match="has no manifest: refusing to guess"):
+        backup.prebump_backups(t.backups, "alice")
+    manifest.write_text(text.replace('"db_name": "statev2.sqlite"', '"db_name": "state.sqlite"'))
+    with pytest.raises(BackupError, match="is unusable"):
+        backup.prebump_backups(t.backups, "alice")
+
+
 # --- one user's hostile or broken files, as that user's own uid (issue 10 item 4) ---------
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running the copy as another uid needs root")

@@ -157,3 +157,91 @@ def test_truncated_junit_messages_are_read_from_the_full_report(tmp_path):
     assert totals["failures"] == 1
     assert problems == ["test_x: gates.t3client.GateFailure: `t3 auth pairing create` failed (exit code 1): "
                         "Error: table auth_pairing_links has no column named role"]
+
+
+# ---------------------------------------------------------------- every user's own database
+
+def case_names(result) -> set[str]:
+    import xml.etree.ElementTree as ET
+    return {case.get("name") for case in ET.parse(result.report).getroot().iter("testcase")}
+
+
+@pytest.fixture(scope="module")
+def archived_db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("archived") / "state.sqlite"
+    dbgen.make_database(path, SEED_LEVEL, threads=4, archived_threads=1)
+    return path
+
+
+def test_every_user_is_a_case_of_their_own(tmp_path, seed_db, archived_db):
+    result = health(tmp_path, builds.GOOD_VERSIONS["good-0.0.28"], f"wizard={seed_db},emo={archived_db}")
+    assert result.passed, result.reason()
+    names = case_names(result)
+    for case in ("populated-wizard", "populated-emo", "fresh-empty"):
+        assert f"test_precious_history_kept[{case}]" in names, names
+    assert not any("populated-copy" in n for n in names), names
+
+
+def test_a_migration_failing_on_one_user_data_names_that_user(tmp_path, seed_db, archived_db):
+    """The build the canary used to catch (after moving other users): caught here, on emo's data."""
+    result = health(tmp_path, builds.BAD_VERSIONS["migration-fails-archived"],
+                    f"wizard={seed_db},emo={archived_db}")
+    assert not result.passed
+    assert result.problems and all("[populated-emo]" in p for p in result.problems), result.problems
+    assert any('Migration "33_' in p for p in result.problems), result.problems
+
+
+def test_one_user_case_selected_by_keyword(tmp_path, seed_db, archived_db):
+    t3_bin = builds.install_layout("0.0.28-nightly.20260616.571", "good-0.0.28", tmp_path / "release")
+    (tmp_path / "scratch").mkdir()
+    result = run_gate("health", run_dir=tmp_path / "run", keyword="emo", options={
+        "--t3-bin": str(t3_bin), "--seed-db": f"wizard={seed_db},emo={archived_db}",
+        "--scratch": str(tmp_path / "scratch"), "--serve-host": "0.0.0.0", "--smoke-port": "0",
+        "--ready-timeout": "5", "--cookie-name": "t3_session"})
+    assert result.passed, result.reason()
+    names = case_names(result)
+    assert names and all("[populated-emo]" in n for n in names), names
+
+
+def test_two_databases_of_one_layout_for_one_user_are_refused(tmp_path, seed_db, archived_db):
+    result = health(tmp_path, builds.GOOD_VERSIONS["good-0.0.28"], f"emo={seed_db},emo={archived_db}")
+    assert not result.passed
+    assert any("[populated-emo]" in p and "gives two state.sqlite databases" in p for p in result.problems), \
+        result.problems
+
+
+def test_a_missing_user_seed_fails_that_user_only(tmp_path, seed_db):
+    result = health(tmp_path, builds.GOOD_VERSIONS["good-0.0.28"], f"wizard={seed_db},emo={tmp_path / 'gone.sqlite'}")
+    assert not result.passed
+    assert result.problems and all("[populated-emo]" in p and "does not exist" in p for p in result.problems), \
+        result.problems
+
+
+def v2_seed(tmp_path, v1_seed):
+    """A V2 user's backups, made by hand: the frozen state.sqlite and a statev2.sqlite that
+    holds the V1 tables plus V2 history (what a V2 build's import leaves)."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    frozen = tmp_path / "state-prebump.sqlite"
+    live = tmp_path / "statev2-prebump.sqlite"
+    shutil.copy(v1_seed, frozen)
+    shutil.copy(v1_seed, live)
+    with closing(sqlite3.connect(live)) as conn:
+        conn.executescript(
+            "CREATE TABLE orchestration_v2_projection_threads (thread_id TEXT PRIMARY KEY, project_id TEXT,"
+            " title TEXT, created_at TEXT, payload_json TEXT);"
+            "INSERT INTO orchestration_v2_projection_threads VALUES ('v2', 'p', 'new', '2026-06-01T00:00:00Z', '{}');")
+    return live, frozen
+
+
+def test_a_pre_v2_build_on_a_v2_user_seed_fails(tmp_path, seed_db):
+    """A pre-V2 build ignores statev2.sqlite and serves (and migrates) the frozen state.sqlite:
+    the user's V2 history would vanish from view. Caught: the file beside statev2 changed."""
+    live, frozen = v2_seed(tmp_path, seed_db)
+    result = health(tmp_path, builds.GOOD_VERSIONS["good-0.0.28"], f"emo={live},emo={frozen}")
+    assert not result.passed
+    assert any("test_v1_database_left_as_it_was_beside_statev2[populated-emo]" in p
+               and "state.sqlite changed after the import to statev2.sqlite" in p for p in result.problems), \
+        result.problems

@@ -152,7 +152,9 @@ DECIDE_CASES = [
      ("hold", N28, "no-publish-time")),
     ("no publish time, no min_age", _t(N28, None), N25, "nightly", None, set(), None, ("install", N28, "newer")),
     ("pin up", _t(N25), "0.0.24", "nightly", "0.0.26", set(), None, ("install", "0.0.26", "pinned")),
-    ("pin down", _t(N28), N28, "nightly", "0.0.24", set(), None, ("install", "0.0.24", "pinned")),
+    ("pin down", _t(N28), N28, "nightly", "0.0.24", set(), None, ("hold", "0.0.24", "pinned-down")),
+    ("pin down to a quarantined build", _t(N28), N28, "nightly", "0.0.24", {"0.0.24"}, None,
+     ("hold", "0.0.24", "pinned-down")),
     ("pin equal to installed", _t(N28), "0.0.26", "nightly", "0.0.26", set(), None,
      ("hold", "0.0.26", "pinned-current")),
     ("pin ignores min_age and track", _t(N28, 0.0), N25, "nightly", "0.0.26", set(), 6 * HOUR,
@@ -233,3 +235,10 @@ def test_quarantine_fails_closed_on_odd_records(tmp_path):
 def test_release_module_reexports():
     assert release.decide is decide and release.stage_release.__module__ == "runner.stage"
     assert set(release.__all__) <= set(dir(release))
+
+
+def test_a_pin_down_points_at_the_restore():
+    got = decide(_t(N28), installed=N28, track="nightly", pin="0.0.24", quarantined={"0.0.24"}, min_age=None,
+                 now=NOW)
+    assert "going down needs a database restore" in got.reason
+    assert "t3-autoupdate rollback --to 0.0.24" in got.reason

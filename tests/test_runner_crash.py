@@ -26,8 +26,8 @@ import pytest
 
 from runner import backup
 from runner.units import serve_unit_name
-from tests.runner_checks import (assert_history_kept, assert_logs_in, assert_user_on, events, fingerprints,
-                                 link_version)
+from tests.runner_checks import (archives_a_thread_when_stopped, assert_history_kept, assert_logs_in, assert_user_on,
+                                 events, fingerprints, link_version)
 from tests.sim import builds, dbgen
 from tests.sim.world import wait_until
 
@@ -376,16 +376,18 @@ def test_killed_while_committing_is_finished_by_the_rerun(world):
 # ---------------------------------------------------------------- 4. killed mid-rollback
 
 def test_killed_mid_rollback_of_a_failed_canary_rerun_restores_everyone(make_world):
-    """migration-fails-archived passes the health gate (seeded from wizard, no archived
-    threads), is moved onto ancamilea, then fails emo's canary. The rollback restores emo
+    """migration-fails-archived passes the health gate (nobody had archived threads at the
+    backups), is moved onto ancamilea, then fails emo's canary (he archived one as his server
+    stopped). The rollback restores emo
     first, then ancamilea; the tracker is killed after emo's database was restored but
     before emo was restarted (the second `systemctl start` of emo) and before ancamilea
     was touched. The rerun must finish the undo: everyone on 0.0.24 with the pre-bump
     databases, the build quarantined and the tracker frozen (never retried)."""
-    world = make_world(db_options={"wizard": {"threads": 8}, "emo": {"archived_threads": 1}})
+    world = make_world(db_options={"wizard": {"threads": 8}})
     before = fingerprints(world)
     world.registry.set_tag("nightly", BAD_ARCHIVED)
-    stop = StopAt(world, "systemctl", str(world.systemctl), ["start", serve_unit_name("emo")], nth=2)
+    stop = StopAt(world, "systemctl", str(archives_a_thread_when_stopped(world, "emo")),
+                  ["start", serve_unit_name("emo")], nth=2)
     tracker = Tracker(world, "killed", T3_SYSTEMCTL=str(stop.path))
     stop.wait_stopped(tracker)
     journal = read_journal(world)

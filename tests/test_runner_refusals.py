@@ -249,7 +249,7 @@ def test_wrong_version_is_caught_at_stage(shared):
 # --------------------------------------------------------------------------- freeze by command, pins up and down
 
 @pytest.mark.timeout(900)
-def test_freeze_command_then_pin_up_then_pin_down_through_the_gates(make_world):
+def test_freeze_command_then_pin_up_through_the_gates_then_a_pin_down_holds(make_world):
     world = make_world()
     world.registry.set_tag("nightly", V25)  # newer and on track: only the freeze holds it
 
@@ -286,68 +286,38 @@ def test_freeze_command_then_pin_up_then_pin_down_through_the_gates(make_world):
     assert "code=not-newer" in event_line(unpinned, "HOLD ")
     before.assert_unchanged(V28)
 
-    # Pinned DOWN to 0.0.26 (schema 32) while every database is at schema 33. The users' data is
-    # kept as it is (restoring an older backup would discard history written since); the health
-    # gate runs 0.0.26 on a copy of the migrated data and the canary checks each user, so a
-    # downgrade moves only when the older build provably works on the newer schema.
-    rows = fingerprints(world)
-    down = world.run_tracker(T3_PIN=V26)
-    assert down.exit_code == 0, down.stderr
-    assert f"reason=\"pinned to {V26} (down from {V28})\"" in event_line(down, "UPDATE START ")
-    assert event_line(down, "HEALTH-CHECK PASSED ")
-    assert event_line(down, "update complete ").startswith(f"update complete version={V26}")
-    for user in world.users:
-        assert_user_on(world, user.sso, V26)
-        assert_logs_in(world, user.sso)
-    assert_history_kept(world, rows)
-    assert (world.state_dir / "last-good").read_text().strip() == V26
-    assert os.readlink(world.bin_link) == str(world.releases_dir / V26 / "bin" / "t3")
-    assert not world.freeze_file.exists()
-    assert not (world.state_dir / "quarantine").exists() or not list((world.state_dir / "quarantine").iterdir())
-
-    # Pinned further down to 0.0.24 (schema 30, `role` auth columns): it cannot mint on the
-    # migrated data (`no column named role`). The health gate refuses it; nobody is touched.
-    before = Before(world)
-    refused = world.run_tracker(T3_PIN=V24)
-    assert refused.exit_code == 1, refused.stderr
-    line = event_line(refused, "HEALTH-CHECK FAILED ")
-    assert f"version={V24}" in line and "no column named role" in line, line
-    after = state_of(world)
-    assert after["quarantine"] == [f"{V24}.json"]
-    quarantined = json.loads((world.state_dir / "quarantine" / f"{V24}.json").read_text())
-    assert os.path.isfile(quarantined["report"])
-    assert main_pids(world) == before.pids
-    for user in world.users:
-        assert_user_on(world, user.sso, V26)
-        assert_logs_in(world, user.sso)
-    assert_history_kept(world, before.rows)
-    assert after["last_good"] == V26 and not world.freeze_file.exists()
-    again = world.run_tracker(T3_PIN=V24)  # not retried while quarantined
-    assert again.exit_code == 0 and "code=pinned-quarantined" in event_line(again, "HOLD "), again.stderr
+    # Pinned DOWN to 0.0.26 while every database is at 0.0.28's schema: an older build on data a
+    # newer one migrated fails at query time (0.0.24: `no column named role`), and a pre-V2 build
+    # ignores statev2.sqlite, so going down is a restore (`rollback --to`), never an install. The
+    # run holds, says so, and quarantines or removes nothing: the way back stays installed.
+    for pin in (V26, V24):
+        before = Before(world)
+        down = world.run_tracker(T3_PIN=pin)
+        assert down.exit_code == 0, down.stderr
+        line = event_line(down, "HOLD ")
+        assert "code=pinned-down" in line and f"rollback --to {pin}" in line, line
+        before.assert_unchanged(V28)  # releases included: 0.0.24 (the way back) stays installed
+        assert not (world.state_dir / "quarantine").exists() or not list((world.state_dir / "quarantine").iterdir())
 
 
 @pytest.mark.timeout(900)
-def test_refused_pin_down_never_deletes_the_release_a_deferred_user_runs(make_world):
+def test_a_pin_down_never_deletes_the_release_a_deferred_user_runs(make_world):
     # emo has a turn in flight: the bump to 0.0.28 defers emo, who keeps running 0.0.24.
-    # wizard has the most history, so the health gate's seed is wizard's migrated (schema 33) data.
     world = make_world(db_options={"wizard": {"threads": 8}, "emo": {"in_flight": True}})
     world.registry.set_tag("nightly", V28)
     bumped = world.run_tracker()
     assert bumped.exit_code == 0, bumped.stderr
     assert_user_on(world, "emil.barzin", V24)
     assert_user_on(world, "vbarzin", V28)
-    # The operator pins back to 0.0.24; it cannot run on the migrated users' data and is refused.
+    # The operator pins back to 0.0.24: a hold that points at `rollback --to`, nothing touched.
     before = Before(world)
-    refused = world.run_tracker(T3_PIN=V24)
-    assert refused.exit_code == 1, refused.stderr
-    assert "no column named role" in event_line(refused, "HEALTH-CHECK FAILED ")
-    assert (world.state_dir / "quarantine" / f"{V24}.json").exists()
+    held = world.run_tracker(T3_PIN=V24)
+    assert held.exit_code == 0, held.stderr
+    assert "code=pinned-down" in event_line(held, "HOLD ")
     assert main_pids(world) == before.pids
     # emo's link still leads to a whole release: emo's serve and mints keep working.
     assert (world.releases_dir / V24 / "bin" / "t3").exists()
-    after = state_of(world)
-    assert after.pop("quarantine") == [f"{V24}.json"]
-    assert after == {k: v for k, v in before.state.items() if k != "quarantine"}  # links, last-good, deferral...
+    assert state_of(world) == before.state  # links, last-good, deferral, no quarantine...
     assert_user_on(world, "emil.barzin", V24)
     assert_user_on(world, "vbarzin", V28)
     assert_user_on(world, "ancaelena98", V28)

@@ -111,7 +111,7 @@ class Deployment:
         for d in (self.unit_dir, self.env_dir, self.active_dir, self.home_root):
             d.mkdir(parents=True)
         values = {"ACTIVE_DIR": str(self.active_dir), "HOME_ROOT": str(self.home_root),
-                  "SERVE_ENV_DIR": str(self.env_dir)}
+                  "SERVE_ENV_DIR": str(self.env_dir), "SERVE_HOST": "127.0.0.1"}
         (self.unit_dir / "t3-serve@.service").write_text(
             render_unit(load_template("t3-serve@.service"), values))
         self.systemctl = str(install_systemctl(self.sim_root, self.unit_dir))
@@ -126,7 +126,7 @@ class Deployment:
             activate.point_user(self.active_dir, user, release)
             (self.home_root / user / ".t3").mkdir(parents=True)
             (self.env_dir / f"{user}.env").write_text(
-                f"T3_PORT={self.ports[user]}\nT3_SERVE_HOST=127.0.0.1\n")
+                f"T3_PORT={self.ports[user]}\n")
 
     def unit_log(self, user):
         path = self.sim_root / "run" / "simctl" / f"{serve_unit_name(user)}.log"

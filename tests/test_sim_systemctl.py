@@ -71,11 +71,11 @@ def test_render_unit_refuses_values_systemd_would_reinterpret(bad):
 def test_serve_template_renders_to_the_production_command():
     text = render_unit(load_template("t3-serve@.service"),
                        {"ACTIVE_DIR": "/var/lib/t3-autoupdate/active", "HOME_ROOT": "/home",
-                        "SERVE_ENV_DIR": "/etc/t3-serve"})
+                        "SERVE_ENV_DIR": "/etc/t3-serve", "SERVE_HOST": "0.0.0.0"})
     service = text.split("[Service]", 1)[1].split("[Install]", 1)[0]
     settings = dict(line.split("=", 1) for line in service.splitlines() if line and not line.startswith("#"))
     assert settings["ExecStart"] == (
-        "/var/lib/t3-autoupdate/active/%i/bin/t3 serve --host ${T3_SERVE_HOST} --port ${T3_PORT}"
+        "/var/lib/t3-autoupdate/active/%i/bin/t3 serve --host 0.0.0.0 --port ${T3_PORT}"
         " --base-dir /home/%i/.t3"
     )
     assert settings["User"] == "%i"
@@ -87,7 +87,8 @@ def test_serve_template_renders_to_the_production_command():
 
 
 def test_render_all_gives_each_template_only_its_own_keys():
-    values = {"ACTIVE_DIR": "/a", "HOME_ROOT": "/h", "SERVE_ENV_DIR": "/e", "BIN": "/usr/local/bin/t3-autoupdate",
+    values = {"ACTIVE_DIR": "/a", "HOME_ROOT": "/h", "SERVE_ENV_DIR": "/e", "SERVE_HOST": "0.0.0.0",
+              "BIN": "/usr/local/bin/t3-autoupdate",
               "STATE_DIR": "/s", "BACKUP_DEST": "/b", "FREEZE_DIR": "/f", "BIN_LINK_DIR": "/l"}
     rendered = render_all(values)
     assert set(rendered) == set(UNIT_FILES)
@@ -209,7 +210,8 @@ class World:
         for d in (self.active, self.home, self.env_dir, self.units):
             d.mkdir()
         self.root = tmp / "root"
-        self.values = {"ACTIVE_DIR": str(self.active), "HOME_ROOT": str(self.home), "SERVE_ENV_DIR": str(self.env_dir)}
+        self.values = {"ACTIVE_DIR": str(self.active), "HOME_ROOT": str(self.home), "SERVE_ENV_DIR": str(self.env_dir),
+                       "SERVE_HOST": "127.0.0.1"}
         (self.units / "t3-serve@.service").write_text(render_unit(load_template("t3-serve@.service"), self.values))
         self.systemctl = install_systemctl(self.root, self.units, host_users=host_users)
         self.ports: dict[str, int] = {}

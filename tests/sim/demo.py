@@ -1,4 +1,4 @@
-"""The demo: three real tracker runs on the built-in simulated world.
+"""The demo: four real tracker runs on the built-in simulated world.
 
     ./dev demo [--out DIR]
 
@@ -10,7 +10,10 @@ npm registry, the systemctl and dispatch stand-ins) and runs the real
 2. a bad nightly whose migration silently drops messages: stopped by the health
    gate, quarantined, nobody touched;
 3. a nightly whose migration fails only on data one user has: passes the health
-   gate, fails that user's canary; both moved users restored, tracker frozen.
+   gate, fails that user's canary; both moved users restored, tracker frozen;
+4. the operator unfreezes, and the first orchestration V2 nightly (0.0.46) arrives: every
+   user's `state.sqlite` is imported into `statev2.sqlite`, which is their live database
+   from then on (the tracker backs up, gates and judges that file; `state.sqlite` stays, frozen).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.runner_checks import events, probing_logins
+from tests.runner_checks import events, probing_logins, restart_windows
 from tests.sim import builds
 from tests.sim.world import PROJECT_ROOT, World
 
@@ -28,11 +31,16 @@ SCENARIOS = [
     ("good nightly bump", builds.GOOD_VERSIONS["good-0.0.25"]),
     ("bad build: migration drops messages", builds.BAD_VERSIONS["migration-drops-rows"]),
     ("bad build: migration fails on archived threads (emo has some)", builds.BAD_VERSIONS["migration-fails-archived"]),
+    ("unfreeze, then the first orchestration V2 build: state.sqlite -> statev2.sqlite",
+     builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]),
 ]
+UNFREEZE_BEFORE = {builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]}
 
 
 def run_scenario(world: World, title: str, version: str, out) -> int:
     print(f"\n=== {title}: nightly -> {version}", file=out)
+    if version in UNFREEZE_BEFORE:
+        print(f"  t3-autoupdate unfreeze: exit {world.run_tracker('unfreeze').exit_code}", file=out)
     world.registry.set_tag("nightly", version)
     started = time.monotonic()
     with probing_logins(world) as logins:
@@ -41,10 +49,18 @@ def run_scenario(world: World, title: str, version: str, out) -> int:
     print(f"exit code {done.exit_code} after {time.monotonic() - started:.1f}s", file=out)
     for line in events(done):
         print(f"  {line}", file=out)
+    windows = restart_windows(done)
     for sso, report in logins.items():
-        print(f"  logins for {sso}: {len(report.attempts)} attempts, {len(report.failures)} failed", file=out)
+        own = windows.get(world.user(sso).os_user, [])
+        outside = len(report.failures_outside(own))
+        print(f"  logins for {sso}: {len(report.attempts)} attempts, {len(report.failures)} failed "
+              f"({len(report.failures) - outside} inside that user's own restart, {outside} outside: "
+              "the dispatch does not retry)", file=out)
     if dispatch_failures:
         print(f"  dispatch failures: {dispatch_failures}", file=out)
+    for user in world.users:
+        live = world.live_database(user.os_user)
+        print(f"  {user.os_user}: live database {live.name if live else 'none'}", file=out)
     return done.exit_code
 
 
@@ -72,7 +88,7 @@ def main(argv=None) -> int:
             print(f"  {report}", file=out)
     finally:
         world.stop()
-    expected = [0, 1, 1]
+    expected = [0, 1, 1, 0]
     verdict = "as expected" if codes == expected else f"UNEXPECTED (wanted {expected})"
     print(f"\nexit codes {codes}: {verdict}. The world is kept in {root}.", file=out)
     return 0 if codes == expected else 1

@@ -1,25 +1,31 @@
 """A stand-in for the per-user dispatch (the SSO reverse proxy in front of `t3 serve`).
 
-It behaves as the contract ("The dispatch") describes:
+It behaves as the production dispatch does (docs: the contract's "The dispatch"),
+flaws included, so that what the tests measure is what users see:
 
 * the user comes from ``X-authentik-username`` (an email's local part); a missing header
-  or a user not in ``dispatch.json`` gets 403;
+  or a user not in ``dispatch.json`` gets 403. The map is read at start (missing or
+  unreadable: `start()` raises, as the production service exits) and re-read every
+  `map_reload_interval` seconds (60 in production); a failed re-read keeps the old map;
 * a request carrying a cookie named exactly `cookie_name` is reverse-proxied to the user's
   instance at ``127.0.0.1:<port>``, except that on a top-level navigation
-  (``Sec-Fetch-Dest: document``) the instance's ``GET /api/auth/session`` is asked first,
-  and a dead cookie (``authenticated`` false) is paired again;
-* otherwise it pairs: runs ``mint_command + [os_user]`` (no shell), takes ``credential``
-  from its JSON output (mint failure: 500), exchanges it at
-  ``POST /api/auth/browser-session`` falling back to ``POST /api/auth/bootstrap`` on 404
-  (non-200 or no connection: 502), relays the instance's ``Set-Cookie`` as-is and answers
-  ``302 Location: /``.
+  (``Sec-Fetch-Dest: document``) the instance's ``GET /api/auth/session`` is asked first
+  with a `session_check_timeout` (5 s) and a dead cookie (``authenticated`` false) is
+  paired again. The check FAILS OPEN: no answer, an error or nonsense counts as alive;
+* otherwise it pairs: runs ``<mint_helper> <os_user>`` by path, as sudo would (a minimal
+  environment: `SUDO_ENV`), and parses its stdout as exactly one JSON object with a
+  non-empty ``credential``. A non-zero exit answers 500 "pairing mint failed" (stderr is
+  dropped); any other stdout answers 500 "unparseable pairing output". It exchanges the
+  credential at ``POST /api/auth/browser-session`` falling back to
+  ``POST /api/auth/bootstrap`` on 404 (non-200: 502; no connection: 502 "bootstrap
+  request failed"), relays every ``Set-Cookie`` as-is and answers ``302 Location: /``;
+* there is NO retry anywhere: a refused or dropped upstream connection is an immediate
+  502, so every request during an instance restart fails; a WebSocket upgrade that finds
+  the instance down gets an empty 200.
 
 The cookie name is checked literally on purpose: an instance that renames its session
 cookie makes every browser request re-pair, which is exactly what the canary gate must
 catch.
-
-``dispatch.json`` (``{"vbarzin": {"os_user": "wizard", "port": 3781}}``) is re-read on
-every request, so a test or an operator can edit it while the dispatch runs.
 
 Every request leaves one outcome line in `Dispatch.log`:
 
@@ -27,9 +33,10 @@ Every request leaves one outcome line in `Dispatch.log`:
     config error reason=<text>
     proxied user=<sso> os_user=<u> method=<M> path=<path> status=<code>
     proxy failed user=<sso> os_user=<u> reason=<text>
-    session check failed user=<sso> os_user=<u> reason=<text>
+    upgrade failed user=<sso> os_user=<u> reason=<text>      (answered with an empty 200)
+    session check failed open user=<sso> os_user=<u> reason=<text>   (then the proxy's line)
     dead cookie user=<sso> os_user=<u>                (followed by the pairing's own line)
-    mint failed user=<sso> os_user=<u> reason=<text>
+    mint failed user=<sso> os_user=<u> reason=<pairing mint failed exit=<n>|unparseable pairing output|...>
     pairing failed user=<sso> os_user=<u> endpoint=<path> status=<code|error> [reason=<text>]
     paired user=<sso> os_user=<u> endpoint=<path> fallback=<true|false> cookies=<name,...|->
 """
@@ -50,12 +57,21 @@ from typing import Callable
 
 from runner.usermap import sso_local_part
 
-__all__ = ["Dispatch", "NEW_EXCHANGE", "OLD_EXCHANGE", "parse_cookie_header"]
+__all__ = ["Dispatch", "DispatchConfigError", "NEW_EXCHANGE", "OLD_EXCHANGE", "SUDO_ENV", "parse_cookie_header"]
 
 NEW_EXCHANGE = "/api/auth/browser-session"
 OLD_EXCHANGE = "/api/auth/bootstrap"
 SESSION_PATH = "/api/auth/session"
 USER_HEADER = "X-authentik-username"
+MINT_FAILED = "pairing mint failed"
+UNPARSEABLE = "unparseable pairing output"
+EXCHANGE_UNREACHABLE = "bootstrap request failed"
+# What `sudo -n` leaves a command (env_reset, Debian's secure_path), as root.
+SUDO_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/sh",
+    "SUDO_USER": "t3-dispatch", "LANG": "C.UTF-8",
+}
 
 _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
@@ -82,16 +98,15 @@ def _one_line(text: object, limit: int = 300) -> str:
 class _Reply(Exception):
     """Raised inside the handler to answer with an error status and a log line."""
 
-    def __init__(self, status: int, log_line: str, *, dropped: bool = False) -> None:
+    def __init__(self, status: int, log_line: str, body: str | None = None) -> None:
         super().__init__(log_line)
         self.status = status
         self.log_line = log_line
-        self.dropped = dropped  # the instance dropped the connection before answering
+        self.body = body  # the production dispatch's own answer text, where it has one
 
 
-def _dropped(exc: BaseException) -> bool:
-    """A connection accepted and then dropped unanswered: a server shutting down for a restart."""
-    return isinstance(exc, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected))
+class DispatchConfigError(RuntimeError):
+    """dispatch.json missing or unusable at start: the production service exits."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -118,32 +133,35 @@ class Dispatch:
     def __init__(
         self,
         dispatch_json: Path,
-        mint_command: list[str],
+        mint_helper: Path | str,
         *,
         cookie_name: str = "t3_session",
         host: str = "127.0.0.1",
         port: int = 0,
-        mint_timeout: float = 30.0,
+        mint_timeout: float = 120.0,
         upstream_host: str = "127.0.0.1",
         upstream_timeout: float = 30.0,
-        restart_grace: float = 0.0,
+        session_check_timeout: float = 5.0,
+        map_reload_interval: float = 60.0,
+        mint_env: dict[str, str] | None = None,
     ) -> None:
         self.dispatch_json = Path(dispatch_json)
-        self.mint_command = [os.fspath(a) for a in mint_command]
+        self.mint_helper = os.fspath(mint_helper)
         self.cookie_name = cookie_name
         self.host = host
         self.requested_port = port
+        # Production has no mint timeout; a test needs a deadline all the same.
         self.mint_timeout = mint_timeout
         self.upstream_host = upstream_host
         self.upstream_timeout = upstream_timeout
-        # Seconds to keep retrying a refused connection to an instance: a restart
-        # (~0.5 s) is not an outage, as for a proxy that retries upstream connects.
-        # Refusals only: an instance that answers with an error is never retried.
-        self.restart_grace = restart_grace
-        self.refused_connects = 0
+        self.session_check_timeout = session_check_timeout
+        self.map_reload_interval = map_reload_interval
+        self.mint_env = dict(SUDO_ENV if mint_env is None else mint_env)
         self.log: list[str] = []
         self.errors: list[str] = []  # unexpected handler exceptions (should stay empty)
         self._lock = threading.Lock()
+        self._map: dict = {}
+        self._map_loaded_at = 0.0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -151,6 +169,11 @@ class Dispatch:
     def start(self) -> "Dispatch":
         if self._server is not None:
             raise RuntimeError("dispatch already started")
+        try:
+            self._map = self._read_map()
+        except (OSError, ValueError) as exc:
+            raise DispatchConfigError(f"dispatch: cannot read {self.dispatch_json}: {exc}") from None
+        self._map_loaded_at = time.monotonic()
         handler = type("DispatchHandler", (_Handler,), {"dispatch": self})
         self._server = _Server((self.host, self.requested_port), handler, self._error)
         self._thread = threading.Thread(
@@ -215,14 +238,31 @@ class Dispatch:
             threading.Event().wait(0.02)
 
     # -- configuration -------------------------------------------------------------
-    def _lookup(self, sso: str) -> tuple[str, int] | None:
-        try:
-            users = json.loads(self.dispatch_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise _Reply(500, f"config error reason={_one_line(exc)}") from None
+    def _read_map(self) -> dict:
+        users = json.loads(self.dispatch_json.read_text(encoding="utf-8"))
         if not isinstance(users, dict):
-            raise _Reply(500, "config error reason=dispatch.json is not an object")
-        entry = users.get(sso)
+            raise ValueError("dispatch.json is not an object")
+        return users
+
+    def _current_map(self) -> dict:
+        """The map, re-read once `map_reload_interval` has passed; a failed re-read keeps the old one."""
+        with self._lock:
+            due = time.monotonic() - self._map_loaded_at >= self.map_reload_interval
+            if due:
+                self._map_loaded_at = time.monotonic()
+        if due:
+            try:
+                users = self._read_map()
+            except (OSError, ValueError) as exc:
+                self._record(f"config reload failed reason={_one_line(exc)}")
+            else:
+                with self._lock:
+                    self._map = users
+        with self._lock:
+            return self._map
+
+    def _lookup(self, sso: str) -> tuple[str, int] | None:
+        entry = self._current_map().get(sso)
         if entry is None:
             return None
         os_user = entry.get("os_user") if isinstance(entry, dict) else None
@@ -232,39 +272,40 @@ class Dispatch:
         return os_user, port
 
     # -- minting -----------------------------------------------------------------
-    def _mint(self, os_user: str) -> tuple[str | None, str]:
-        """(credential, "") or (None, reason)."""
-        argv = [*self.mint_command, os_user]
+    def _mint(self, os_user: str) -> tuple[str | None, str, str]:
+        """(credential, "", "") or (None, production answer text, detail for the log)."""
+        argv = [self.mint_helper, os_user]  # `sudo -n <helper> <os_user>`: by path, no shell
         try:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,  # dropped, as production does
+                env=self.mint_env,
+                cwd="/",
                 start_new_session=True,
             )
         except OSError as exc:
-            return None, f"cannot run {argv[0]}: {exc}"
+            return None, MINT_FAILED, f"cannot run {argv[0]}: {exc.strerror}"
         try:
-            out, err = proc.communicate(timeout=self.mint_timeout)
+            out, _ = proc.communicate(timeout=self.mint_timeout)
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 proc.kill()
             proc.communicate()
-            return None, f"timeout after {self.mint_timeout:g}s"
+            return None, MINT_FAILED, f"no answer within the test's {self.mint_timeout:g}s"
         if proc.returncode != 0:
-            tail = err.decode("utf-8", "replace").strip().splitlines()
-            return None, f"exit {proc.returncode}" + (f": {_one_line(tail[-1])}" if tail else "")
+            return None, MINT_FAILED, f"exit {proc.returncode}"
         try:
             doc = json.loads(out.decode("utf-8"))
         except ValueError as exc:
-            return None, f"output is not JSON ({_one_line(exc)})"
+            return None, UNPARSEABLE, _one_line(exc)
         credential = doc.get("credential") if isinstance(doc, dict) else None
         if not isinstance(credential, str) or not credential:
-            return None, "no credential in output"
-        return credential, ""
+            return None, UNPARSEABLE, "no credential"
+        return credential, "", ""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -317,22 +358,20 @@ class _Handler(BaseHTTPRequestHandler):
             ("Cache-Control", "no-store"),
         ], (text + "\n").encode())
 
-    def _upstream(self, port: int) -> http.client.HTTPConnection:
+    def _upstream(self, port: int, timeout: float | None = None) -> http.client.HTTPConnection:
+        """A connection to the instance, made once: a refusal raises at once (no retry)."""
         d = self.dispatch
-        deadline = time.monotonic() + d.restart_grace
-        pause = threading.Event()
-        while True:
-            conn = http.client.HTTPConnection(d.upstream_host, port, timeout=d.upstream_timeout)
-            try:
-                conn.connect()
-                return conn
-            except ConnectionRefusedError:
-                conn.close()
-                with d._lock:
-                    d.refused_connects += 1
-                if time.monotonic() >= deadline:
-                    raise
-                pause.wait(0.05)
+        conn = http.client.HTTPConnection(d.upstream_host, port, timeout=timeout or d.upstream_timeout)
+        try:
+            conn.connect()
+        except OSError:
+            conn.close()
+            raise
+        return conn
+
+    def _is_upgrade(self) -> bool:
+        tokens = {t.strip().lower() for v in self.headers.get_all("Connection") or [] for t in v.split(",")}
+        return "upgrade" in tokens and bool(self.headers.get("Upgrade"))
 
     # -- the request -------------------------------------------------------------
     def _handle(self) -> None:
@@ -354,17 +393,16 @@ class _Handler(BaseHTTPRequestHandler):
             os_user, port = found
             cookie = self._session_cookie()
             if cookie is None:
-                self._once_more_if_dropped(lambda: self._pair(sso, os_user, port))
-            elif self.headers.get("Sec-Fetch-Dest", "").strip().lower() == "document" and not (
-                self._once_more_if_dropped(lambda: self._alive(sso, os_user, port, cookie))
-            ):
+                self._pair(sso, os_user, port)
+            elif (self.headers.get("Sec-Fetch-Dest", "").strip().lower() == "document"
+                  and not self._alive(sso, os_user, port, cookie)):
                 d._record(f"dead cookie user={sso} os_user={os_user}")
-                self._once_more_if_dropped(lambda: self._pair(sso, os_user, port))
+                self._pair(sso, os_user, port)
             else:
-                self._once_more_if_dropped(lambda: self._proxy(sso, os_user, port, body))
+                self._proxy(sso, os_user, port, body)
         except _Reply as reply:
             d._record(reply.log_line)
-            self._plain(reply.status, f"dispatch: {reply.log_line}")
+            self._plain(reply.status, reply.body if reply.body is not None else f"dispatch: {reply.log_line}")
 
     def _session_cookie(self) -> str | None:
         for name, value in parse_cookie_header(self.headers.get_all("Cookie") or []):
@@ -372,43 +410,28 @@ class _Handler(BaseHTTPRequestHandler):
                 return value
         return None
 
-    def _once_more_if_dropped(self, attempt):
-        """Like a proxy retrying an upstream that dropped the connection unanswered: once, and
-        only where repeating is safe (reads; a pairing re-mints a fresh credential)."""
-        try:
-            return attempt()
-        except _Reply as reply:
-            if not reply.dropped:
-                raise
-            self.dispatch._record(f"retrying after a dropped connection: {reply.log_line}")
-            return attempt()
-
     def _alive(self, sso: str, os_user: str, port: int, cookie: str) -> bool:
+        """False only when the instance says so; any doubt FAILS OPEN (True), as production does."""
+        d = self.dispatch
         try:
-            conn = self._upstream(port)
-        except OSError as exc:
-            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason={_one_line(exc)}",
-                         dropped=_dropped(exc)) from None
-        try:
-            conn.request("GET", SESSION_PATH, headers={
-                "Cookie": f"{self.dispatch.cookie_name}={cookie}",
-                "Accept": "application/json",
-                "Connection": "close",
-            })
-            resp = conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason={_one_line(exc)}",
-                         dropped=_dropped(exc)) from None
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason=status {resp.status}")
-        try:
+            conn = self._upstream(port, timeout=d.session_check_timeout)
+            try:
+                conn.request("GET", SESSION_PATH, headers={
+                    "Cookie": f"{d.cookie_name}={cookie}",
+                    "Accept": "application/json",
+                    "Connection": "close",
+                })
+                resp = conn.getresponse()
+                data = resp.read()
+            finally:
+                conn.close()
+            if resp.status != 200:
+                raise ValueError(f"status {resp.status}")
             doc = json.loads(data)
-        except ValueError:
-            raise _Reply(502, f"session check failed user={sso} os_user={os_user} reason=not JSON") from None
-        return isinstance(doc, dict) and doc.get("authenticated") is True
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            d._record(f"session check failed open user={sso} os_user={os_user} reason={_one_line(exc)}")
+            return True
+        return not (isinstance(doc, dict) and doc.get("authenticated") is False)
 
     def _exchange(self, port: int, endpoint: str, credential: str) -> tuple[int, list[str]]:
         conn = self._upstream(port)
@@ -426,9 +449,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _pair(self, sso: str, os_user: str, port: int) -> None:
         d = self.dispatch
-        credential, reason = d._mint(os_user)
+        credential, answer, detail = d._mint(os_user)
         if credential is None:
-            raise _Reply(500, f"mint failed user={sso} os_user={os_user} reason={reason}")
+            raise _Reply(500, f"mint failed user={sso} os_user={os_user} reason={answer!r} detail={detail!r}",
+                         body=answer)
         endpoint, fallback = NEW_EXCHANGE, False
         try:
             status, cookies = self._exchange(port, endpoint, credential)
@@ -437,7 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, cookies = self._exchange(port, endpoint, credential)
         except (OSError, http.client.HTTPException) as exc:
             raise _Reply(502, f"pairing failed user={sso} os_user={os_user} endpoint={endpoint} "
-                              f"status=error reason={_one_line(exc)}", dropped=_dropped(exc)) from None
+                              f"status=error reason={_one_line(exc)}", body=EXCHANGE_UNREACHABLE) from None
         if status != 200:
             raise _Reply(502, f"pairing failed user={sso} os_user={os_user} endpoint={endpoint} status={status}")
         names = ",".join(c.split("=", 1)[0].strip() for c in cookies) or "-"
@@ -453,8 +477,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             conn = self._upstream(port)
         except OSError as exc:
-            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}",
-                         dropped=_dropped(exc) and self.command in ("GET", "HEAD")) from None
+            if self._is_upgrade():  # production answers a failed upgrade with an empty 200
+                d._record(f"upgrade failed user={sso} os_user={os_user} reason={_one_line(exc)}")
+                self._send(200, [("Date", formatdate(usegmt=True))])
+                return
+            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}") from None
         try:
             conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             has_host = False
@@ -474,8 +501,7 @@ class _Handler(BaseHTTPRequestHandler):
             data = resp.read()
             upstream_headers = resp.getheaders()
         except (OSError, http.client.HTTPException) as exc:
-            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}",
-                         dropped=_dropped(exc) and self.command in ("GET", "HEAD")) from None
+            raise _Reply(502, f"proxy failed user={sso} os_user={os_user} reason={_one_line(exc)}") from None
         finally:
             conn.close()
         relayed = [(n, v) for n, v in upstream_headers if n.lower() not in _HOP_BY_HOP and n.lower() != "content-length"]

@@ -13,7 +13,7 @@ the contract defines "healthy":
 
 Every attempt is recorded as a `ProbeEvent` ``(monotonic, wall, step, detail, ok)``
 where ``monotonic``/``wall`` are the attempt's start (``time.monotonic()`` and
-``time.time()``), ``step`` is the step that failed (``"pair"`` or ``"proxy"``; ``"login"``
+``time.time()``), ``ended`` its end (``time.time()``), ``step`` is the step that failed (``"pair"`` or ``"proxy"``; ``"login"``
 for a success) and ``detail`` the status or exception text. Failures are also collected
 separately. Several probers can run at once; `stop()` returns within about a second.
 """
@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import requests
 
-__all__ = ["LoginProber", "ProbeEvent", "ProbeReport", "set_cookie_pairs"]
+__all__ = ["LoginProber", "ProbeEvent", "ProbeReport", "RequestProber", "overlaps", "session_cookie", "set_cookie_pairs"]
 
 USER_HEADER = "X-authentik-username"
 
@@ -37,6 +37,12 @@ class ProbeEvent(NamedTuple):
     step: str  # "login" on success, else the failing step: "pair" or "proxy"
     detail: str  # "ok", a status description, or the exception text
     ok: bool
+    ended: float = 0.0  # time.time() at the attempt's end
+
+
+def overlaps(event: ProbeEvent, windows: list[tuple[float, float]]) -> bool:
+    """Whether the attempt [wall, ended] overlaps one of the wall-clock `windows`."""
+    return any(event.wall <= end and event.ended >= start for start, end in windows)
 
 
 @dataclass
@@ -67,6 +73,10 @@ class ProbeReport:
                 windows.append((run[0].monotonic, run[-1].monotonic, len(run)))
                 run = []
         return windows
+
+    def failures_outside(self, windows: list[tuple[float, float]]) -> list[ProbeEvent]:
+        """Failed attempts that overlap none of the wall-clock `windows` (e.g. the user's restarts)."""
+        return [f for f in self.failures if not overlaps(f, windows)]
 
     def summary(self) -> str:
         text = f"prober user={self.sso_user}: {len(self.attempts)} attempts, {len(self.failures)} failures"
@@ -147,7 +157,7 @@ class LoginProber:
         while not self._stop.is_set():
             mono, wall = time.monotonic(), time.time()
             step, detail = self.probe_once()
-            event = ProbeEvent(mono, wall, step, detail, step == "login")
+            event = ProbeEvent(mono, wall, step, detail, step == "login", time.time())
             with self._lock:
                 self._attempts.append(event)
             if self._stop.wait(self.interval):
@@ -187,3 +197,70 @@ class LoginProber:
                 return "login", "ok"
             except requests.RequestException as exc:
                 return step, f"{type(exc).__name__}: {exc}"
+
+
+class RequestProber:
+    """An open browser tab: the same request with a valid session cookie every `interval`
+    seconds (20 ms, as the contract's measurement), never a document navigation, so the
+    dispatch proxies it straight to the instance. Records ``ProbeEvent``s (step
+    ``"request"``, detail the status); ``report()`` as `LoginProber`'s."""
+
+    def __init__(self, dispatch_url: str, sso_user: str, cookie: tuple[str, str], *, path: str = "/",
+                 interval: float = 0.02, timeout: float = 5.0) -> None:
+        self.dispatch_url = dispatch_url.rstrip("/")
+        self.sso_user = sso_user
+        self.cookie = cookie
+        self.path = path
+        self.interval = interval
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._attempts: list[ProbeEvent] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "RequestProber":
+        self._thread = threading.Thread(target=self._run, name=f"requests:{self.sso_user}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> ProbeReport:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 1)
+        return self.report()
+
+    def report(self) -> ProbeReport:
+        with self._lock:
+            attempts = list(self._attempts)
+        return ProbeReport(self.sso_user, attempts, [a for a in attempts if not a.ok])
+
+    def _run(self) -> None:
+        headers = {USER_HEADER: self.sso_user, "Cookie": f"{self.cookie[0]}={self.cookie[1]}"}
+        with requests.Session() as session:
+            session.trust_env = False
+            while not self._stop.is_set():
+                mono, wall = time.monotonic(), time.time()
+                try:
+                    response = session.get(self.dispatch_url + self.path, headers=headers, allow_redirects=False,
+                                           timeout=self.timeout)
+                    response.close()
+                    ok, detail = response.status_code == 200, f"status {response.status_code}"
+                except requests.RequestException as exc:
+                    ok, detail = False, f"{type(exc).__name__}: {exc}"
+                with self._lock:
+                    self._attempts.append(ProbeEvent(mono, wall, "request", detail, ok, time.time()))
+                if self._stop.wait(self.interval):
+                    break
+
+
+def session_cookie(dispatch_url: str, sso_user: str, cookie_name: str = "t3_session") -> tuple[str, str]:
+    """Log in once through the dispatch; the session cookie it set (name, value)."""
+    with requests.Session() as session:
+        session.trust_env = False
+        response = session.get(dispatch_url.rstrip("/") + "/", allow_redirects=False, timeout=60,
+                               headers={USER_HEADER: sso_user, "Sec-Fetch-Dest": "document"})
+        response.close()
+        found = [(n, v) for n, v in set_cookie_pairs(response) if n == cookie_name]
+        if response.status_code != 302 or not found:
+            raise RuntimeError(f"login for {sso_user} failed: {response.status_code} {set_cookie_pairs(response)}")
+        return found[0]

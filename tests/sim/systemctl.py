@@ -45,7 +45,8 @@ INVOCATION_ID, the unit's Environment=/EnvironmentFile=) on top of a pass-throug
 caller's PATH, LANG/LC_*, TMPDIR and PYTHON* (so the sandboxed test environment
 holds); TimeoutStopSec defaults to 10 s (systemd: 90 s); Type=notify/forking/exec are
 run as simple; processes that leave the main process's session escape KillMode; timers
-are only recorded (start/stop/enable), never fired.
+are only recorded (start/stop/enable), never fired; Memory*=/OOMPolicy= are parsed and
+reported by ``show`` (drop-ins applied, as ``cat`` shows them) but not enforced.
 """
 from __future__ import annotations
 
@@ -1146,13 +1147,14 @@ def _run_one(manager: Manager, unit: Unit, cmd: Command, update) -> str:
 
 # --------------------------------------------------------------------------- commands
 
+RESOURCE_PROPERTIES = ("MemoryHigh", "MemoryMax", "MemorySwapMax", "OOMPolicy")
 PROPERTIES = [
     "Type", "Restart", "RestartUSec", "NRestarts", "MainPID", "ExecMainStartTimestamp", "ExecMainExitTimestamp",
     "ExecMainPID", "ExecMainCode", "ExecMainStatus", "Result", "User", "WorkingDirectory", "Environment",
     "EnvironmentFiles", "ExecStart", "KillMode", "KillSignal", "TimeoutStopUSec", "Id", "Names", "Description",
     "LoadState", "ActiveState", "SubState", "FragmentPath", "DropInPaths", "UnitFileState", "NeedDaemonReload",
     "InvocationID", "StateChangeTimestamp", "InactiveExitTimestamp", "ActiveEnterTimestamp",
-    "ActiveExitTimestamp", "InactiveEnterTimestamp",
+    "ActiveExitTimestamp", "InactiveEnterTimestamp", *RESOURCE_PROPERTIES,
 ]
 
 
@@ -1190,7 +1192,51 @@ def properties(manager: Manager, name: str) -> dict[str, str]:
             ExecStart=" ".join("{ path=%s ; argv[]=%s }" % (c.path, " ".join(c.argv)) for c in unit.exec_start),
             KillMode=unit.kill_mode, KillSignal=str(unit.kill_signal), TimeoutStopUSec=format_timespan(unit.timeout_stop),
         )
+        props.update(resource_properties(unit))
     return props
+
+
+# ---- resource control as `show` reports it, and `cat`: both see the drop-ins applied
+
+RESOURCE_DEFAULTS = {"MemoryHigh": "infinity", "MemoryMax": "infinity", "MemorySwapMax": "infinity",
+                     "OOMPolicy": "stop"}
+_MEMORY = re.compile(r"^(\d+)([KMGT]?)$")
+
+
+def memory_bytes(value: str) -> str:
+    """A Memory*= setting as `systemctl show` prints it: bytes (1024-based suffixes) or infinity."""
+    if value == "infinity":
+        return value
+    m = _MEMORY.match(value)
+    if not m:
+        raise UnitSettingError(f"cannot parse memory limit {value!r}")
+    return str(int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
+def resource_properties(unit: Unit) -> dict[str, str]:
+    """The effective MemoryHigh/MemoryMax/MemorySwapMax/OOMPolicy of a service: the unit file,
+    then each drop-in in order (an empty assignment resets to the default)."""
+    settings = dict(RESOURCE_DEFAULTS)
+    for key, value in parse_unit_text(unit.fragments).get("Service", []):
+        if key in settings:
+            value = value or RESOURCE_DEFAULTS[key]
+            settings[key] = memory_bytes(value) if key.startswith("Memory") else value
+    return settings
+
+
+def cmd_cat(manager: Manager, names: list[str]) -> int:
+    """`systemctl cat`: the unit file and its drop-ins, each under a `# <path>` line."""
+    if not names:
+        raise SimError("Too few arguments.")
+    blocks = []
+    for raw in names:
+        name = parse_unit_name(raw).name
+        fragments = manager._disk_fragments(parse_unit_name(name))
+        if not fragments:
+            raise SimError(f"No files found for {name}.", EXIT_FAILURE)
+        blocks.extend(f"# {path}\n{text.rstrip()}\n" for path, text in fragments)
+    print("\n".join(blocks), end="")
+    return EXIT_OK
 
 
 @dataclass
@@ -1443,6 +1489,8 @@ def run(argv: list[str]) -> int:
             return cmd_show(manager, opts, names)
         if verb == "status":
             return cmd_status(manager, opts, names)
+        if verb == "cat":
+            return cmd_cat(manager, names)
         if verb == "list-units":
             return cmd_list_units(manager, opts, names)
         if verb == "daemon-reload":

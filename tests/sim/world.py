@@ -14,7 +14,7 @@
 Everything real: npm installs from the registry, the stand-in runs real
 processes from the unit files, the dispatch pairs over real HTTP.
 
-Every simulated OS user is a real unprivileged uid of its own (`SimUser.uid`, from
+Every simulated OS user is a real unprivileged uid of its own (`World.uid_of`, from
 UID_BASE up, skipping any uid or gid the machine already has) with no passwd entry: their
 home (0750), `.t3` (0700) and everything below belong to that uid, as on a host, and the
 systemctl stand-in runs `User=<name>` as that uid (`<root>/sim/users.json`, its
@@ -147,7 +147,8 @@ class World:
         self.registry = NpmRegistry(r / "registry")
         self.dispatch: Dispatch | None = None
         self.systemctl: Path | None = None
-        self.mint_command: list[str] = []
+        self.mint_helper = r / "usr" / "local" / "bin" / "t3-mint"  # the path the dispatch calls
+        self.tracker_bin = str(Path(sys.executable).parent / "t3-autoupdate")  # the console script
         self.users_file = r / "sim" / "users.json"  # the stand-in's --user-map-file
         self.uids = dict(zip((u.os_user for u in self.users), unused_ids(len(self.users), avoid={int(GATE_UID)})))
 
@@ -223,9 +224,8 @@ class World:
             self.systemctl_run("start", serve_unit_name(user.os_user))
         for user in self.users:
             self.wait_instance_ready(user.sso)
-        # restart_grace: a canary restart (~0.5 s) must not fail a login (see Dispatch).
-        self.dispatch = Dispatch(self.dispatch_map, self.mint_command, port=self.dispatch_port,
-                                 restart_grace=15.0).start()
+        # Like production: no retry, so a login inside a user's restart window fails.
+        self.dispatch = Dispatch(self.dispatch_map, self.mint_helper, port=self.dispatch_port).start()
         return self
 
     def _publish_catalogue(self) -> None:
@@ -243,36 +243,38 @@ class World:
         self.dispatch_map.write_text(json.dumps(
             {u.sso: {"os_user": u.os_user, "port": self.ports[u.sso]} for u in self.users}, indent=2))
         for u in self.users:
-            (self.serve_env_dir / f"{u.os_user}.env").write_text(f"T3_PORT={self.ports[u.sso]}\nT3_SERVE_HOST=0.0.0.0\n")
+            (self.serve_env_dir / f"{u.os_user}.env").write_text(f"T3_PORT={self.ports[u.sso]}\n")  # as the host's
 
     def _install_units(self) -> None:
         values = {"ACTIVE_DIR": str(self.active_dir), "HOME_ROOT": str(self.home_root),
-                  "SERVE_ENV_DIR": str(self.serve_env_dir)}
+                  "SERVE_ENV_DIR": str(self.serve_env_dir), "SERVE_HOST": "0.0.0.0"}
         (self.unit_dir / "t3-serve@.service").write_text(render_unit(load_template("t3-serve@.service"), values))
+        self.systemctl = install_systemctl(self.root / "sim", self.unit_dir, user_map_file=self._write_users_file())
+
+    def _write_users_file(self) -> Path:
+        """The world's accounts for the systemctl stand-in (its --user-map-file)."""
         self.users_file.parent.mkdir(parents=True, exist_ok=True)
         self.users_file.write_text(json.dumps({
             u.os_user: {"uid": self.uids[u.os_user], "gid": self.uids[u.os_user], "home": str(self.home_root / u.os_user)}
             for u in self.users}, indent=1))
-        self.systemctl = install_systemctl(self.root / "sim", self.unit_dir, user_map_file=self.users_file)
+        return self.users_file
 
     def _write_mint_helper(self) -> None:
-        """What the dispatch runs to mint: the project's own `t3-autoupdate mint <os_user>`,
-        which runs the user's OWN linked binary as that user (design.md phase 6)."""
-        helper = self.root / "sim" / "bin" / "t3-mint"
-        helper.parent.mkdir(parents=True, exist_ok=True)
-        helper.write_text(
-            "#!/bin/sh\n"
-            f'export T3_CONFIG="{self.config_path}" PYTHONPATH="{PROJECT_ROOT}"\n'
-            f'exec "{sys.executable}" -m runner.cli mint "$1"\n')
-        helper.chmod(0o755)
-        self.mint_command = [str(helper)]
+        """What the dispatch runs to mint, at the path it calls: the wrapper `install-mint`
+        writes around `t3-autoupdate mint <os_user>`, which runs the user's OWN linked binary
+        as that user (design.md phase 6)."""
+        from runner.install import mint_wrapper_text
+
+        self.mint_helper.parent.mkdir(parents=True, exist_ok=True)
+        self.mint_helper.write_text(mint_wrapper_text(self.tracker_bin, self.config_path))
+        self.mint_helper.chmod(0o755)
 
     def _write_config(self) -> None:
         values = {
             "state_dir": self.state_dir, "releases_dir": self.releases_dir, "active_dir": self.active_dir,
             "backup_dest": self.backup_dest, "tmpdir": self.scratch, "freeze_file": self.freeze_file,
             "user_map": self.user_map, "dispatch_map": self.dispatch_map, "home_root": self.home_root,
-            "bin_link": self.bin_link, "systemctl": self.systemctl, "npm": "npm",
+            "bin_link": self.bin_link, "systemctl": self.systemctl, "npm": "npm", "mint_helper": self.mint_helper,
             "dispatch": f"http://127.0.0.1:{self.dispatch_port}",
             "gate_user": GATE_UID,  # candidate builds run as an unprivileged uid, as on a host
         }
