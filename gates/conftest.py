@@ -10,7 +10,6 @@ exits non-zero, and one summary line says PASS or FAIL.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 

@@ -14,7 +14,7 @@ import requests
 
 from runner import proc
 
-# Newest first: a client tries the current path and falls back on 404 (t3-contract.md).
+# Newest first: a client tries the current path and falls back on 404 (docs/t3-contract.md).
 PAIRING_ENDPOINTS = ("/api/auth/browser-session", "/api/auth/bootstrap")
 HTTP_TIMEOUT = 10.0
 

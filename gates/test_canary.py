@@ -31,7 +31,7 @@ def _session_cookie(response, cookie_name: str) -> str:
 
 
 def _release_version(gate, sso_user: str) -> str:
-    """The version this user's release link points to (design.md phase 6)."""
+    """The version this user's release link points to (docs/architecture.md phase 6)."""
     __tracebackhide__ = True
     link = gate.path("--active-dir") / gate.users()[sso_user]
     if not link.is_symlink():

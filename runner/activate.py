@@ -1,6 +1,6 @@
 """Activation state: each user's release link, the operators' `t3` link, deferral markers.
 
-design.md phase 6: each user's instance and mint run that user's own link,
+docs/architecture.md phase 6: each user's instance and mint run that user's own link,
 `<active_dir>/<os_user>` -> `<releases_dir>/<version>`; the link moves only when that
 user is restarted, by an atomic rename (`state.atomic_symlink`), so a reader sees the
 old release or the new one, never no link. The operators' plain `t3` link follows

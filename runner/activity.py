@@ -1,6 +1,6 @@
 """Is a user busy? Read from their own live database, as them, never from their process tree.
 
-lessons.md: "the server has an agent child" was true whenever a tab was open, so one
+docs/lessons.md: "the server has an agent child" was true whenever a tab was open, so one
 user was deferred at every window for days. Busy now means what the contract lets us
 see in the database the running build opens (docs: README "t3 database layouts";
 `runner.livedb`): `statev2.sqlite` once it exists (layout V2), else `state.sqlite` (V1).

@@ -82,6 +82,25 @@ def cmd_verify(cfg: Config, args, events: EventLog) -> int:
 def cmd_config_check(cfg: Config, args, events: EventLog) -> int:
     for line in cfg.check_lines():
         print(line)
+    return notify_config_check(cfg)
+
+
+def notify_config_check(cfg: Config) -> int:
+    """The notification URLs, as apprise itself reads them (too slow to import on every
+    `mint`, so checked here and when a run starts)."""
+    from .notify import url_problems
+
+    problems = url_problems(cfg) if cfg.notify_urls else []
+    if problems:
+        print("t3-autoupdate: configuration error:\n" + "\n".join(problems), file=sys.stderr)
+    return USAGE if problems else OK
+
+
+def cmd_history(cfg: Config, args, events: EventLog) -> int:
+    from .history import format_history, read_history
+
+    runs = read_history(cfg.runs_dir, limit=args.n)
+    print(json.dumps(runs, indent=2) if args.json else format_history(runs))
     return OK
 
 
@@ -102,9 +121,8 @@ def cmd_quarantine(cfg: Config, args, events: EventLog) -> int:
             return OK
         print(f"{version} is not quarantined", file=sys.stderr)
         return FAILED
-    for version in sorted(quarantine.quarantined_versions(cfg.quarantine_dir)):
-        record = quarantine.read_quarantine(cfg.quarantine_dir, version) or {}
-        print(f"{version}\t{record.get('when', '?')}\t{record.get('reason', '?')}\t{record.get('report') or '-'}")
+    for line in quarantine.listing_lines(cfg.quarantine_dir):
+        print(line)
     return OK
 
 
@@ -156,8 +174,18 @@ def cmd_adopt(cfg: Config, args, events: EventLog) -> int:
     return adopt(RunContext.build(cfg, events=events), args.version)
 
 
+def project_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("t3-autoupdate")
+    except PackageNotFoundError:
+        return "(unknown: the package is not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t3-autoupdate", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {project_version()}")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="one gated tracker run (the default; what the timer runs)").set_defaults(func=cmd_run)
     sub.add_parser("dry-run", help="resolve, stage in a temp prefix, health gate; change nothing").set_defaults(
@@ -197,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
     p.add_argument("--uninstall", action="store_true")
     p.set_defaults(func=cmd_install_mint)
+    p = sub.add_parser("history", help="one line per run: when, from -> to, result, duration, users, report")
+    p.add_argument("-n", type=int, default=20, metavar="N", help="the last N runs (default 20; 0 for all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
     p = sub.add_parser("rollback", help="manual rollback to last-good (or --to VERSION) with database restore")
     p.add_argument("--to", default=None)
     p.set_defaults(func=cmd_rollback)
@@ -256,7 +288,10 @@ def main(argv=None) -> int:
             except DispatchMapError as exc:
                 print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
                 return USAGE
+        notifier = wire_outcomes(cfg, args.command, events)
         code = dispatch_command(args, cfg, events)
+        if notifier is not None:
+            notifier.finish(events)
         if args.command in COUNTED_COMMANDS:
             _record_metrics(cfg, args.command, code, events)
         return code
@@ -269,6 +304,17 @@ COUNTED_COMMANDS = {"run", "dry-run", "drain-deferred", "rollback", "backup"}
 # Commands that reach instances by the dispatch map's ports. Not freeze/unfreeze (holding the
 # tracker must work whatever state the map is in), not mint (every login; it needs no port).
 DISPATCH_MAP_COMMANDS = {"run", "status", "verify", "rollback", "drain-deferred", "install-units"}
+
+
+def wire_outcomes(cfg: Config, command: str, events: EventLog):
+    """Long outcome texts go to files under runs/ (a run's own directory once it has one);
+    the commands that act on users' builds send their outcomes to the configured receivers."""
+    events.details_dir = cfg.runs_dir
+    if command not in COUNTED_COMMANDS | {"verify"}:
+        return None
+    from .notify import attach_notifier
+
+    return attach_notifier(cfg, events)
 
 
 def dispatch_command(args, cfg: Config, events: EventLog) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from . import notify
 from .usermap import OS_USER_RE, UserMapError, load_user_map
 from .versions import TRACKS, VersionError, validate_version
 
@@ -227,6 +228,10 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "busy_quiet": (_seconds(allow_zero=True), 120),
     "keep_backups": (_integer(1), 3),
     "keep_daily_backups": (_integer(1), 6),  # copies of the daily backup job, per database
+    # Notifications (runner/notify.py): apprise URLs, which events, how long a send may take.
+    "notify_urls": (notify.notify_urls, ""),
+    "notify_events": (notify.notify_events, ",".join(notify.DEFAULT_EVENTS)),
+    "notify_timeout": (_seconds(allow_zero=False), 10),
 }
 _DERIVED = {"releases_dir": "releases", "active_dir": "active", "tmpdir": "scratch"}
 ENV_NAMES = {f"T3_{key.upper()}": key for key in _KEYS}
@@ -271,6 +276,9 @@ class Config:
     busy_quiet: float
     keep_backups: int
     keep_daily_backups: int
+    notify_urls: tuple[str, ...]
+    notify_events: tuple[str, ...]
+    notify_timeout: float
     users: Mapping[str, str]              # SSO name -> OS user
     config_file: Path | None              # the TOML file actually read, if any
     sources: Mapping[str, str]            # key -> "default" | "file" | "environment"
@@ -315,6 +323,8 @@ class Config:
             source = self.sources.get(key) or ("environment" if value is not None else "unset")
             if key == "users":
                 source = str(self.user_map)
+            if key == "notify_urls":  # tokens and passwords stay out of terminals and logs
+                value = [notify.private_url(url) for url in value]
             shown = "(unset)" if value is None else json.dumps(value)
             lines.append(f"{key} = {shown}  # {source}")
         return lines + [f"# warning: {w}" for w in self.warnings]

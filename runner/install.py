@@ -1,7 +1,7 @@
 """`t3-autoupdate install-units`: render the shipped units with this host's paths,
 install them, reload, and ENABLE the timers, never start them (`--now`): a timer
 started late fires its missed run at once, and a bump once began mid-afternoon
-with users active (lessons.md).
+with users active (docs/lessons.md).
 
 A host's own `t3-serve@.service` is never replaced: only a drop-in resetting its
 ExecStart is installed over it (docs: README "Taking over a host"). The host's old

@@ -1,6 +1,6 @@
 """The run journal: what phase a run is in and what it has touched, written
 atomically before each phase, so a run killed at any point can be finished or
-undone by the next one (design.md phase 0)."""
+undone by the next one (docs/architecture.md phase 0)."""
 from __future__ import annotations
 
 import json

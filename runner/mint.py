@@ -1,6 +1,6 @@
 """The mint helper the dispatch calls: `t3-autoupdate mint <os_user>`.
 
-design.md phase 6 and the 2026-06-09 lesson: the pairing CLI opens the user's
+docs/architecture.md phase 6 and the 2026-06-09 lesson: the pairing CLI opens the user's
 `state.sqlite` and runs pending migrations, so a mint must run the SAME build as that
 user's running server. It therefore runs the user's own release link
 (`<active_dir>/<os_user>/bin/t3`), never the global `t3`, with that user's base dir,
@@ -14,7 +14,6 @@ Exit codes of `mint_main`: 0 ok, 2 unknown or invalid user, 1 the mint failed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TextIO

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import state, versions
 
-__all__ = ["quarantine_build", "quarantined_versions", "clear_quarantine", "read_quarantine"]
+__all__ = ["quarantine_build", "quarantined_versions", "clear_quarantine", "read_quarantine", "listing_lines"]
 
 log = logging.getLogger("t3-autoupdate.quarantine")
 
@@ -89,3 +89,13 @@ def clear_quarantine(quarantine_dir: Path, version: str) -> bool:
     state.fsync_dir(path.parent)
     log.warning("quarantine: %s cleared", version)
     return True
+
+
+def listing_lines(quarantine_dir: Path) -> list[str]:
+    """`version<TAB>when<TAB>reason<TAB>report` per quarantined build, oldest version first;
+    `none` when nothing is quarantined (an empty output reads like a failure)."""
+    lines = []
+    for version in versions.sort_versions(quarantined_versions(quarantine_dir)):
+        record = read_quarantine(quarantine_dir, version) or {}
+        lines.append(f"{version}\t{record.get('when', '?')}\t{record.get('reason', '?')}\t{record.get('report') or '-'}")
+    return lines or ["none"]

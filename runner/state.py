@@ -1,6 +1,6 @@
 """The tracker's own state on disk: every write atomic (temp, fsync, rename).
 
-Layout under the state dir (design.md "State"): `last-good`, `active/<os_user>`
+Layout under the state dir (docs/architecture.md "State on disk"): `last-good`, `active/<os_user>`
 (release links), `deferred/<os_user>`, `quarantine/<version>.json`, `journal`,
 `runs/<run-id>/`, `lock`. The freeze file lives elsewhere (`/etc` by default).
 These are root's own directories, never a user's.

@@ -1,4 +1,4 @@
-"""One tracker run, phase by phase (design.md "Phases of one run").
+"""One tracker run, phase by phase (docs/architecture.md "One run, phase by phase").
 
 Every way out ends in a known-good state: the previous build active, each
 touched user's databases restored, and after a canary failure the tracker

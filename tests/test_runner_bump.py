@@ -9,7 +9,7 @@ import pytest
 
 from tests.runner_checks import (archives_a_thread_when_stopped, assert_failures_only_in_own_restart_windows,
                                  assert_history_kept, assert_logs_in, assert_requests_fail_only_in_own_restart_windows,
-                                 assert_user_on, events, fingerprints, link_version, main_pids, probing_logins,
+                                 assert_user_on, events, fingerprints, main_pids, probing_logins,
                                  probing_requests, restart_windows, summary_of)
 from tests.sim import builds
 

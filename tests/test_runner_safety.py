@@ -1,7 +1,7 @@
 """Root working in trees users control, end to end: a user's `state.sqlite` that is a
 symlink to a root-owned file outside their home must never make the tracker (root) read
 or write through it, neither when backing up before a bump nor when restoring in a
-manual rollback (lessons.md: the root-run rollback `install`ed onto that path).
+manual rollback (docs/lessons.md: the root-run rollback `install`ed onto that path).
 
 The outside file is watched three ways: its sha256, its mtime, and its atime (set older
 than its mtime first, so on a relatime or strictatime mount any read would move it), and

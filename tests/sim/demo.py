@@ -9,8 +9,10 @@ npm registry, the systemctl and dispatch stand-ins) and runs the real
 1. a good nightly bump (0.0.24 -> 0.0.25 nightly): every user moved and verified;
 2. a bad nightly whose migration silently drops messages: stopped by the health
    gate, quarantined, nobody touched;
-3. a nightly whose migration fails only on data one user has: passes the health
-   gate, fails that user's canary; both moved users restored, tracker frozen;
+3. a nightly whose migration fails only on archived threads, which emo has none of at
+   backup time but archives one as their server stops for the move (data newer than the
+   backups the health gate was seeded from): passes the health gate, fails emo's canary;
+   every moved user restored, tracker frozen;
 4. the operator unfreezes, and the first orchestration V2 nightly (0.0.46) arrives: every
    user's `state.sqlite` is imported into `statev2.sqlite`, which is their live database
    from then on (the tracker backs up, gates and judges that file; `state.sqlite` stays, frozen).
@@ -23,18 +25,21 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tests.runner_checks import events, probing_logins, restart_windows
+from tests.runner_checks import archives_a_thread_when_stopped, events, probing_logins, restart_windows
 from tests.sim import builds
 from tests.sim.world import PROJECT_ROOT, World
 
 SCENARIOS = [
     ("good nightly bump", builds.GOOD_VERSIONS["good-0.0.25"]),
     ("bad build: migration drops messages", builds.BAD_VERSIONS["migration-drops-rows"]),
-    ("bad build: migration fails on archived threads (emo has some)", builds.BAD_VERSIONS["migration-fails-archived"]),
+    ("bad build: migration fails on archived threads (emo archives one as the move stops him)",
+     builds.BAD_VERSIONS["migration-fails-archived"]),
     ("unfreeze, then the first orchestration V2 build: state.sqlite -> statev2.sqlite",
      builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]),
 ]
 UNFREEZE_BEFORE = {builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]}
+# Runs whose systemctl makes a user write as their server stops (see archives_a_thread_when_stopped).
+ARCHIVES_WHEN_STOPPED = {builds.BAD_VERSIONS["migration-fails-archived"]: "emo"}
 
 
 def run_scenario(world: World, title: str, version: str, out) -> int:
@@ -43,8 +48,11 @@ def run_scenario(world: World, title: str, version: str, out) -> int:
         print(f"  t3-autoupdate unfreeze: exit {world.run_tracker('unfreeze').exit_code}", file=out)
     world.registry.set_tag("nightly", version)
     started = time.monotonic()
+    env = {}
+    if version in ARCHIVES_WHEN_STOPPED:
+        env["T3_SYSTEMCTL"] = str(archives_a_thread_when_stopped(world, ARCHIVES_WHEN_STOPPED[version]))
     with probing_logins(world) as logins:
-        done = world.run_tracker()
+        done = world.run_tracker(**env)
     dispatch_failures = logins.pop("dispatch failures")
     print(f"exit code {done.exit_code} after {time.monotonic() - started:.1f}s", file=out)
     for line in events(done):
@@ -73,7 +81,7 @@ def main(argv=None) -> int:
     root = (args.out or PROJECT_ROOT / "demo-out" / stamp).resolve()
     out = sys.stdout
     print(f"building the simulated world in {root} ...", file=out)
-    world = World(root, db_options={"wizard": {"threads": 8}, "emo": {"archived_threads": 1}})
+    world = World(root, db_options={"wizard": {"threads": 8}})
     codes = []
     try:
         world.build()

@@ -1,6 +1,6 @@
 """A local npm registry on loopback that the real `npm` client can `view` and `install` from.
 
-Part of the simulated world (design.md): mutable dist-tags (they may move backward), a
+Part of the simulated world (docs/architecture.md): mutable dist-tags (they may move backward), a
 packument `time` map with chosen publish times, and switchable outages.
 
     reg = NpmRegistry(tmp_path / "registry")       # state lives in that directory

@@ -1083,7 +1083,7 @@ def _run_one(manager: Manager, unit: Unit, cmd: Command, update) -> str:
         spec = manager.exec_spec(unit, cmd)
     except StartError as e:
         manager.log(name, f"{name}: {e}")
-        update(lambda s: s.update(result=e.result, exec_main_code=CLD_EXITED if e.status else 0,
+        update(lambda s, e=e: s.update(result=e.result, exec_main_code=CLD_EXITED if e.status else 0,
                                   exec_main_status=e.status))
         return e.result
     for note in spec.notes:

@@ -262,7 +262,7 @@ class World:
     def _write_mint_helper(self) -> None:
         """What the dispatch runs to mint, at the path it calls: the wrapper `install-mint`
         writes around `t3-autoupdate mint <os_user>`, which runs the user's OWN linked binary
-        as that user (design.md phase 6)."""
+        as that user (docs/architecture.md phase 6)."""
         from runner.install import mint_wrapper_text
 
         self.mint_helper.parent.mkdir(parents=True, exist_ok=True)

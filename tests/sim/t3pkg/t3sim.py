@@ -2,7 +2,7 @@
 
 This single stdlib-only module is copied into every simulated npm tarball as
 `lib/t3sim.py` and run by the package's `bin/t3` with whatever `python3` is on
-PATH. It obeys the contract in shared/spec/t3-contract.md, including its drifts.
+PATH. It obeys the contract in docs/t3-contract.md, including its drifts.
 What differs between builds is not code but data: the package's own
 `package.json` (the version) and `profile.json` (the behaviour profile, written
 by tests/sim/builds.py). Keeping one code base means a bad build is bad only in

@@ -1,0 +1,38 @@
+"""`t3-autoupdate --version`, the empty quarantine listing, in process (no world needed)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from runner import cli
+from runner.quarantine import listing_lines, quarantine_build
+from tests.test_cli_config import site  # noqa: F401 - the fixture
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version_prints_the_installed_project_version(capsys):
+    assert cli.main(["--version"]) == 0
+    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out == f"t3-autoupdate {declared}\n"
+
+
+def test_version_needs_no_config_and_reaches_the_shell(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "T3_CONFIG": str(tmp_path / "missing.toml")}  # would be a config error
+    done = subprocess.run([sys.executable, "-m", "runner.cli", "--version"], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("t3-autoupdate "), done.stdout + done.stderr
+
+
+def test_an_empty_quarantine_says_none(site, capsys):  # noqa: F811
+    assert cli.main(["quarantine"]) == 0
+    assert capsys.readouterr().out == "none\n"
+
+
+def test_the_listing_orders_versions_by_precedence(tmp_path):
+    for version in ("0.0.26-nightly.20260610.10", "0.0.26-nightly.20260610.9", "0.0.25"):
+        quarantine_build(tmp_path, version, reason="r", report_path=None, run_id="x")
+    assert [line.split("\t")[0] for line in listing_lines(tmp_path)] == [
+        "0.0.25", "0.0.26-nightly.20260610.9", "0.0.26-nightly.20260610.10"]
