@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from tests.runner_checks import assert_user_on, events, link_version, summary_of
@@ -14,6 +15,12 @@ from tests.sim import builds
 V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]
 TWO_TB = 2 * 1024 ** 4
+
+
+def _in_full(line: str) -> str:
+    """An outcome line with its details file (a long reason is cut in the line, whole there)."""
+    match = re.search(r' details=("[^"]+"|\S+)', line)
+    return line + ("\n" + Path(match.group(1).strip('"')).read_text() if match else "")
 
 
 def _sha(path: Path) -> str:
@@ -39,7 +46,7 @@ def test_a_users_bad_files_defer_that_user_and_everyone_else_moves_on(world):
     done = world.run_tracker()
     assert done.exit_code == 0, done.stderr
     lines = events(done)
-    deferred = {line.split()[1]: line for line in lines if line.startswith("DEFERRED ")}
+    deferred = {line.split()[1]: _in_full(line) for line in lines if line.startswith("DEFERRED ")}
     assert sorted(deferred) == ["user=emo", "user=wizard"], lines
     assert "backup failed" in deferred["user=wizard"] and "refusing symlink" in deferred["user=wizard"]
     assert "notes.db" in deferred["user=wizard"]
