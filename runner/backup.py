@@ -25,6 +25,8 @@ under its final name always has a complete manifest; `latest_backup` reads it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -44,7 +46,8 @@ from runner.userfiles import (NotFound, UserFileError, close_quietly, describe, 
 
 __all__ = ["BackupError", "BackupRecord", "RestoreReport", "find_user_databases", "check_free_space",
            "backup_user_databases", "restore_user_database", "set_aside_database", "latest_backup",
-           "backup_file_name", "prebump_backups"]
+           "backup_file_name", "prebump_backups", "copy_backup_out", "discard_backup",
+           "remove_backup_dir_if_empty", "BACKUP_KINDS"]
 
 log = logging.getLogger("t3-autoupdate.backup")
 
@@ -55,6 +58,9 @@ TMP_PREFIX = ".t3-autoupdate-tmp-"          # temporaries in a backup dir
 RESTORE_PREFIX = ".t3-autoupdate-restore-"  # temporaries in userdata
 TS_FORMAT = "%Y%m%dT%H%M%SZ"
 DEFAULT_MARGIN = 1.5
+#: prebump: a run's restore point; daily: the daily job's; dryrun: a preview's seed, copied out
+#: and discarded at once (its own name: a left-over one is never a restore point nor prunes one).
+BACKUP_KINDS = ("prebump", "daily", "dryrun")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _DB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = r"[0-9A-Za-z][0-9A-Za-z.+-]{0,127}"
@@ -325,6 +331,34 @@ def _scan_databases(tree: _Dir) -> list[str]:
     return found
 
 
+SQLITE_HEADER = 100
+
+
+def database_bytes(header: bytes, file_size: int) -> int:
+    """What an online copy of a database needs: page count x page size as SQLite itself reckons
+    them from the 100-byte header (the in-header page count when valid: non-zero and its
+    version-valid-for equals the change counter; else the file size in whole pages). Not the
+    file's size: a sparse tail past the last page is never copied."""
+    if len(header) < SQLITE_HEADER or not header.startswith(SQLITE_MAGIC):
+        return file_size
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return file_size  # not a valid header: SQLite refuses it, the copy fails and says so
+    pages = int.from_bytes(header[28:32], "big")
+    if not pages or header[24:28] != header[92:96]:
+        pages = -(-file_size // page_size)
+    return pages * page_size
+
+
+def _database_bytes_at(dir_fd: int, name: str, shown: Path) -> int:
+    fd = open_file_at(dir_fd, name, shown)
+    try:
+        return database_bytes(read_head(fd, SQLITE_HEADER), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 def _size_at(dir_fd: int, name: str) -> int:
     st = lstat_at(dir_fd, name)
     return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
@@ -465,12 +499,12 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
     """Back up every database of one user online, as that user, verified; prune to `keep`.
 
     `kind` names the copies: "prebump" (before a bump: the restore points of a rollback) or
-    "daily" (the daily job). Pruning counts and removes copies of the same kind only, so a
+    "daily" (the daily job) or "dryrun" (a preview's seed, copied out and discarded at once). Pruning counts and removes copies of the same kind only, so a
     daily backup never prunes a pre-bump restore point. `serving`: the build the user runs
     now, recorded in each manifest: the backups taken when a user left a build are the ones a
     rollback to that build restores.
     """
-    if kind not in ("prebump", "daily"):
+    if kind not in BACKUP_KINDS:
         raise BackupError(f"invalid backup kind {kind!r}")
     _check(_USER_RE, os_user, "OS user name")
     _check(_VERSION_RE, version, "version")
@@ -485,12 +519,15 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
         if not names:
             log.info("backup none user=%s userdata=%s (no database)", os_user, tree.path)
             return []
-        needed = sum(_size_at(tree.fd, n) + _size_at(tree.fd, n + "-wal") for n in names)
+        needed = sum(_database_bytes_at(tree.fd, n, tree.path / n) + _size_at(tree.fd, n + "-wal") for n in names)
         bdir = _open_backup_dir(stack, backup_root, os_user, owner)
         _remove_stale(bdir, TMP_PREFIX)
         while any(lstat_at(bdir.fd, backup_file_name(n, kind, version, ts)) is not None for n in names):
             taken_at, ts = _timestamp(taken_at + timedelta(seconds=1))  # a killed run's backup took this second
-        check_free_space(bdir.path, needed, margin, free_bytes=free_bytes or (lambda _p: free_bytes_fd(bdir.fd)))
+        try:
+            check_free_space(bdir.path, needed, margin, free_bytes=free_bytes or (lambda _p: free_bytes_fd(bdir.fd)))
+        except BackupError as exc:
+            raise BackupError(f"{os_user}: {exc} (databases {', '.join(names)}, by page count x page size)") from None
         tools = _Tools(owner, sqlite3=sqlite3, dd=dd, mv=mv, timeout=timeout, scratch=bdir.path)
         records = []
         for name in names:
@@ -564,6 +601,64 @@ def latest_backup(backup_root, os_user: str, db_name: str = "state.sqlite",
             if version is None or found_version == version:
                 return _read_manifest(bdir, name, os_user, db_name, found_version)
     return None
+
+
+def _open_record(stack: contextlib.ExitStack, record: BackupRecord, backup_root) -> tuple[_Dir, int]:
+    """The backup dir and a no-follow descriptor of `record`'s file in it, its size as recorded."""
+    bdir = _open_backup_dir(stack, backup_root, record.os_user, None)
+    if bdir is None or Path(os.path.realpath(record.path.parent)) != bdir.path:
+        raise UserFileError(f"{record.path} is not in {Path(backup_root) / record.os_user}")
+    fd = open_file_at(bdir.fd, record.path.name, record.path)
+    stack.callback(os.close, fd)
+    size = os.fstat(fd).st_size
+    if size != record.bytes:  # before reading it: a swapped sparse giant is refused at once
+        raise UserFileError(f"{record.path} is {size} bytes, recorded {record.bytes}: changed, refusing it")
+    return bdir, fd
+
+
+def copy_backup_out(record: BackupRecord, backup_root, dest: Path) -> BackupRecord:
+    """Copy a backup out of its user's dir into root's own `dest` (a new 0600 file), no-follow
+    and non-blocking, checked against its record (size first, then sha256 of what was copied);
+    returns the record of the copy. Nothing opens the user's file as SQLite."""
+    with contextlib.ExitStack() as stack, _errors(record.os_user, f"copying {record.path} to {dest}"):
+        _, fd = _open_record(stack, record, backup_root)
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        stack.callback(os.close, out)
+        digest, left = hashlib.sha256(), record.bytes
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                raise UserFileError(f"{record.path} ended {left} bytes early")
+            digest.update(chunk)
+            os.write(out, chunk)
+            left -= len(chunk)
+        if digest.hexdigest() != record.sha256:
+            raise UserFileError(f"{record.path} does not match its sha256 as recorded: changed, refusing it")
+        os.fsync(out)
+    return dataclasses.replace(record, path=Path(dest))
+
+
+def discard_backup(record: BackupRecord, backup_root) -> None:
+    """Remove a backup and its manifest from its user's dir (relative to the dir, no-follow)."""
+    with contextlib.ExitStack() as stack, _errors(record.os_user, f"removing {record.path}"):
+        bdir = _open_backup_dir(stack, backup_root, record.os_user, None)
+        if bdir is None or Path(os.path.realpath(record.path.parent)) != bdir.path:
+            raise UserFileError(f"{record.path} is not in {Path(backup_root) / record.os_user}")
+        unlink_at(bdir.fd, record.path.name)
+        unlink_at(bdir.fd, _manifest_name(record.path.name))
+
+
+def remove_backup_dir_if_empty(backup_root, os_user: str) -> bool:
+    """rmdir `<backup_root>/<os_user>` when it is empty (a preview made it); never follows a link."""
+    _check(_USER_RE, os_user, "OS user name")
+    with contextlib.ExitStack() as stack, _errors(os_user, f"removing {Path(backup_root) / os_user}"):
+        root_fd, _ = open_trusted_dir(backup_root)
+        stack.callback(os.close, root_fd)
+        try:
+            os.rmdir(os_user, dir_fd=root_fd)
+        except OSError:  # not empty, gone, or not a directory: leave it as it is
+            return False
+    return True
 
 
 def prebump_backups(backup_root, os_user: str) -> list[BackupRecord]:

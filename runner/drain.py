@@ -60,9 +60,13 @@ def drain_deferred(ctx: RunContext) -> int:
             if reason:
                 events("DEFERRED", user=os_user, version=good, reason=reason)
                 continue
-            records = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, good,
-                                                   sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
-                                                   keep=cfg.keep_backups, serving=current)
+            try:
+                records = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, good,
+                                                       sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
+                                                       keep=cfg.keep_backups, serving=current)
+            except backup.BackupError as exc:  # this user's problem: still owed, the others go on
+                events("DEFERRED", user=os_user, version=good, reason=f"backup failed: {exc}")
+                continue
             failure = None
             try:
                 move_and_restart(ctx, os_user, cfg.release_dir(good), ports[os_user])

@@ -1,22 +1,49 @@
 """`t3-autoupdate dry-run` (or T3_DRY_RUN=1): preview the tracked build without
 changing anything: resolve, stage into a temporary prefix, run the health gate
-on fresh online copies of every user's live database, print PASS or FAIL with the report.
-No backup, no quarantine, no link, no restart.
+on a fresh online copy of a user's database, print PASS or FAIL with the report.
+No restore point, no quarantine, no link, no restart.
 
-Everything it writes lives in fresh private scratch (runner/scratch.py), and the candidate
-is staged exactly as a run stages it: by the gate user (`stage_for`), never by root."""
+Where things go. Every user's database is copied online AS THAT USER, into that user's own
+backup dir (`<backup dest>/<user>/`, the one place their uid may write besides their home),
+under a `dryrun` name that no restore or pruning of restore points ever takes; root then
+copies each one out, no-follow and checked against its recorded size and sha256, into this
+preview's private scratch (`runner.scratch.private_scratch`, where the staging happens too,
+as the gate user), and removes the user's copy. Any backup, staging or gate failure is
+`DRY-RUN FAIL` (exit 1), never a crash.
+"""
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 from . import backup, resolve
 from .context import RunContext
+from .gatework import GateWork
 from .phases.health import check_health
+from .gateuser import GateUserError, gate_ids
 from .scratch import ScratchError, private_scratch
-from .stage import StageError, stage_for
+from .stage import StageError, stage_release
 from .state import new_run_id, read_text_or_none, read_freeze
+
+
+def preview_seeds(cfg, version: str, seeds_dir: Path) -> dict[str, list]:
+    """OS user -> records of root's own copies (in `seeds_dir`) of fresh backups of their databases."""
+    os.mkdir(seeds_dir, 0o700)
+    records = {}
+    for os_user in cfg.os_users:
+        had_dir = os.path.lexists(cfg.backup_dest / os_user)
+        taken = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, version,
+                                             sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout, keep=1, kind="dryrun")
+        user_dir = seeds_dir / os_user
+        os.mkdir(user_dir, 0o700)
+        try:
+            records[os_user] = [backup.copy_backup_out(r, cfg.backup_dest, user_dir / r.db_name) for r in taken]
+        finally:
+            for record in taken:
+                backup.discard_backup(record, cfg.backup_dest)
+            if not had_dir:  # leave the host as it was
+                backup.remove_backup_dir_if_empty(cfg.backup_dest, os_user)
+    return records
 
 
 def dry_run(ctx: RunContext, *, stdout) -> int:
@@ -35,22 +62,25 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
     ctx.run_dir = cfg.runs_dir / ctx.run_id
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with private_scratch(cfg, "dry-run") as (work, _gate_dir):
-            records = {os_user: backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), work / "seeds",
-                                                             version, sqlite3=cfg.sqlite3,
-                                                             timeout=cfg.backup_timeout, keep=1)
-                       for os_user in cfg.os_users}
-            releases = work / "releases"  # like the real releases dir: 0755, the gate user runs what is in it
-            os.mkdir(releases, 0o755)
-            os.chmod(releases, 0o755)  # whatever the umask
+        gate_user = gate_ids(cfg)
+        with private_scratch(cfg, "dry-run", gate_user) as (work, gate_dir):
             try:
-                staged = stage_for(dataclasses.replace(cfg, releases_dir=releases), version, env=ctx.env)
+                records = preview_seeds(cfg, version, work / "seeds")
+            except backup.BackupError as exc:
+                print(f"DRY-RUN FAIL {version}: backup failed: {exc}", file=stdout)
+                return 1
+            releases = work / "releases"
+            os.mkdir(releases)
+            os.chmod(releases, 0o755)  # as releases/ is (run commands' umask is 0077): the gate user reads in it
+            try:
+                staged = stage_release(cfg.npm, cfg.package, version, releases, env=ctx.env,
+                                       gate=GateWork(gate_user, gate_dir, ctx.env.get("npm_config_registry")))
             except StageError as exc:
                 print(f"DRY-RUN FAIL {version}: staging failed: {exc}", file=stdout)
                 return 1
             verdict = check_health(ctx, staged, records)
-    except ScratchError as exc:
-        print(f"DRY-RUN FAIL {version}: {exc}", file=stdout)
+    except (GateUserError, ScratchError) as exc:  # fail closed: candidate code never runs as root
+        print(f"DRY-RUN FAIL {version}: no private scratch for the gate user: {exc}", file=stdout)
         return 1
     if verdict.report is None:
         print(f"DRY-RUN FAIL {version}: {verdict.reason}", file=stdout)

@@ -5,7 +5,7 @@ docs/architecture.md phase 6 and the 2026-06-09 lesson: the pairing CLI opens th
 user's running server. It therefore runs the user's own release link
 (`<active_dir>/<os_user>/bin/t3`), never the global `t3`, with that user's base dir,
 as that user (the owner of their home directory, by lstat; a symlinked home is
-refused). The OS user must be a value of the user map: the dispatch passes a name it
+refused, and so is a home owned by root: the mint never runs a build as root). The OS user must be a value of the user map: the dispatch passes a name it
 read from its own map, and anything else is refused before a path is built from it.
 
 The credential JSON goes to stdout untouched (the dispatch relays its fields).
@@ -73,6 +73,9 @@ def mint_for(cfg, os_user: str, *, timeout: float = MINT_TIMEOUT, run=proc.run_l
         owner = owner_of(home)
     except ActivityError as exc:
         raise MintError(f"{os_user}: {exc}") from None
+    if owner.uid == 0:  # a build never runs as root; the home must belong to its user
+        raise MintError(f"{os_user}: home {home} is owned by root (uid 0), not by {os_user}: refusing to "
+                        "mint as root (chown the home to its user)")
     owner = proc.UserIds(owner.uid, owner.gid, os_user)
     try:
         done = run(mint_argv(link, cfg.t3_base_dir(os_user)), env=mint_env(home, os_user), cwd="/",

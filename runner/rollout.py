@@ -76,12 +76,18 @@ def defer(ctx: RunContext, result: RolloutResult, os_user: str, version: str, re
     ctx.events("DEFERRED", user=os_user, version=version, reason=reason)
 
 
-def roll_out(ctx: RunContext, journal: Journal, release_dir: Path) -> RolloutResult:
+def roll_out(ctx: RunContext, journal: Journal, release_dir: Path, *,
+             not_backed_up: dict[str, str] | None = None) -> RolloutResult:
+    """Move every user through the canary; `not_backed_up` (user -> why) are deferred unmoved:
+    nobody moves without a pre-bump backup to come back to."""
     cfg = ctx.cfg
     result = RolloutResult()
     ports = ctx.ports()  # as read at the run's start (RunContext.ports), before anyone moved
     running = set(ctx.services.running_instances())
     for os_user in cfg.os_users:
+        if os_user in (not_backed_up or {}):
+            defer(ctx, result, os_user, journal.version, not_backed_up[os_user])
+            continue
         if os_user not in running:
             defer(ctx, result, os_user, journal.version, "not running")
             continue

@@ -56,21 +56,32 @@ def choose_target(ctx: RunContext, installed: str | None):
     return target, decision
 
 
-def back_up_everyone(ctx: RunContext, version: str) -> dict[str, list]:
+def back_up_everyone(ctx: RunContext, version: str) -> tuple[dict[str, list], dict[str, str]]:
+    """(records of the users backed up, reason of each user whose backup failed).
+
+    One user's backup problem (a symlink or FIFO named like a database, an unreadable file, a
+    database too big for the free space...) is that user's: they are deferred with the reason,
+    never moved without a backup, and everyone else goes on."""
     cfg = ctx.cfg
-    records = {}
+    records, problems = {}, {}
     for os_user in cfg.os_users:
         userdata = cfg.userdata_dir(os_user)
         try:  # recorded in the manifests: a rollback to that build restores the set taken when leaving it
             serving = activate.release_of_link(cfg.active_link(os_user))
         except activate.ActivationError:
             serving = None
-        records[os_user] = backup.backup_user_databases(
-            os_user, userdata, cfg.backup_dest, version, sqlite3=cfg.sqlite3,
-            timeout=cfg.backup_timeout, keep=cfg.keep_backups, serving=serving)
+        try:
+            records[os_user] = backup.backup_user_databases(
+                os_user, userdata, cfg.backup_dest, version, sqlite3=cfg.sqlite3,
+                timeout=cfg.backup_timeout, keep=cfg.keep_backups, serving=serving)
+        except backup.BackupError as exc:
+            problems[os_user] = f"backup failed: {exc}"
+            # Not "BACKUP FAILED": that line means the whole run stopped; this user is DEFERRED later.
+            ctx.events("NOT BACKED UP", user=os_user, version=version, reason=str(exc))
+            continue
         for record in records[os_user]:
             ctx.events("BACKED UP", user=os_user, database=record.db_name, path=str(record.path), bytes=record.bytes)
-    return records
+    return records, problems
 
 
 def tracker_run(ctx: RunContext) -> int:
@@ -106,12 +117,12 @@ def bump(ctx: RunContext, journal: Journal) -> int:
     cfg, events = ctx.cfg, ctx.events
     version = journal.version
     journal.enter(cfg.journal_path, "backup")
-    try:
-        records = back_up_everyone(ctx, version)
-    except backup.BackupError as exc:
-        events("BACKUP FAILED", version=version, reason=str(exc))
+    records, backup_problems = back_up_everyone(ctx, version)
+    if not records:  # nobody could be backed up: nobody can move
+        reason = "; ".join(f"{u}: {r}" for u, r in backup_problems.items())
+        events("BACKUP FAILED", version=version, reason=reason)
         clear_journal(cfg.journal_path)
-        write_summary(ctx, result="backup-failed", reason=str(exc))
+        write_summary(ctx, result="backup-failed", reason=reason)
         return 1
     journal.backups = {u: {r.db_name: str(r.path) for r in rs} for u, rs in records.items()}
     ctx.outcome["backups"] = journal.backups
@@ -143,7 +154,7 @@ def bump(ctx: RunContext, journal: Journal) -> int:
         return 1
     events("HEALTH-CHECK PASSED", version=version, report=str(report))
     journal.enter(cfg.journal_path, "canary")
-    result = roll_out(ctx, journal, staged.prefix)
+    result = roll_out(ctx, journal, staged.prefix, not_backed_up=backup_problems)
     ctx.outcome.update({"moved": result.moved, "deferred": result.deferred, "canary_reports": result.reports})
     if result.failed_user:
         return fail_canary(ctx, journal, result)

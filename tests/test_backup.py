@@ -498,3 +498,104 @@ def test_prebump_backups_lists_every_set_and_refuses_an_incomplete_one(t):
     manifest.write_text(text.replace('"db_name": "statev2.sqlite"', '"db_name": "state.sqlite"'))
     with pytest.raises(BackupError, match="is unusable"):
         backup.prebump_backups(t.backups, "alice")
+
+
+# --- one user's hostile or broken files, as that user's own uid (issue 10 item 4) ---------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running the copy as another uid needs root")
+
+
+@pytest.fixture
+def owned(t):
+    """alice's home tree belongs to a real unprivileged uid of her own, as on a host."""
+    from tests.sim.world import unused_ids
+
+    uid = unused_ids(1)[0]
+    for p in (t.ud.parent.parent, t.ud.parent, t.ud, t.db):
+        os.chown(p, uid, uid)
+    t.ud.parent.parent.chmod(0o750)
+    t.ud.parent.chmod(0o700)
+    _mkdirs(t.backups, 0o711)
+    t.uid = uid
+    return t
+
+
+def _sparse_database(path: Path, size: int, *, claimed_pages: int | None, source: Path) -> None:
+    """A file that starts like `source`'s database (its 100-byte header, page size 4096), with
+    the in-header page count set to `claimed_pages` (valid) or left as it is, then extended
+    sparsely to `size` bytes (nothing is written past the real pages)."""
+    data = bytearray(source.read_bytes())
+    if claimed_pages is not None:
+        data[28:32] = claimed_pages.to_bytes(4, "big")
+        data[92:96] = data[24:28]  # version-valid-for = change counter: the count is valid
+    path.write_bytes(bytes(data))
+    os.truncate(path, size)
+
+
+TWO_TB = 2 * 1024 ** 4
+
+
+def test_database_bytes_is_page_count_times_page_size_not_the_file_size():
+    header = bytearray(100)
+    header[:16] = backup.SQLITE_MAGIC
+    header[16:18] = (4096).to_bytes(2, "big")
+    header[28:32] = (10).to_bytes(4, "big")
+    header[24:28] = header[92:96] = (7).to_bytes(4, "big")
+    assert backup.database_bytes(bytes(header), TWO_TB) == 10 * 4096  # a sparse tail is not copied
+    header[92:96] = (6).to_bytes(4, "big")  # in-header count not valid: SQLite goes by the file size
+    assert backup.database_bytes(bytes(header), 5 * 4096 + 1) == 6 * 4096
+    header[16:18] = (1).to_bytes(2, "big")  # 1 means 65536
+    assert backup.database_bytes(bytes(header), 65536) == 65536
+    header[16:18] = (1000).to_bytes(2, "big")  # not a power of two: not a database header
+    assert backup.database_bytes(bytes(header), 12345) == 12345
+
+
+@needs_root
+def test_a_2tb_sparse_file_claiming_2tb_of_pages_is_too_big_for_free_space(owned):
+    t = owned
+    big = t.ud / "huge.db"
+    _sparse_database(big, TWO_TB, claimed_pages=TWO_TB // 4096, source=t.db)
+    os.chown(big, t.uid, t.uid)
+    with pytest.raises(BackupError, match=r"alice: .*not enough free space .*need \d{13,} bytes"):
+        _backup(t)
+    assert list(t.bdir.iterdir()) == []  # stopped before any copy
+
+
+@needs_root
+def test_a_2tb_sparse_tail_past_the_last_page_is_not_counted_and_backs_up(owned):
+    """st_size says 2 TB; the header says a few pages: the copy needs only those (and gets them)."""
+    t = owned
+    pages = len(t.db.read_bytes()) // 4096
+    os.truncate(t.db, TWO_TB)
+    records = _backup(t)
+    [record] = records
+    assert record.bytes < 10 ** 7 and integrity(record.path) == "ok"
+    assert record.path.stat().st_uid == t.uid and pages > 0
+
+
+@needs_root
+@pytest.mark.parametrize("problem", ["symlink-to-etc-passwd", "fifo", "unreadable"])
+def test_a_users_bad_file_fails_that_users_backup_naming_it_without_harm(owned, problem):
+    """Real files in a user-owned home; the copy runs as the user's uid. Each is a BackupError
+    naming the user and the file (the tracker defers that user), never a hang or a follow."""
+    t = owned
+    target = t.ud / "notes.db"
+    if problem == "symlink-to-etc-passwd":
+        passwd = sha(Path("/etc/passwd"))
+        target.symlink_to("/etc/passwd")
+        expect = r"refusing symlink .*notes\.db"
+    elif problem == "fifo":
+        os.mkfifo(target)
+        expect = r"refusing fifo .*notes\.db"
+    else:
+        dbgen.make_database(target, 30, threads=1, messages_per_thread=1)
+        target.chmod(0)
+        expect = rf"ran as uid {t.uid}.*notes\.db"
+    os.chown(target, t.uid, t.uid, follow_symlinks=False)
+    started = time.monotonic()
+    with pytest.raises(BackupError, match=rf"alice: .*{expect}"):
+        _backup(t)
+    assert time.monotonic() - started < 60
+    if problem == "symlink-to-etc-passwd":
+        assert sha(Path("/etc/passwd")) == passwd
+    assert temporaries(t.bdir) == []

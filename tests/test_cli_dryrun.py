@@ -2,6 +2,7 @@
 without touching anything", through the real CLI on the simulated world."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -88,4 +89,35 @@ def test_dry_run_of_a_build_that_lies_about_its_version_fails_at_staging_and_cha
     assert done.exit_code == 1, done.stderr
     line = verdict_line(done)
     assert line.startswith(f"DRY-RUN FAIL {liar}: staging failed:"), line
+    assert snapshot(world) == before
+
+
+def test_dry_run_on_user_owned_homes_copies_as_each_user_and_leaves_no_copy(world):
+    """issue 10 item 1: every home belongs to its user (a real uid); the preview's copies are
+    made as them (in their own backup dir, then taken into private scratch) and none is left."""
+    world.registry.set_tag("nightly", V28)
+    for user in world.users:
+        assert (world.home_root / user.os_user).stat().st_uid == world.uid_of(user.os_user) != 0
+    (world.backup_dest / "emo").mkdir(mode=0o700)  # a user whose backup dir exists keeps it
+    world.give_to_user("emo", world.backup_dest / "emo")
+    before = snapshot(world)
+    done = world.run_tracker("dry-run")
+    assert done.exit_code == 0, done.stderr
+    assert verdict_line(done).startswith(f"DRY-RUN PASS {V28}:")
+    assert snapshot(world) == before
+    assert (world.backup_dest / "emo").stat().st_uid == world.uid_of("emo")
+
+
+def test_dry_run_with_a_users_backup_problem_fails_with_the_cause_and_never_crashes(world):
+    world.registry.set_tag("nightly", V28)
+    fifo = world.userdata("emo") / "scratch.db"
+    os.mkfifo(fifo)
+    world.give_to_user("emo", fifo)
+    before = snapshot(world)
+    done = world.run_tracker("dry-run")
+    assert done.exit_code == 1, done.stderr
+    line = verdict_line(done)
+    assert line.startswith(f"DRY-RUN FAIL {V28}: backup failed: emo:"), line
+    assert "refusing fifo" in line and "scratch.db" in line
+    assert "CRASHED" not in done.stderr
     assert snapshot(world) == before

@@ -13,6 +13,7 @@ from runner import activate, mint, proc
 from runner.config import load_config
 from runner.mint import MintError, UnknownUser
 from tests.sim import builds, dbgen
+from tests.sim.world import unused_ids
 
 V24 = builds.VERSIONS["good-0.0.24"]
 V28 = builds.VERSIONS["good-0.0.28"]
@@ -54,9 +55,20 @@ class Site:
             activate.point_user(self.cfg.active_dir, user, self.release[version])
         # ancamilea is mapped but has no release link (never activated).
         self.cfg.home_dir("ancamilea").mkdir(parents=True)
+        # Each home is its user's, a real unprivileged uid (as on a host): the mint runs as it.
+        self.uid = dict(zip(("wizard", "emo", "ancamilea"), unused_ids(3)))
+        for user, uid in self.uid.items():
+            chown_tree(self.cfg.home_dir(user), uid)
 
     def database(self, user: str) -> Path:
         return self.cfg.userdata_dir(user) / "state.sqlite"
+
+
+def chown_tree(top: Path, uid: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [*dirnames, *filenames]:
+            os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+    os.chown(top, uid, uid, follow_symlinks=False)
 
 
 @pytest.fixture
@@ -147,12 +159,35 @@ def test_mint_runs_as_the_owner_of_the_home(site):
 
 @needs_root
 def test_root_drops_to_the_users_uid(site):
-    """A real drop: with wizard's home owned by uid 65534 the mint runs as 65534, which
-    cannot reach root's private test tree, so it fails; as root it would have succeeded."""
+    """A real drop: the CLI runs as wizard's own uid, so the files it makes are wizard's; with
+    the home given to another uid the mint runs as that uid, which cannot open wizard's
+    database (0644 in wizard's 0700 userdata), so it fails, though root could have done it."""
+    seen_uids = []
+
+    def spy(argv, **kwargs):
+        seen_uids.append(kwargs["as_user"].uid)
+        return proc.run(argv, **kwargs)
+
+    assert "role" in json.loads(mint.mint_for(site.cfg, "wizard", run=spy))
+    assert seen_uids == [site.uid["wizard"]]
+    userdata = site.cfg.userdata_dir("wizard")
+    for path in userdata.iterdir():  # the database and anything SQLite made beside it
+        assert path.stat().st_uid == site.uid["wizard"], path
     before = dbgen.table_counts(site.database("wizard"))
-    os.chown(site.cfg.home_dir("wizard"), 65534, 65534)
+    os.chmod(userdata, 0o700)
+    os.chown(site.cfg.home_dir("wizard"), site.uid["emo"], site.uid["emo"])
     with pytest.raises(MintError, match="mint for wizard"):
         mint.mint_for(site.cfg, "wizard")
     assert dbgen.table_counts(site.database("wizard")) == before
+
+
+def test_a_home_owned_by_root_is_refused_and_nothing_runs(site):
+    """issue 8: a root-owned home would make the mint run the user's build as root."""
     os.chown(site.cfg.home_dir("wizard"), 0, 0)
-    assert "role" in json.loads(mint.mint_for(site.cfg, "wizard"))
+    ran = []
+    with pytest.raises(MintError, match=r"owned by root \(uid 0\).*refusing to mint as root"):
+        mint.mint_for(site.cfg, "wizard", run=lambda argv, **kw: ran.append(argv))
+    assert ran == []
+    out, err = io.StringIO(), io.StringIO()
+    assert mint.mint_main(site.cfg, "wizard", out, err) == 1
+    assert out.getvalue() == "" and "owned by root" in err.getvalue()

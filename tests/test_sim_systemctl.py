@@ -550,6 +550,25 @@ def test_user_is_switched_to_when_root_and_the_user_exists_with_host_users(tmp_p
     assert f"\n{nobody.pw_uid}\n" in "\n" + world.log("whoami.service")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to User= needs root")
+def test_user_map_file_runs_user_as_the_worlds_own_uid_with_its_home(tmp_path):
+    """--user-map-file: a simulated account (no passwd entry) runs as its own uid, gid and home."""
+    from tests.sim.world import unused_ids
+
+    uid = unused_ids(1)[0]
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({"wizard": {"uid": uid, "gid": uid, "home": "/nonexistent/wizard"}}))
+    units = tmp_path / "units"
+    units.mkdir()
+    systemctl = install_systemctl(tmp_path / "root", units, user_map_file=users)
+    (units / "whoami.service").write_text("[Service]\nType=oneshot\nUser=wizard\nWorkingDirectory=/\n"
+                                          "ExecStart=/bin/sh -c 'echo ids=$(id -u):$(id -g):$(id -G) home=$HOME'\n")
+    done = subprocess.run([str(systemctl), "start", "whoami.service"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "root" / "run" / "simctl" / "whoami.service.log").read_text()
+    assert f"ids={uid}:{uid}:{uid} home=/nonexistent/wizard" in log, log
+
+
 def test_without_host_users_a_real_account_named_like_a_world_user_is_never_used(tmp_path, monkeypatch):
     """The machine has an account named wizard (the real host does): the stand-in must neither
     look it up nor run wizard's unit as it, nor take its home, uid or shell."""

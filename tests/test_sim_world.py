@@ -25,6 +25,27 @@ def test_each_user_runs_their_own_release_link(world):
         assert any(str(link).encode() in a for a in exe_args), exe_args
 
 
+def _uids_of(pid: int) -> list[int]:
+    """Real, effective, saved and filesystem uid of a process, from the process table."""
+    status = open(f"/proc/{pid}/status").read()
+    return [int(x) for x in next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]]
+
+
+def test_each_user_is_a_real_unprivileged_uid_owning_their_home_and_serving_as_it(world):
+    """As on a host: the home tree is the user's, and their server runs as them (not root)."""
+    uids = {world.uid_of(u.os_user) for u in world.users}
+    assert len(uids) == len(world.users) and 0 not in uids and os.geteuid() not in uids
+    for user in world.users:
+        uid, home = world.uid_of(user.os_user), world.home_root / user.os_user
+        st = os.lstat(home)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, uid, 0o750)
+        assert (os.lstat(home / ".t3").st_uid, os.lstat(home / ".t3").st_mode & 0o777) == (uid, 0o700)
+        for path in world.userdata(user.os_user).iterdir():
+            assert os.lstat(path).st_uid == uid, path
+        pid = int(world.systemctl_run("show", "-p", "MainPID", "--value", serve_unit_name(user.os_user)).stdout)
+        assert _uids_of(pid) == [uid] * 4, f"{user.os_user}'s server runs as {_uids_of(pid)}, not {uid}"
+
+
 def test_users_have_populated_history(world):
     for user in world.users:
         with sqlite3.connect(world.database(user.os_user)) as conn:
@@ -78,7 +99,10 @@ def _real_accounts(count: int) -> list[str]:
 def test_a_world_whose_users_are_named_like_real_accounts_never_runs_as_them(make_world):
     """On the real host the world's users (wizard, emo, ancamilea) are real accounts. Here the
     same situation is made with this machine's own accounts (daemon, nobody, ...): the world
-    must come up and serve, every process running as the caller, never as those accounts."""
+    must come up and serve, every process running as the world's own uid for that name, never
+    as those accounts."""
+    import pwd
+
     import pytest
 
     from tests.sim.world import SimUser
@@ -93,4 +117,5 @@ def test_a_world_whose_users_are_named_like_real_accounts_never_runs_as_them(mak
         pid = world.systemctl_run("show", "-p", "MainPID", "--value", serve_unit_name(user.os_user)).stdout.strip()
         status = open(f"/proc/{pid}/status").read()
         uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
-        assert int(uid) == os.geteuid(), f"{user.os_user}'s server runs as uid {uid}"
+        real = pwd.getpwnam(user.os_user).pw_uid
+        assert int(uid) == world.uid_of(user.os_user) != real, f"{user.os_user}'s server runs as uid {uid}"

@@ -61,12 +61,16 @@ class OriginalHost(World):
             "[Install]\nWantedBy=multi-user.target\n")
 
     def old_mint_helper(self) -> str:
-        """The deployment's helper, minus `runuser` (simulated users have no passwd entry)."""
+        """The deployment's helper, `setpriv` to the user's uid standing in for `runuser -u <user>`
+        (simulated users have no passwd entry)."""
+        uids = "".join(f"    {name}) uid={uid} ;;\n" for name, uid in self.uids.items())
         return ("#!/bin/bash\n# /usr/local/bin/t3-mint: mint a pairing credential for an OS user\nset -euo pipefail\n"
                 'u="${1:-}"\n'
                 f'grep -Eq "^[^#=]+=[[:space:]]*${{u}}[[:space:]]*$" "{self.user_map}" '
                 '|| { echo "unknown user: $u" >&2; exit 1; }\n'
-                f'exec "{self.global_t3}" auth pairing create --base-dir "{self.home_root}/$u/.t3" --ttl 5m --json\n')
+                f'case "$u" in\n{uids}    *) echo "no uid for $u" >&2; exit 1 ;;\nesac\n'
+                'exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- '
+                f'"{self.global_t3}" auth pairing create --base-dir "{self.home_root}/$u/.t3" --ttl 5m --json\n')
 
     def build(self) -> "OriginalHost":
         for d in (self.etc, self.serve_env_dir, self.unit_dir, self.home_root, self.state_dir, self.backup_dest,
@@ -84,7 +88,7 @@ class OriginalHost(World):
                 f"[Unit]\nDescription=old {name}\n\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/{name}\n")
             (self.unit_dir / f"{name}.timer").write_text(
                 f"[Timer]\nOnCalendar={calendar}\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n")
-        self.systemctl = install_systemctl(self.root / "sim", self.unit_dir)
+        self.systemctl = install_systemctl(self.root / "sim", self.unit_dir, user_map_file=self._write_users_file())
         for name in OLD_JOBS:
             self.systemctl_run("enable", "--now", f"{name}.timer")
         self.mint_helper.write_text(self.old_mint_helper())
@@ -101,6 +105,7 @@ class OriginalHost(World):
             credentials = self.home_root / user.os_user / ".config" / CREDENTIALS
             credentials.parent.mkdir(parents=True)
             credentials.write_text(f"CLAUDE_CODE_OAUTH_TOKEN=sim-{user.os_user}\n")
+            self._own_home(user.os_user)  # as on the host: the home and all in it are the user's
             backups = self.backup_dest / user.os_user
             backups.mkdir(parents=True)
             for name in (LEGACY_DAILY, LEGACY_PREBUMP):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A `systemctl` stand-in that runs real processes from real unit files.
 
-    python3 systemctl.py --root ROOT [--unit-dir DIR] [--host-users] <systemctl arguments...>
+    python3 systemctl.py --root ROOT [--unit-dir DIR] [--host-users] [--user-map-file FILE] <systemctl arguments...>
 
 or, with no environment needed, the wrapper ``install_systemctl(root, unit_dir)`` writes
 to ``ROOT/bin/systemctl``. Unit files come from ``--unit-dir`` (default
@@ -35,6 +35,11 @@ Faithful to systemd where the tracker can tell the difference:
   wizard, emo and ancamilea, must never run the world's processes), unless the stand-in
   was started with ``--host-users`` (``install_systemctl(..., host_users=True)``): then
   User= switches to that account when running as root and the account exists.
+  ``--user-map-file FILE`` (``install_systemctl(..., user_map_file=...)``) names the
+  simulated world's own accounts: a JSON object ``{"<name>": {"uid": N, "gid": N, "home":
+  "/path"}}``. A User= found there runs as that uid/gid (when the stand-in runs as root)
+  with HOME, USER and LOGNAME set, as systemd does for a real account: the world's users
+  are real unprivileged uids with no passwd entry. The map wins over --host-users.
 Deliberate differences: the child environment is systemd's (USER, LOGNAME, HOME, SHELL,
 INVOCATION_ID, the unit's Environment=/EnvironmentFile=) on top of a pass-through of the
 caller's PATH, LANG/LC_*, TMPDIR and PYTHON* (so the sandboxed test environment
@@ -455,8 +460,33 @@ def _specifiers(value: str, table: dict[str, str], where: str) -> str:
     return re.sub(r"%(.)", sub, value)
 
 
-def host_account(name: str, host_users: bool):
-    """The machine's passwd entry for User=, or None: looked up only with --host-users."""
+@dataclass(frozen=True)
+class Account:
+    """What User= resolves to: a passwd entry's fields (the machine's, or a world's own)."""
+    pw_name: str
+    pw_uid: int
+    pw_gid: int
+    pw_dir: str
+    pw_shell: str = "/bin/sh"
+    groups: tuple[int, ...] = ()
+
+
+def read_user_map(path: str | os.PathLike | None) -> dict[str, Account]:
+    """The simulated world's accounts (see the module docstring); {} without a file."""
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+        return {name: Account(name, int(e["uid"]), int(e["gid"]), str(e["home"]), groups=(int(e["gid"]),))
+                for name, e in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SimError(f"bad --user-map-file {path}: {exc}") from None
+
+
+def host_account(name: str, host_users: bool, user_map: dict | None = None):
+    """User='s account, or None: the world's own map first, the machine's passwd only with --host-users."""
+    if user_map and name in user_map:
+        return user_map[name]
     if not host_users:
         return None
     try:
@@ -466,7 +496,7 @@ def host_account(name: str, host_users: bool):
 
 
 def build_unit(uname: UnitName, fragments: list[tuple[str, str]], need_reload: bool, root: Path,
-               host_users: bool = False) -> Unit:
+               host_users: bool = False, user_map: dict | None = None) -> Unit:
     """Interpret the unit's settings, specifiers applied; raise UnitSettingError if unusable."""
     unit = Unit(uname, fragments, need_reload)
     sections = parse_unit_text(fragments)
@@ -479,7 +509,7 @@ def build_unit(uname: UnitName, fragments: list[tuple[str, str]], need_reload: b
             unit.user = _specifiers(value, table, "User=") or None
     if unit.user:
         table["u"] = unit.user
-        entry = host_account(unit.user, host_users)
+        entry = host_account(unit.user, host_users, user_map)
         if entry is not None:
             table["h"], table["U"] = entry.pw_dir, str(entry.pw_uid)
     else:
@@ -593,9 +623,12 @@ class ExecSpec:
 
 
 class Manager:
-    def __init__(self, root: Path, unit_dir: Path | None = None, *, host_users: bool = False):
+    def __init__(self, root: Path, unit_dir: Path | None = None, *, host_users: bool = False,
+                 user_map_file: str | os.PathLike | None = None):
         self.root = Path(root).resolve()
         self.host_users = host_users
+        self.user_map_file = str(user_map_file) if user_map_file else None
+        self.user_map = read_user_map(self.user_map_file)
         self.unit_dir = Path(unit_dir).resolve() if unit_dir else self.root / "etc" / "systemd" / "system"
         self.state_dir = self.root / "run" / "simctl"
         self.loaded_dir = self.state_dir / "loaded"
@@ -689,7 +722,7 @@ class Manager:
         if not fragments:
             return None
         try:
-            return build_unit(u, fragments, need_reload, self.root, self.host_users)
+            return build_unit(u, fragments, need_reload, self.root, self.host_users, self.user_map)
         except UnitSettingError as e:
             return Unit(u, fragments, need_reload, bad_setting=str(e))
 
@@ -816,7 +849,9 @@ class Manager:
         try:
             supervisor = subprocess.Popen(
                 [sys.executable, str(HERE), "--root", str(self.root), "--unit-dir", str(self.unit_dir),
-                 *(["--host-users"] if self.host_users else []), "__supervise", name, invocation],
+                 *(["--host-users"] if self.host_users else []),
+                 *(["--user-map-file", self.user_map_file] if self.user_map_file else []),
+                 "__supervise", name, invocation],
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True)
         finally:
             os.close(log_fd)
@@ -899,11 +934,13 @@ class Manager:
             elif not optional:
                 raise StartError(f"Changing to the requested working directory failed: {path}", "exit-code", 200)
         if unit.user and not cmd.privileged:
-            entry = host_account(unit.user, self.host_users)
+            entry = host_account(unit.user, self.host_users, self.user_map)
             if entry is not None:
                 env.update(USER=entry.pw_name, LOGNAME=entry.pw_name, HOME=entry.pw_dir, SHELL=entry.pw_shell)
                 if os.geteuid() == 0:
-                    user = (entry.pw_uid, entry.pw_gid, os.getgrouplist(entry.pw_name, entry.pw_gid))
+                    groups = list(entry.groups) if isinstance(entry, Account) else \
+                        os.getgrouplist(entry.pw_name, entry.pw_gid)
+                    user = (entry.pw_uid, entry.pw_gid, groups)
                 elif entry.pw_uid != os.geteuid():
                     notes.append(f"User={unit.user}: not running as root, so running as uid {os.geteuid()} instead (simulation)")
             else:
@@ -1393,7 +1430,7 @@ def cmd_reset_failed(manager: Manager, names: list[str]) -> int:
 
 
 def run(argv: list[str]) -> int:
-    root = unit_dir = None
+    root = unit_dir = user_map_file = None
     host_users = False
     rest = []
     i = 0
@@ -1402,6 +1439,10 @@ def run(argv: list[str]) -> int:
         if a == "--host-users":
             host_users = True
             i += 1
+            continue
+        if a == "--user-map-file" and i + 1 < len(argv):
+            user_map_file = argv[i + 1]
+            i += 2
             continue
         if a in ("--root", "--unit-dir") and i + 1 < len(argv):
             root, unit_dir = (argv[i + 1], unit_dir) if a == "--root" else (root, argv[i + 1])
@@ -1417,7 +1458,12 @@ def run(argv: list[str]) -> int:
     if not root:
         print("simctl: --root is required", file=sys.stderr)
         return 2
-    manager = Manager(Path(root), Path(unit_dir) if unit_dir else None, host_users=host_users)
+    try:
+        manager = Manager(Path(root), Path(unit_dir) if unit_dir else None, host_users=host_users,
+                          user_map_file=user_map_file)
+    except SimError as e:
+        print(e, file=sys.stderr)
+        return e.code
     if rest[:1] == ["__supervise"]:
         return supervise(manager, rest[1], rest[2])
     try:
@@ -1477,17 +1523,20 @@ def main() -> None:
 
 # --------------------------------------------------------------------------- for tests and the demo
 
-def install_systemctl(root: Path, unit_dir: Path, *, host_users: bool = False) -> Path:
+def install_systemctl(root: Path, unit_dir: Path, *, host_users: bool = False,
+                      user_map_file: Path | None = None) -> Path:
     """Write ``<root>/bin/systemctl``, a wrapper that needs no environment; return its path.
 
-    `host_users`: let User= name the machine's real accounts (see the module docstring)."""
+    `host_users`: let User= name the machine's real accounts; `user_map_file`: the world's
+    own accounts (see the module docstring)."""
     root, unit_dir = Path(root).resolve(), Path(unit_dir).resolve()
     bindir = root / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     unit_dir.mkdir(parents=True, exist_ok=True)
     wrapper = bindir / "systemctl"
     command = " ".join(shlex.quote(str(x)) for x in (sys.executable, HERE, "--root", root, "--unit-dir", unit_dir,
-                                                      *(["--host-users"] if host_users else [])))
+                                                      *(["--host-users"] if host_users else []),
+                                                      *(["--user-map-file", user_map_file] if user_map_file else [])))
     wrapper.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper

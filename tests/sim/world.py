@@ -4,7 +4,8 @@
           etc/systemd/system/*.service (the project's own units, rendered),
           etc/t3-autoupdate/config.toml (the runner's config for this world)
     <root>/home/<u>/.t3/userdata/state.sqlite   populated history per user (a V2 user also
-                                                has statev2.sqlite, made by the V2 import)
+                                                has statev2.sqlite, made by the V2 import);
+                                                each home is its user's own (below)
     <root>/var/lib/t3-autoupdate/{releases,active,...}, var/backups/t3-state, var/tmp
     <root>/usr/local/bin/t3                      the operators' link
     <root>/sim/bin/systemctl                     the systemctl stand-in
@@ -12,11 +13,21 @@
 
 Everything real: npm installs from the registry, the stand-in runs real
 processes from the unit files, the dispatch pairs over real HTTP.
+
+Every simulated OS user is a real unprivileged uid of its own (`World.uid_of`, from
+UID_BASE up, skipping any uid or gid the machine already has) with no passwd entry: their
+home (0750), `.t3` (0700) and everything below belong to that uid, as on a host, and the
+systemctl stand-in runs `User=<name>` as that uid (`<root>/sim/users.json`, its
+--user-map-file). So a product step that wrongly runs as root, or that a user cannot do in
+their own home, fails here as it would in production. Tests themselves run as root and may
+read and write users' files directly (`World.give_to_user` hands new ones back).
 """
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import sys
 import threading
 import time
@@ -43,6 +54,31 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class SimUser:
     sso: str
     os_user: str
+
+
+#: The simulated users' uids start here (one each, skipping uids or gids the machine uses).
+UID_BASE = 64200
+HOME_MODE, T3_DIR_MODE = 0o750, 0o700
+
+
+def _id_taken(number: int) -> bool:
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(number)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
+def unused_ids(count: int, start: int = UID_BASE, avoid: set[int] = frozenset()) -> list[int]:
+    """`count` numbers from `start` up that no account or group of the machine has (nor `avoid`)."""
+    found, candidate = [], start
+    while len(found) < count:
+        if candidate not in avoid and not _id_taken(candidate):
+            found.append(candidate)
+        candidate += 1
+    return found
 
 
 DEPLOYMENT_USERS = (SimUser("vbarzin", "wizard"), SimUser("emil.barzin", "emo"), SimUser("ancaelena98", "ancamilea"))
@@ -113,6 +149,8 @@ class World:
         self.systemctl: Path | None = None
         self.mint_helper = r / "usr" / "local" / "bin" / "t3-mint"  # the path the dispatch calls
         self.tracker_bin = str(Path(sys.executable).parent / "t3-autoupdate")  # the console script
+        self.users_file = r / "sim" / "users.json"  # the stand-in's --user-map-file
+        self.uids = dict(zip((u.os_user for u in self.users), unused_ids(len(self.users), avoid={int(GATE_UID)})))
 
     # ------------------------------------------------------------------ paths
     def userdata(self, os_user: str) -> Path:
@@ -131,6 +169,27 @@ class World:
     def version_of(self, os_user: str) -> str:
         """The catalogue version the world set this user up on."""
         return self.user_versions.get(os_user, self.installed)
+
+    def uid_of(self, os_user: str) -> int:
+        """The simulated user's own uid (and gid: the same number)."""
+        return self.uids[self.user(os_user).os_user]
+
+    def give_to_user(self, os_user: str, *paths: Path) -> None:
+        """Hand files a test made as root in a user's home to that user (no-follow): as if the
+        user had made them."""
+        uid = self.uid_of(os_user)
+        for path in paths:
+            os.chown(path, uid, uid, follow_symlinks=False)
+
+    def _own_home(self, os_user: str) -> None:
+        """The whole home tree the user's: home 0750, .t3 0700 (a host's realistic modes)."""
+        uid, home = self.uid_of(os_user), self.home_root / os_user
+        for dirpath, dirnames, filenames in os.walk(home):
+            for name in [*dirnames, *filenames]:
+                os.chown(os.path.join(dirpath, name), uid, uid, follow_symlinks=False)
+        os.chown(home, uid, uid)
+        home.chmod(HOME_MODE)
+        (home / ".t3").chmod(T3_DIR_MODE)
 
     def port_of(self, sso: str) -> int:
         return self.ports[sso]
@@ -160,6 +219,7 @@ class World:
             version = self.version_of(user.os_user)
             dbgen.make_user(self.userdata(user.os_user), SCHEMA_OF[version], builds.profile_for(version).layout,
                             **options)
+            self._own_home(user.os_user)
         for user in self.users:
             self.systemctl_run("start", serve_unit_name(user.os_user))
         for user in self.users:
@@ -189,7 +249,15 @@ class World:
         values = {"ACTIVE_DIR": str(self.active_dir), "HOME_ROOT": str(self.home_root),
                   "SERVE_ENV_DIR": str(self.serve_env_dir), "SERVE_HOST": "0.0.0.0"}
         (self.unit_dir / "t3-serve@.service").write_text(render_unit(load_template("t3-serve@.service"), values))
-        self.systemctl = install_systemctl(self.root / "sim", self.unit_dir)
+        self.systemctl = install_systemctl(self.root / "sim", self.unit_dir, user_map_file=self._write_users_file())
+
+    def _write_users_file(self) -> Path:
+        """The world's accounts for the systemctl stand-in (its --user-map-file)."""
+        self.users_file.parent.mkdir(parents=True, exist_ok=True)
+        self.users_file.write_text(json.dumps({
+            u.os_user: {"uid": self.uids[u.os_user], "gid": self.uids[u.os_user], "home": str(self.home_root / u.os_user)}
+            for u in self.users}, indent=1))
+        return self.users_file
 
     def _write_mint_helper(self) -> None:
         """What the dispatch runs to mint, at the path it calls: the wrapper `install-mint`
