@@ -85,6 +85,10 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
     if verdict.report is None:
         print(f"DRY-RUN FAIL {version}: {verdict.reason}", file=stdout)
         return 1
+    if verdict.unseeded:  # a user's data was not proven: a preview must not say PASS for them
+        print(f"DRY-RUN FAIL {version}: not gated on every user's data: "
+              + "; ".join(f"{u}: {r}" for u, r in sorted(verdict.unseeded.items())), file=stdout)
+        return 1
     note = f" (a real run would hold: {decision.reason})" if decision.action != "install" else ""
     freeze = read_freeze(cfg.freeze_file)
     if freeze is not None:  # a PASS must not read as "the next run installs it"

@@ -144,17 +144,21 @@ def bump(ctx: RunContext, journal: Journal) -> int:
     if report is not None:
         ctx.outcome["health_report"] = str(report)
     if gate_failure:
-        release.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
-                                 report_path=str(report) if report else None, run_id=ctx.run_id)
+        if verdict.build_judged:  # the build failed a check; a host problem quarantines nothing
+            release.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
+                                     report_path=str(report) if report else None, run_id=ctx.run_id)
         goodbuilds.remove_if_removable(cfg, version)  # never last-good's, the previous good's, or a user's
         clear_journal(cfg.journal_path)
-        events("HEALTH-CHECK FAILED", version=version, reason=gate_failure, report=str(report) if report else None)
-        report_streak(ctx, version, "health", gate_failure)
+        events("HEALTH-CHECK FAILED", version=version, reason=gate_failure, report=str(report) if report else None,
+               quarantined="yes" if verdict.build_judged else "no")
+        if verdict.build_judged:
+            report_streak(ctx, version, "health", gate_failure)
         write_summary(ctx, result="health-check-failed", reason=gate_failure)
         return 1
     events("HEALTH-CHECK PASSED", version=version, report=str(report))
     journal.enter(cfg.journal_path, "canary")
-    result = roll_out(ctx, journal, staged.prefix, not_backed_up=backup_problems)
+    unproven = {**backup_problems, **{u: f"health gate seed refused: {r}" for u, r in verdict.unseeded.items()}}
+    result = roll_out(ctx, journal, staged.prefix, not_backed_up=unproven)
     ctx.outcome.update({"moved": result.moved, "deferred": result.deferred, "canary_reports": result.reports})
     if result.failed_user:
         return fail_canary(ctx, journal, result)

@@ -230,19 +230,22 @@ def gated(tmp_path):
     cfg = SimpleNamespace(tmpdir=state / "scratch", gate_user=str(GATE_UID), serve_host="0.0.0.0", smoke_port=0,
                           ready_timeout=20.0, cookie_name="t3_session", gate_timeout=120.0)
     run_id = "20260101T000000Z-4242"
-    ctx = SimpleNamespace(cfg=cfg, run_id=run_id, run_dir=state / "runs" / run_id, env=proc.child_env())
-    return SimpleNamespace(ctx=ctx, record=record, staged=SimpleNamespace(bin=t3_bin, version=V24), root=tmp_path)
+    said = []
+    ctx = SimpleNamespace(cfg=cfg, run_id=run_id, run_dir=state / "runs" / run_id, env=proc.child_env(),
+                          events=lambda event, **fields: said.append((event, fields)))
+    return SimpleNamespace(ctx=ctx, record=record, staged=SimpleNamespace(bin=t3_bin, version=V24), root=tmp_path,
+                           said=said)
 
 
-def _check_health_within_deadline(gated):
+def _check_health_within_deadline(gated, records=None):
     """check_health in a thread: a hang is a failure of this test, never a hang of the suite."""
     import threading
 
     from runner.phases.health import check_health
 
     out = {}
-    worker = threading.Thread(target=lambda: out.update(v=check_health(gated.ctx, gated.staged,
-                                                                       {"alice": [gated.record]})), daemon=True)
+    records = records or {"alice": [gated.record]}
+    worker = threading.Thread(target=lambda: out.update(v=check_health(gated.ctx, gated.staged, records)), daemon=True)
     worker.start()
     worker.join(SEED_DEADLINE)
     assert not worker.is_alive(), f"the health phase still runs after {SEED_DEADLINE:g}s: a hang"
@@ -292,6 +295,29 @@ def test_a_seed_replaced_after_the_backup_is_a_sha256_mismatch(gated, same_size)
     assert "alice" in verdict.reason and "changed since the backup" in verdict.reason, verdict.reason
     if same_size:
         assert "sha256" in verdict.reason and gated.record.sha256 in verdict.reason
+
+
+def test_one_users_replaced_seed_leaves_that_user_unproven_and_the_others_gated(gated):
+    """alice swaps her backup after the run took it; bob's is left alone. The gate still runs
+    on bob's data and passes; alice is reported unseeded (the run defers her), and nothing
+    says the build failed (a user must not get good builds quarantined by tampering)."""
+    from tests.sim import dbgen
+
+    bob_ud = gated.root / "home" / "bob" / ".t3" / "userdata"
+    bob_ud.mkdir(parents=True)
+    dbgen.make_database(bob_ud / "state.sqlite", 30, threads=2, messages_per_thread=4)
+    [bob] = backup.backup_user_databases("bob", bob_ud, gated.root / "backups", V24, sqlite3="/usr/bin/sqlite3")
+    _as_attacker("truncate", "-s", "0", str(gated.record.path))
+    verdict = _check_health_within_deadline(gated, {"alice": [gated.record], "bob": [bob]})
+    assert verdict.passed and verdict.report is not None, verdict.reason
+    assert list(verdict.unseeded) == ["alice"] and "changed since the backup" in verdict.unseeded["alice"]
+    assert [e for e, f in gated.said if e == "SEED REFUSED" and f["user"] == "alice"], gated.said
+
+
+def test_when_no_seed_is_left_the_gate_did_not_judge_the_build(gated):
+    _as_attacker("truncate", "-s", "0", str(gated.record.path))
+    verdict = _check_health_within_deadline(gated)
+    assert not verdict.passed and not verdict.build_judged, verdict  # the run quarantines nothing for it
 
 
 def test_a_user_precreating_the_old_scratch_path_gets_nothing_written_through_it(gated):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..context import RunContext
@@ -31,6 +31,13 @@ class HealthVerdict:
     passed: bool
     reason: str  # the cause of a failure; the gate's T3-GATE summary line when it passed
     report: Path | None  # the junit report, when the gate ran
+
+    # False when the gate could not run at all (no seed left, no gate user, no scratch): a
+    # problem of the host, not of the build, so the build is not quarantined for it.
+    build_judged: bool = True
+    # OS user -> why their seed was not used (changed since its backup, not a regular file):
+    # that user's data was not proven, so they are deferred, and everyone else goes on.
+    unseeded: dict = field(default_factory=dict)
 
     @property
     def failure(self) -> str | None:
@@ -98,13 +105,20 @@ def copy_seed(record, dest: Path) -> Path:
     return dest
 
 
-def copy_seeds(seeds: dict[str, list], dest_dir: Path) -> dict[str, list[Path]]:
-    """Every seed copied by `copy_seed` into `dest_dir` (root's, 0700); the first failure raises."""
+def copy_seeds(seeds: dict[str, list], dest_dir: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Every seed copied by `copy_seed` into `dest_dir` (root's, 0700): (copies per user, the
+    reason per user whose seed could not be copied safely). One user's bad seed (a file they
+    swapped after the backup) is that user's problem: the others are still gated."""
     os.mkdir(dest_dir, 0o700)
     copies: dict[str, list[Path]] = {}
+    problems: dict[str, str] = {}
     for os_user, user_records in seeds.items():
-        copies[os_user] = [copy_seed(r, dest_dir / f"{os_user}-{i}-{r.db_name}") for i, r in enumerate(user_records)]
-    return copies
+        try:
+            copies[os_user] = [copy_seed(r, dest_dir / f"{os_user}-{i}-{r.db_name}")
+                               for i, r in enumerate(user_records)]
+        except SeedError as exc:
+            problems[os_user] = str(exc)
+    return copies, problems
 
 
 def seed_option(seeds: dict[str, list[Path]]) -> str:
@@ -128,9 +142,14 @@ def check_health(ctx: RunContext, staged, records: dict[str, list]) -> HealthVer
         return HealthVerdict(False, NO_SEED, None)
     try:
         with private_scratch(ctx.cfg, health_purpose(ctx.run_id)) as (root_dir, _gate_dir):
-            copies = copy_seeds(seeds, root_dir / "seeds")
+            copies, unseeded = copy_seeds(seeds, root_dir / "seeds")
+            for os_user, reason in unseeded.items():
+                ctx.events("SEED REFUSED", user=os_user, reason=reason)
+            if not copies:
+                return HealthVerdict(False, "no seed could be copied safely: " + "; ".join(unseeded.values()),
+                                     None, build_judged=False, unseeded=unseeded)
             gate = run_gate("health", run_dir=ctx.run_dir, env=ctx.env, timeout=ctx.cfg.gate_timeout,
                             options=health_options(ctx, staged, copies, root_dir))
-    except (SeedError, GateUserError, ScratchError, OSError) as exc:  # fail closed, never a hang or a follow
-        return HealthVerdict(False, str(exc), None)
-    return HealthVerdict(gate.passed, gate.reason(), gate.report)
+    except (GateUserError, ScratchError, OSError) as exc:  # fail closed, never a hang or a follow
+        return HealthVerdict(False, f"the health gate could not run: {exc}", None, build_judged=False)
+    return HealthVerdict(gate.passed, gate.reason(), gate.report, unseeded=unseeded)
