@@ -158,3 +158,11 @@ def archives_a_thread_when_stopped(world, os_user: str) -> Path:
                                            unit=serve_unit_name(os_user), db=str(world.database(os_user))))
     path.chmod(0o755)
     return path
+
+
+def in_full(line: str) -> str:
+    """An outcome line with its details file (a long reason is cut in the line, whole there)."""
+    import re
+
+    match = re.search(r' details=("[^"]+"|\S+)', line)
+    return line + ("\n" + Path(match.group(1).strip('"')).read_text() if match else "")

@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
-from tests.runner_checks import assert_user_on, events, link_version, summary_of
+from tests.runner_checks import assert_user_on, events, in_full, link_version, summary_of
 from tests.sim import builds
 
 V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]
 TWO_TB = 2 * 1024 ** 4
-
-
-def _in_full(line: str) -> str:
-    """An outcome line with its details file (a long reason is cut in the line, whole there)."""
-    match = re.search(r' details=("[^"]+"|\S+)', line)
-    return line + ("\n" + Path(match.group(1).strip('"')).read_text() if match else "")
 
 
 def _sha(path: Path) -> str:
@@ -46,7 +39,7 @@ def test_a_users_bad_files_defer_that_user_and_everyone_else_moves_on(world):
     done = world.run_tracker()
     assert done.exit_code == 0, done.stderr
     lines = events(done)
-    deferred = {line.split()[1]: _in_full(line) for line in lines if line.startswith("DEFERRED ")}
+    deferred = {line.split()[1]: in_full(line) for line in lines if line.startswith("DEFERRED ")}
     assert sorted(deferred) == ["user=emo", "user=wizard"], lines
     assert "backup failed" in deferred["user=wizard"] and "refusing symlink" in deferred["user=wizard"]
     assert "notes.db" in deferred["user=wizard"]

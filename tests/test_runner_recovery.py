@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 import pytest
 
 from runner.units import serve_unit_name
-from tests.runner_checks import assert_logs_in, assert_user_on, events, fingerprints
+from tests.runner_checks import (archives_a_thread_when_stopped, assert_logs_in, assert_user_on, events,
+                                 fingerprints)
 from tests.sim import builds
 from tests.sim.world import wait_until
 from tests.test_runner_crash import (PHASE_DEADLINE, POLL, Tracker, _no_tracker_outlives_its_test,  # noqa: F401
@@ -130,10 +131,12 @@ def test_a_failed_rollback_keeps_the_journal_and_the_next_run_finishes_it(make_w
     backup goes missing once it is moving, so its rollback fails: the journal (who was moved) must
     survive, `status` must say so, and once the backup is back the next run puts ancamilea
     back on 0.0.24 with its pre-bump database."""
-    world = make_world(db_options={"wizard": {"threads": 8}, "emo": {"archived_threads": 1}})
+    world = make_world(db_options={"wizard": {"threads": 8}})
     before = fingerprints(world)
     world.registry.set_tag("nightly", BAD_ARCHIVED)
-    tracker = Tracker(world, "failing")
+    # emo archives a thread as the move stops him: past the health gate (seeded from every
+    # user's backup), the migration meets it first at his canary.
+    tracker = Tracker(world, "failing", T3_SYSTEMCTL=str(archives_a_thread_when_stopped(world, "emo")))
     journal = wait_for_journal(world, tracker, lambda j: j["phase"] == "canary" and "ancamilea" in j["moving"],
                                "ancamilea moving in the canary")
     backup = journal["backups"]["ancamilea"]["state.sqlite"]
