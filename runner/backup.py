@@ -740,8 +740,9 @@ def _check_space(stack_dirs: list[tuple[_Dir, int]], margin: float, free_bytes) 
 
 
 def _keep_aside(tools: _Tools, tree: _Dir, bdir: _Dir, db_name: str, failed_version: str,
-                ts: str) -> tuple[Path, dict[str, int] | None]:
-    """Copy the live database (with its WAL content) to `<stem>-rolledback-<ver>-<ts><ext>`."""
+                ts: str, keep: int | None = None) -> tuple[Path, dict[str, int] | None]:
+    """Copy the live database (with its WAL content) to `<stem>-rolledback-<ver>-<ts><ext>`;
+    with `keep`, only the newest `keep` such copies of `db_name` stay (this one always)."""
     kept = backup_file_name(db_name, "rolledback", failed_version, ts)
     n = 1
     while lstat_at(bdir.fd, kept) is not None:  # kept aside this second already (a rerun's recovery)
@@ -750,14 +751,18 @@ def _keep_aside(tools: _Tools, tree: _Dir, bdir: _Dir, db_name: str, failed_vers
     c = _copy_into_backup_dir(tools, tree.path / db_name, bdir, kept, require_ok=False)
     if c.problems:
         log.error("kept aside %s, but the copy does not verify: %s", bdir.path / kept, " | ".join(c.problems))
+    if keep is not None:
+        _prune(bdir, db_name, keep, {kept}, "rolledback")
     return bdir.path / kept, c.counts
 
 
 def restore_user_database(record: BackupRecord, userdata_dir, backup_root, *, failed_version: str,
                           sqlite3: str = "sqlite3", dd: str = "dd", mv: str = "mv", timeout: float = 1800,
                           now: datetime | None = None, margin: float = DEFAULT_MARGIN,
-                          free_bytes: Callable[[object], int] | None = None, home_dir=None) -> RestoreReport:
+                          free_bytes: Callable[[object], int] | None = None, home_dir=None,
+                          keep: int | None = None) -> RestoreReport:
     """Put `record`'s backup back as the user's database. The serve must already be stopped.
+    `keep`: how many kept-aside copies of this database stay (the newest; None: all).
 
     The backup is verified (size, sha256) before anything is touched; the current database
     is kept aside in the backup dir; the verified copy replaces it by rename; stale
@@ -796,7 +801,7 @@ def restore_user_database(record: BackupRecord, userdata_dir, backup_root, *, fa
         # 2. Keep the current database aside: rows written since the backup are never destroyed.
         kept, current = None, None
         if live is not None:
-            kept, current = _keep_aside(tools, tree, bdir, db_name, failed_version, ts)
+            kept, current = _keep_aside(tools, tree, bdir, db_name, failed_version, ts, keep)
         rows = None
         if current is not None:
             rows = {t: current.get(t, 0) - record.precious_counts.get(t, 0)
@@ -839,7 +844,8 @@ def _remove_side_files(tree: _Dir, db_name: str) -> None:
 def set_aside_database(os_user: str, userdata_dir, backup_root, db_name: str, *, failed_version: str,
                        sqlite3: str = "sqlite3", dd: str = "dd", mv: str = "mv", timeout: float = 1800,
                        now: datetime | None = None, margin: float = DEFAULT_MARGIN,
-                       free_bytes: Callable[[object], int] | None = None, home_dir=None) -> Path | None:
+                       free_bytes: Callable[[object], int] | None = None, home_dir=None,
+                       keep: int | None = None) -> Path | None:
     """Keep aside, then remove, a database that has no pre-bump backup (one the failed build created,
     e.g. `statev2.sqlite`), so the older build and the next bump start from the restored state.
     Returns the kept-aside path, None if there was no such database. The serve must be stopped."""
@@ -857,7 +863,7 @@ def set_aside_database(os_user: str, userdata_dir, backup_root, db_name: str, *,
         bdir = _open_backup_dir(stack, backup_root, os_user, owner)
         _check_space([(bdir, _size_at(tree.fd, db_name) + _size_at(tree.fd, db_name + "-wal"))], margin, free_bytes)
         tools = _Tools(owner, sqlite3=sqlite3, dd=dd, mv=mv, timeout=timeout, scratch=bdir.path)
-        kept, counts = _keep_aside(tools, tree, bdir, db_name, failed_version, ts)
+        kept, counts = _keep_aside(tools, tree, bdir, db_name, failed_version, ts, keep)
         unlink_at(tree.fd, db_name)
         _remove_side_files(tree, db_name)
         os.fsync(tree.fd)

@@ -152,14 +152,15 @@ def restore_databases(ctx: RunContext, os_user: str, failed_version: str,
     userdata = cfg.userdata_dir(os_user)
     for db_name, record in sorted(records.items()):
         report = backup.restore_user_database(record, userdata, cfg.backup_dest, failed_version=failed_version,
-                                              sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout)
+                                              sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
+                                              keep=cfg.keep_backups)
         events("RESTORED", user=os_user, database=db_name, backup=str(record.path),
                kept_aside=str(report.kept_aside), rows_since_backup=report.rows_since_backup)
     for db_name in backup.find_user_databases(userdata):
         if db_name not in records:  # e.g. a statev2.sqlite the failed (or newer) build created
             kept = backup.set_aside_database(os_user, userdata, cfg.backup_dest, db_name,
                                              failed_version=failed_version, sqlite3=cfg.sqlite3,
-                                             timeout=cfg.backup_timeout)
+                                             timeout=cfg.backup_timeout, keep=cfg.keep_backups)
             ctx.outcome.setdefault("set_aside", {}).setdefault(os_user, []).append(str(kept))
             events("SET ASIDE", user=os_user, database=db_name, version=failed_version, kept_aside=str(kept),
                    reason="not in the restored backup set")

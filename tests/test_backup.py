@@ -362,6 +362,20 @@ def test_restore_brings_back_the_backup_and_keeps_the_replaced_database(t):
     assert backup.latest_backup(t.backups, "alice") == record  # the kept-aside copy is not a pre-bump backup
 
 
+def test_kept_aside_copies_follow_retention_newest_kept(t):
+    """Each restore keeps the replaced database aside; with keep=2 only the two newest copies
+    of it stay (the one just made always), so repeated rollbacks cannot fill the disk."""
+    [record] = _backup(t, now=T0)
+    for hour in (1, 2, 3):
+        _restore(t, record, now=T0 + timedelta(hours=hour), keep=2)
+    kept = sorted(p.name for p in t.bdir.glob(f"state-rolledback-{FAILED}-*.sqlite"))
+    assert kept == [f"state-rolledback-{FAILED}-20260620T060000Z.sqlite",
+                    f"state-rolledback-{FAILED}-20260620T070000Z.sqlite"], kept
+    assert backup.latest_backup(t.backups, "alice") == record  # pre-bump restore points untouched
+    _restore(t, record, now=T0 + timedelta(hours=4))  # no keep: nothing pruned
+    assert len(list(t.bdir.glob(f"state-rolledback-{FAILED}-*.sqlite"))) == 3
+
+
 def test_restore_only_from_the_users_own_backup_dir(t):
     [record] = _backup(t, now=T0)
     stray = _mkdirs(t.tmp / "stray") / record.path.name
