@@ -29,14 +29,13 @@ a user we cannot judge is not restarted. `assess` turns every such error into
 from __future__ import annotations
 
 import json
-import os
-import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import livedb, proc
 from .backup import find_user_databases
+from .userfiles import UserFileError, home_owner
 
 __all__ = ["Activity", "ActivityError", "FINAL_RUN_STATUSES", "SCHEMA_SQL", "activity_sql", "activity_argv",
            "parse_activity", "owner_of", "user_activity", "is_busy", "assess", "assess_user"]
@@ -176,14 +175,9 @@ def parse_activity(stdout: str) -> Activity:
 def owner_of(path: Path) -> proc.UserIds:
     """Who owns `path` (a user's home directory), by lstat; a symlink or non-directory is refused."""
     try:
-        st = os.lstat(path)
-    except OSError as exc:
-        raise ActivityError(f"cannot stat {path}: {exc.strerror or exc}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise ActivityError(f"{path} is a symlink; refusing to act on it as its owner")
-    if not stat.S_ISDIR(st.st_mode):
-        raise ActivityError(f"{path} is not a directory")
-    return proc.UserIds.owner_of(st)
+        return home_owner(path)
+    except UserFileError as exc:
+        raise ActivityError(str(exc)) from None
 
 
 def user_activity(db_path: Path, *, sqlite3: str, as_user: proc.UserIds | None,

@@ -20,7 +20,7 @@ from typing import TextIO
 
 from . import proc
 from .activate import ActivationError, release_of_link
-from .activity import ActivityError, owner_of
+from .userfiles import UserFileError, home_owner
 from .usermap import OS_USER_RE
 from .userlock import UserLockTimeout, user_lock
 
@@ -70,8 +70,8 @@ def mint_for(cfg, os_user: str, *, timeout: float = MINT_TIMEOUT, run=proc.run_l
         raise MintError(f"{os_user} has no release link at {link}")
     home = cfg.home_dir(os_user)
     try:
-        owner = owner_of(home)
-    except ActivityError as exc:
+        owner = home_owner(home)
+    except UserFileError as exc:
         raise MintError(f"{os_user}: {exc}") from None
     if owner.uid == 0:  # a build never runs as root; the home must belong to its user
         raise MintError(f"{os_user}: home {home} is owned by root (uid 0), not by {os_user}: refusing to "

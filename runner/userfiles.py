@@ -197,3 +197,19 @@ def ensure_owned_dir(parent_fd: int, name: str, shown: str | os.PathLike, uid: i
         os.close(fd)
         raise
     return fd
+
+
+def home_owner(path: Path):
+    """Who owns `path` (a user's home directory), by lstat, as `proc.UserIds`: whoever owns the
+    home is the user root acts as there. A symlink or a non-directory is refused (UserFileError)."""
+    from .proc import UserIds
+
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise UserFileError(f"cannot stat {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UserFileError(f"{path} is a symlink; refusing to act on it as its owner")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserFileError(f"{path} is not a directory")
+    return UserIds.owner_of(st)
