@@ -98,7 +98,10 @@ def first_clause(text: str, cap: int = REASON_CAP) -> str:
 
 
 def needs_details(value) -> bool:
-    return isinstance(value, str) and (len(value) > REASON_CAP or "\n" in value.strip())
+    """Free text too long for one line. A single token (a path, a version, a run id) is never
+    cut, however long: a report's path must stay usable in the line."""
+    return (isinstance(value, str) and not _BARE.match(value)
+            and (len(value) > REASON_CAP or "\n" in value.strip()))
 
 
 def event_slug(event: str) -> str:

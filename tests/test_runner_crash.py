@@ -135,9 +135,14 @@ class StopAt:
     def __init__(self, world, name: str, real: str, want: list[str], nth: int = 1):
         d = world.root / "stops"
         d.mkdir(exist_ok=True)
+        # The stand-in runs as whoever the runner runs that program as (npm: the gate user;
+        # sqlite3: the user whose database it copies), so it must be able to run and to leave
+        # its marker here: a system python (root's own is under 0700 /root), a sticky 1777 dir.
+        d.chmod(0o1777)
+        python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
         self.path = d / name
         self.marker = d / f"{name}.stopped"
-        self.path.write_text(STOP_AT.format(python=sys.executable, real=real, want=want, n_want=len(want), nth=nth,
+        self.path.write_text(STOP_AT.format(python=python, real=real, want=want, n_want=len(want), nth=nth,
                                             count=str(d / f"{name}.count"), marker=str(self.marker)))
         self.path.chmod(0o755)
 
