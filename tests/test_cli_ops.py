@@ -3,6 +3,7 @@ freeze / unfreeze, status, mint, verify, quarantine."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def test_verify_passes_on_a_healthy_fleet_and_fails_when_one_instance_is_down(wo
     failed = lines_starting(broken, "t3-autoupdate: VERIFY FAILED")
     assert len(failed) == 1 and "emil.barzin" in failed[0], broken.stderr
     assert "vbarzin" not in failed[0].split("report=")[0]
-    report = failed[0].split("report=")[1].strip('"')
+    report = re.search(r' report=("[^"]+"|\S+)', failed[0]).group(1).strip('"')
     assert report.endswith(".xml") and (world.state_dir / "runs") in Path(report).parents
 
     others = world.run_tracker("verify", "--users", "vbarzin,ancaelena98")
