@@ -32,13 +32,16 @@ from tests.sim.proc import ServeProcess  # noqa: E402
 from tests.sim.world import SCHEMA_OF  # noqa: E402
 
 USER, SSO, VERSION = "wizard", "vbarzin", "0.0.24"
+USER_UID = 64299  # the user's own uid (no passwd entry): both helpers run the mint as the user, as production
 
 
 def old_helper(user_map: Path, global_t3: Path, home_root: Path) -> str:
+    """The deployment's helper; `setpriv` to the user's uid stands in for `runuser -u <user>`."""
     return ("#!/bin/bash\nset -euo pipefail\n"
             'u="${1:-}"\n'
             f'grep -Eq "^[^#=]+=[[:space:]]*${{u}}[[:space:]]*$" "{user_map}" || exit 1\n'
-            f'exec "{global_t3}" auth pairing create --base-dir "{home_root}/$u/.t3" --ttl 5m --json\n')
+            f'exec setpriv --reuid={USER_UID} --regid={USER_UID} --clear-groups -- '
+            f'"{global_t3}" auth pairing create --base-dir "{home_root}/$u/.t3" --ttl 5m --json\n')
 
 
 def login_seconds(dispatch: Dispatch) -> float:
@@ -76,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="t3-bench-login-", dir=args.dir))
+    work.chmod(0o711)  # the user's uid passes through to their home and release, lists nothing
     try:
         release = work / "var" / "lib" / "t3-autoupdate" / "releases" / VERSION
         t3_bin = builds.install_layout(VERSION, builds.profile_for(VERSION), release)
@@ -84,6 +88,11 @@ def main(argv=None) -> int:
         (active / USER).symlink_to(release)
         home_root = work / "home"
         dbgen.make_database(home_root / USER / ".t3" / "userdata" / "state.sqlite", SCHEMA_OF[VERSION])
+        import os
+
+        for dirpath, _, files in os.walk(home_root / USER):  # the home is the user's (the mint refuses root's)
+            for name in [".", *files]:
+                os.chown(os.path.join(dirpath, name), USER_UID, USER_UID)
         etc = work / "etc"
         etc.mkdir()
         user_map, dispatch_map, config = etc / "ttyd-user-map", etc / "dispatch.json", etc / "config.toml"
