@@ -153,7 +153,9 @@ def test_a_url_apprise_cannot_use_fails_config_check_and_is_logged_by_a_run(site
 
 def test_mint_and_status_never_import_apprise(site):  # noqa: F811
     """apprise takes seconds to import; `mint` runs at every login."""
-    env = {**os.environ, "T3_NOTIFY_URLS": "json://127.0.0.1:9/hook"}
+    # status asks systemd which binary each server runs: a stand-in that answers nothing (the
+    # guard's trap stands where a real systemctl would be found on PATH).
+    env = {**os.environ, "T3_NOTIFY_URLS": "json://127.0.0.1:9/hook", "T3_SYSTEMCTL": "/bin/false"}
     code = ("import sys; from runner import cli; cli.main(['status']); "
             "print('apprise' in sys.modules)")
     import subprocess
