@@ -1,6 +1,7 @@
-"""Helpers shared by the tests/test_cli_*.py files: what a command must leave unchanged."""
+"""Helpers shared by the CLI tests: what a command must leave unchanged."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -35,3 +36,9 @@ def snapshot(world) -> dict:
 
 def lines_starting(done, prefix: str) -> list[str]:
     return [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith(prefix)]
+
+
+def write_config(path: Path, **values) -> Path:
+    path.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in values.items()))
+    path.chmod(0o644)
+    return path

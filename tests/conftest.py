@@ -1,8 +1,13 @@
 """Fixtures shared by the project's own tests: the simulated world."""
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
+from runner import config as config_mod
+from tests.cli_checks import write_config
 from tests.sim.world import World
 
 
@@ -29,6 +34,25 @@ def make_world(tmp_path):
     yield make
     for world in built:
         world.stop()
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A user map and a config TOML under tmp_path; every T3_* variable cleared, T3_CONFIG set."""
+    for name in list(os.environ):
+        if name.startswith("T3_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(config_mod, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    user_map = tmp_path / "ttyd-user-map"
+    user_map.write_text("# sso=os\nvbarzin = wizard\nemil.barzin=emo\n")
+    config = tmp_path / "config.toml"
+    write_config(config, state_dir=tmp_path / "state", user_map=user_map, freeze_file=tmp_path / "freeze",
+                 backup_dest=tmp_path / "backups", home_root=tmp_path / "home", tmpdir=tmp_path / "scratch",
+                 bin_link=tmp_path / "bin" / "t3", dispatch_map=tmp_path / "dispatch.json")
+    (tmp_path / "dispatch.json").write_text(json.dumps({"vbarzin": {"os_user": "wizard", "port": 3781},
+                                                        "emil.barzin": {"os_user": "emo", "port": 3782}}))
+    monkeypatch.setenv("T3_CONFIG", str(config))
+    return tmp_path
 
 
 WORLD_FIXTURES = {"world", "make_world"}

@@ -166,3 +166,20 @@ def in_full(line: str) -> str:
 
     match = re.search(r' details=("[^"]+"|\S+)', line)
     return line + ("\n" + Path(match.group(1).strip('"')).read_text() if match else "")
+
+
+# A mint stand-in: holds the shared lock until the next mint is in (so mints always overlap:
+# there is never a moment without a holder) or, at most, HOLD_MAX seconds.
+MINT_HOLDING_THE_LOCK = """
+import sys, threading, time
+from pathlib import Path
+from runner.userlock import user_lock
+state, i, hold_max = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+with user_lock(state, "alice", exclusive=False, timeout=30):
+    (state / f"in-{i}").write_text(str(time.monotonic()))
+    deadline, pause = time.monotonic() + hold_max, threading.Event()
+    while not (state / f"in-{i + 1}").exists() and time.monotonic() < deadline:
+        pause.wait(0.02)
+    (state / f"out-{i}").write_text(str(time.monotonic()))
+"""
+

@@ -15,7 +15,7 @@ ESCAPES = {
 
 
 def _run_inner(pytester, body):
-    pytester.makeconftest((__import__("pathlib").Path(__file__).parents[1] / "conftest.py").read_text())
+    pytester.makeconftest((__import__("pathlib").Path(__file__).parents[2] / "conftest.py").read_text())
     tests_dir = pytester.mkdir("tests")
     (tests_dir / "test_inner.py").write_text(textwrap.dedent(f"""
         def test_escape():
@@ -51,7 +51,7 @@ def test_child_process_reaching_systemctl_by_path_is_trapped(pytester):
 
 def test_gate_runs_outside_tests_dir_are_not_guarded(pytester):
     """`pytest gates` on a live host must act on the real machine; only tests/ is guarded."""
-    pytester.makeconftest((__import__("pathlib").Path(__file__).parents[1] / "conftest.py").read_text())
+    pytester.makeconftest((__import__("pathlib").Path(__file__).parents[2] / "conftest.py").read_text())
     gates_dir = pytester.mkdir("gates")
     (gates_dir / "test_probe.py").write_text(
         "import sys\ndef test_guard_is_off():\n    assert sys.modules['conftest'].GUARD.active is False\n")
@@ -70,7 +70,7 @@ def test_directory_relative_writes_are_judged_by_their_directory(pytester):
 
 def test_guard_holds_in_every_xdist_worker(pytester):
     """./dev test runs the suite on pytest-xdist workers: each worker process must be guarded."""
-    pytester.makeconftest((__import__("pathlib").Path(__file__).parents[1] / "conftest.py").read_text())
+    pytester.makeconftest((__import__("pathlib").Path(__file__).parents[2] / "conftest.py").read_text())
     tests_dir = pytester.mkdir("tests")
     bodies = [ESCAPES["write_etc"], ESCAPES["mkdir_var"], ESCAPES["sqlite_home"], ESCAPES["real_systemctl"]]
     (tests_dir / "test_inner.py").write_text("".join(textwrap.dedent(f"""

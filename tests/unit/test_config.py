@@ -11,7 +11,7 @@ USER_MAP = "# SSO name = OS user\nvbarzin = wizard\nalice=alice\n\nbob = alice\n
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
+def tmp_site(tmp_path, monkeypatch):
     """A user map in tmp_path, and the default config file pointed at a path that is absent."""
     monkeypatch.setattr(config_mod, "DEFAULT_CONFIG_FILE", str(tmp_path / "etc" / "absent.toml"))
     user_map = tmp_path / "ttyd-user-map"
@@ -19,12 +19,12 @@ def world(tmp_path, monkeypatch):
     return tmp_path
 
 
-def env_for(world: Path, **extra: str) -> dict[str, str]:
-    return {"T3_USER_MAP": str(world / "ttyd-user-map"), **extra}
+def env_for(tmp_site: Path, **extra: str) -> dict[str, str]:
+    return {"T3_USER_MAP": str(tmp_site / "ttyd-user-map"), **extra}
 
 
-def write_toml(world: Path, text: str, name: str = "config.toml") -> Path:
-    path = world / name
+def write_toml(tmp_site: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_site / name
     path.write_text(text)
     path.chmod(0o644)
     return path
@@ -37,8 +37,8 @@ def errors_of(environ) -> list[str]:
     return info.value.errors
 
 
-def test_defaults(world):
-    cfg = load_config(env_for(world))
+def test_defaults(tmp_site):
+    cfg = load_config(env_for(tmp_site))
     assert (cfg.track, cfg.pin, cfg.dry_run, cfg.smoke_port) == ("nightly", None, False, 0)
     assert cfg.tmpdir == Path("/var/lib/t3-autoupdate/scratch")  # private, never shared /var/tmp
     assert (cfg.gate_user, cfg.useradd) == ("t3-gate", "useradd")
@@ -63,79 +63,79 @@ def test_defaults(world):
     assert {k: v for k, v in cfg.sources.items() if v != "default"} == {"user_map": "environment"}
 
 
-def test_derived_paths_and_helpers(world):
-    cfg = load_config(env_for(world, T3_STATE_DIR=str(world / "state"), T3_HOME_ROOT=str(world / "home")))
-    state = world / "state"
+def test_derived_paths_and_helpers(tmp_site):
+    cfg = load_config(env_for(tmp_site, T3_STATE_DIR=str(tmp_site / "state"), T3_HOME_ROOT=str(tmp_site / "home")))
+    state = tmp_site / "state"
     assert (cfg.releases_dir, cfg.active_dir) == (state / "releases", state / "active")
     assert (cfg.runs_dir, cfg.quarantine_dir, cfg.deferred_dir) == (
         state / "runs", state / "quarantine", state / "deferred")
     assert (cfg.journal_path, cfg.last_good_path, cfg.lock_path) == (
         state / "journal", state / "last-good", state / "lock")
-    assert cfg.home_dir("wizard") == world / "home" / "wizard"
-    assert cfg.t3_base_dir("wizard") == world / "home" / "wizard" / ".t3"
-    assert cfg.userdata_dir("wizard") == world / "home" / "wizard" / ".t3" / "userdata"
+    assert cfg.home_dir("wizard") == tmp_site / "home" / "wizard"
+    assert cfg.t3_base_dir("wizard") == tmp_site / "home" / "wizard" / ".t3"
+    assert cfg.userdata_dir("wizard") == tmp_site / "home" / "wizard" / ".t3" / "userdata"
     assert cfg.active_link("wizard") == state / "active" / "wizard"
     assert cfg.release_dir("0.0.25-nightly.20260608.497") == state / "releases" / "0.0.25-nightly.20260608.497"
 
 
 @pytest.mark.parametrize("bad_user", ["../root", "", "Wizard", "a/b", "wizard\n", ".t3"])
-def test_user_helpers_refuse_bad_names(world, bad_user):
-    cfg = load_config(env_for(world))
+def test_user_helpers_refuse_bad_names(tmp_site, bad_user):
+    cfg = load_config(env_for(tmp_site))
     for helper in (cfg.home_dir, cfg.t3_base_dir, cfg.userdata_dir, cfg.active_link):
         with pytest.raises(ValueError):
             helper(bad_user)
 
 
 @pytest.mark.parametrize("bad_version", ["../x", "latest", "--foo", ""])
-def test_release_dir_validates_the_version(world, bad_version):
+def test_release_dir_validates_the_version(tmp_site, bad_version):
     with pytest.raises(ValueError):
-        load_config(env_for(world)).release_dir(bad_version)
+        load_config(env_for(tmp_site)).release_dir(bad_version)
 
 
-def test_toml_then_environment(world):
-    path = write_toml(world, f'''
+def test_toml_then_environment(tmp_site):
+    path = write_toml(tmp_site, f'''
 track = "latest"
-state_dir = "{world / "file-state"}"
+state_dir = "{tmp_site / "file-state"}"
 dry_run = true
 min_age = 3600
 keep_backups = 5
 pin = "0.0.24"
 serve_host = "::"
 ''')
-    cfg = load_config(env_for(world, T3_CONFIG=str(path), T3_TRACK="preview", T3_DRY_RUN="no"))
+    cfg = load_config(env_for(tmp_site, T3_CONFIG=str(path), T3_TRACK="preview", T3_DRY_RUN="no"))
     assert cfg.config_file == path
     assert (cfg.track, cfg.dry_run) == ("preview", False)
-    assert (cfg.state_dir, cfg.min_age, cfg.keep_backups, cfg.pin) == (world / "file-state", 3600, 5, "0.0.24")
-    assert cfg.releases_dir == world / "file-state" / "releases"
+    assert (cfg.state_dir, cfg.min_age, cfg.keep_backups, cfg.pin) == (tmp_site / "file-state", 3600, 5, "0.0.24")
+    assert cfg.releases_dir == tmp_site / "file-state" / "releases"
     assert cfg.serve_host == "::"
     assert cfg.sources["track"] == "environment" and cfg.sources["dry_run"] == "environment"
     assert cfg.sources["state_dir"] == "file" and cfg.sources["min_age"] == "file"
     assert cfg.sources["gate_timeout"] == "default"
 
-    cfg = load_config(env_for(world, T3_CONFIG=str(path), T3_STATE_DIR=str(world / "env-state"), T3_PIN=""))
-    assert cfg.releases_dir == world / "env-state" / "releases"
+    cfg = load_config(env_for(tmp_site, T3_CONFIG=str(path), T3_STATE_DIR=str(tmp_site / "env-state"), T3_PIN=""))
+    assert cfg.releases_dir == tmp_site / "env-state" / "releases"
     assert cfg.pin is None   # an empty T3_PIN clears the file's pin
 
 
-def test_explicit_release_and_active_dirs_win_over_derived(world):
-    cfg = load_config(env_for(world, T3_STATE_DIR=str(world / "s"), T3_RELEASES_DIR=str(world / "r"),
-                              T3_ACTIVE_DIR=str(world / "a")))
-    assert (cfg.releases_dir, cfg.active_dir) == (world / "r", world / "a")
+def test_explicit_release_and_active_dirs_win_over_derived(tmp_site):
+    cfg = load_config(env_for(tmp_site, T3_STATE_DIR=str(tmp_site / "s"), T3_RELEASES_DIR=str(tmp_site / "r"),
+                              T3_ACTIVE_DIR=str(tmp_site / "a")))
+    assert (cfg.releases_dir, cfg.active_dir) == (tmp_site / "r", tmp_site / "a")
 
 
-def test_environ_defaults_to_os_environ(world, monkeypatch):
-    monkeypatch.setenv("T3_USER_MAP", str(world / "ttyd-user-map"))
+def test_environ_defaults_to_os_environ(tmp_site, monkeypatch):
+    monkeypatch.setenv("T3_USER_MAP", str(tmp_site / "ttyd-user-map"))
     monkeypatch.setenv("T3_TRACK", "latest")
     monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:4873/")
     cfg = load_config()
     assert cfg.track == "latest" and cfg.npm_config_registry == "http://127.0.0.1:4873/"
 
 
-def test_every_error_is_reported_at_once(world):
-    path = write_toml(world, 'state_dir = "relative/state"\nbogus = 1\nkeep_backups = 0\n')
+def test_every_error_is_reported_at_once(tmp_site):
+    path = write_toml(tmp_site, 'state_dir = "relative/state"\nbogus = 1\nkeep_backups = 0\n')
     errors = errors_of({
         "T3_CONFIG": str(path),
-        "T3_USER_MAP": str(world / "ttyd-user-map"),
+        "T3_USER_MAP": str(tmp_site / "ttyd-user-map"),
         "T3_MIN_AGE": "3x",
         "T3_DRY_RUN": "maybe",
         "T3_SMOKE_PORT": "70000",
@@ -156,73 +156,73 @@ def test_every_error_is_reported_at_once(world):
     assert any("must be an absolute path" in e for e in errors)
 
 
-def test_missing_explicit_config_file_is_an_error(world):
-    missing = world / "nope.toml"
-    (error,) = errors_of(env_for(world, T3_CONFIG=str(missing)))
+def test_missing_explicit_config_file_is_an_error(tmp_site):
+    missing = tmp_site / "nope.toml"
+    (error,) = errors_of(env_for(tmp_site, T3_CONFIG=str(missing)))
     assert error.startswith("T3_CONFIG (environment):") and str(missing) in error
 
 
-def test_relative_t3_config_is_an_error(world):
-    (error,) = errors_of(env_for(world, T3_CONFIG="config.toml"))
+def test_relative_t3_config_is_an_error(tmp_site):
+    (error,) = errors_of(env_for(tmp_site, T3_CONFIG="config.toml"))
     assert error.startswith("T3_CONFIG (environment):") and "absolute" in error
 
 
-def test_default_config_file_is_read_when_present(world, monkeypatch):
-    path = write_toml(world, 'track = "latest"\n', name="default.toml")
+def test_default_config_file_is_read_when_present(tmp_site, monkeypatch):
+    path = write_toml(tmp_site, 'track = "latest"\n', name="default.toml")
     monkeypatch.setattr(config_mod, "DEFAULT_CONFIG_FILE", str(path))
-    cfg = load_config(env_for(world))
+    cfg = load_config(env_for(tmp_site))
     assert cfg.track == "latest" and cfg.config_file == path and cfg.sources["track"] == "file"
 
 
-def test_unknown_toml_key_suggests_the_right_one(world):
-    path = write_toml(world, 'statedir = "/srv/x"\n')
-    (error,) = errors_of(env_for(world, T3_CONFIG=str(path)))
+def test_unknown_toml_key_suggests_the_right_one(tmp_site):
+    path = write_toml(tmp_site, 'statedir = "/srv/x"\n')
+    (error,) = errors_of(env_for(tmp_site, T3_CONFIG=str(path)))
     assert error == f"{path}: statedir: unknown key (did you mean state_dir?)"
 
 
-def test_toml_section_is_an_unknown_key(world):
-    path = write_toml(world, '[paths]\nstate_dir = "/srv/x"\n')
-    (error,) = errors_of(env_for(world, T3_CONFIG=str(path)))
+def test_toml_section_is_an_unknown_key(tmp_site):
+    path = write_toml(tmp_site, '[paths]\nstate_dir = "/srv/x"\n')
+    (error,) = errors_of(env_for(tmp_site, T3_CONFIG=str(path)))
     assert error.startswith(f"{path}: paths: unknown key")
 
 
-def test_malformed_toml_names_file_and_line(world):
-    path = write_toml(world, 'track = "nightly"\nstate_dir = /srv/x\n')
-    errors = errors_of(env_for(world, T3_CONFIG=str(path), T3_SMOKE_PORT="x"))
+def test_malformed_toml_names_file_and_line(tmp_site):
+    path = write_toml(tmp_site, 'track = "nightly"\nstate_dir = /srv/x\n')
+    errors = errors_of(env_for(tmp_site, T3_CONFIG=str(path), T3_SMOKE_PORT="x"))
     assert any(e.startswith(f"{path}: invalid TOML") and "line 2" in e for e in errors)
     assert any(e.startswith("T3_SMOKE_PORT (environment)") for e in errors)  # still validated
 
 
-def test_toml_value_of_the_wrong_type(world):
-    path = write_toml(world, 'state_dir = 5\ndry_run = "perhaps"\nsmoke_port = true\n')
-    errors = errors_of(env_for(world, T3_CONFIG=str(path)))
+def test_toml_value_of_the_wrong_type(tmp_site):
+    path = write_toml(tmp_site, 'state_dir = 5\ndry_run = "perhaps"\nsmoke_port = true\n')
+    errors = errors_of(env_for(tmp_site, T3_CONFIG=str(path)))
     assert sorted(e.split(":")[1].strip() for e in errors) == ["dry_run", "smoke_port", "state_dir"]
 
 
-def test_config_file_writable_by_others_is_refused(world):
-    path = write_toml(world, 'track = "latest"\n')
+def test_config_file_writable_by_others_is_refused(tmp_site):
+    path = write_toml(tmp_site, 'track = "latest"\n')
     path.chmod(0o666)
-    (error,) = errors_of(env_for(world, T3_CONFIG=str(path)))
+    (error,) = errors_of(env_for(tmp_site, T3_CONFIG=str(path)))
     assert error.startswith(f"{path}: writable by others")
 
 
-def test_bad_user_map_lines_name_file_and_line(world):
-    user_map = world / "ttyd-user-map"
+def test_bad_user_map_lines_name_file_and_line(tmp_site):
+    user_map = tmp_site / "ttyd-user-map"
     user_map.write_text("vbarzin=wizard\n# fine\nalice=Alice!\nnoequals\n")
-    errors = errors_of(env_for(world, T3_MIN_AGE="soon"))
+    errors = errors_of(env_for(tmp_site, T3_MIN_AGE="soon"))
     assert any(e.startswith(f"{user_map}:3:") for e in errors)
     assert any(e.startswith(f"{user_map}:4:") for e in errors)
     assert any(e.startswith("T3_MIN_AGE (environment)") for e in errors)   # same list
 
 
-def test_missing_user_map_is_an_error(world):
-    (error,) = errors_of({"T3_USER_MAP": str(world / "missing-map")})
+def test_missing_user_map_is_an_error(tmp_site):
+    (error,) = errors_of({"T3_USER_MAP": str(tmp_site / "missing-map")})
     assert error.startswith("T3_USER_MAP (environment): cannot read") and "missing-map" in error
 
 
-def test_user_mapped_to_root_is_refused(world):
-    (world / "ttyd-user-map").write_text("admin = root\n")
-    (error,) = errors_of(env_for(world))
+def test_user_mapped_to_root_is_refused(tmp_site):
+    (tmp_site / "ttyd-user-map").write_text("admin = root\n")
+    (error,) = errors_of(env_for(tmp_site))
     assert "root" in error and "admin" in error
 
 
@@ -236,8 +236,8 @@ def test_user_mapped_to_root_is_refused(world):
     ("", "non-empty"),
     ("/var/lib/t3\n", "control characters"),
 ])
-def test_bad_paths_rejected(world, key, value, why):
-    errors = errors_of(env_for(world, **{key: value}))
+def test_bad_paths_rejected(tmp_site, key, value, why):
+    errors = errors_of(env_for(tmp_site, **{key: value}))
     assert any(e.startswith(f"{key} (environment):") and why in e for e in errors), errors
 
 
@@ -260,20 +260,20 @@ def test_parse_duration_rejects(text):
     ("1", True), ("true", True), ("TRUE", True), ("yes", True), ("Yes", True),
     ("0", False), ("false", False), ("False", False), ("no", False), ("NO", False),
 ])
-def test_dry_run_booleans(world, text, expected):
-    assert load_config(env_for(world, T3_DRY_RUN=text)).dry_run is expected
+def test_dry_run_booleans(tmp_site, text, expected):
+    assert load_config(env_for(tmp_site, T3_DRY_RUN=text)).dry_run is expected
 
 
 @pytest.mark.parametrize("text", ["", "2", "on", "off", "y", "n", "maybe", "true!"])
-def test_dry_run_rejects(world, text):
-    (error,) = errors_of(env_for(world, T3_DRY_RUN=text))
+def test_dry_run_rejects(tmp_site, text):
+    (error,) = errors_of(env_for(tmp_site, T3_DRY_RUN=text))
     assert error.startswith("T3_DRY_RUN (environment):")
 
 
 @pytest.mark.parametrize("toml,expected", [("true", True), ("false", False)])
-def test_dry_run_toml_boolean(world, toml, expected):
-    path = write_toml(world, f"dry_run = {toml}\n")
-    assert load_config(env_for(world, T3_CONFIG=str(path))).dry_run is expected
+def test_dry_run_toml_boolean(tmp_site, toml, expected):
+    path = write_toml(tmp_site, f"dry_run = {toml}\n")
+    assert load_config(env_for(tmp_site, T3_CONFIG=str(path))).dry_run is expected
 
 
 @pytest.mark.parametrize("key,value,expected", [
@@ -290,8 +290,8 @@ def test_dry_run_toml_boolean(world, toml, expected):
     ("T3_SERVE_HOST", "127.0.0.1", "127.0.0.1"), ("T3_SERVE_HOST", "host.example", "host.example"),
     ("T3_PIN", "0.0.25-nightly.20260608.497", "0.0.25-nightly.20260608.497"),
 ])
-def test_accepted_values(world, key, value, expected):
-    cfg = load_config(env_for(world, **{key: value}))
+def test_accepted_values(tmp_site, key, value, expected):
+    cfg = load_config(env_for(tmp_site, **{key: value}))
     assert getattr(cfg, key[3:].lower()) == expected
 
 
@@ -309,30 +309,30 @@ def test_accepted_values(world, key, value, expected):
     ("T3_PACKAGE", ".t3"), ("T3_COOKIE_NAME", "t3 session"), ("T3_COOKIE_NAME", "a;b"),
     ("T3_SERVE_HOST", "-h"), ("T3_SERVE_HOST", "0.0.0.0 --evil"), ("T3_SERVE_HOST", ""),
 ])
-def test_rejected_values_name_the_key(world, key, value):
-    (error,) = errors_of(env_for(world, **{key: value}))
+def test_rejected_values_name_the_key(tmp_site, key, value):
+    (error,) = errors_of(env_for(tmp_site, **{key: value}))
     assert error.startswith(f"{key} (environment): ")
 
 
-def test_unknown_t3_environment_variable_is_an_error(world):
+def test_unknown_t3_environment_variable_is_an_error(tmp_site):
     """A typo of T3_DRY_RUN must fail closed, never become a real run."""
-    errors = errors_of(env_for(world, T3_DRYRUN="1", T3_CONFIG_X="y"))
+    errors = errors_of(env_for(tmp_site, T3_DRYRUN="1", T3_CONFIG_X="y"))
     assert "T3_DRYRUN (environment): unknown variable (did you mean T3_DRY_RUN?)" in errors
     assert any(e.startswith("T3_CONFIG_X (environment): unknown variable") for e in errors)
-    assert load_config(env_for(world, T3_PORT="3781")).dry_run is False  # the serve unit's own variable
+    assert load_config(env_for(tmp_site, T3_PORT="3781")).dry_run is False  # the serve unit's own variable
 
 
-def test_config_is_frozen(world):
-    cfg = load_config(env_for(world))
+def test_config_is_frozen(tmp_site):
+    cfg = load_config(env_for(tmp_site))
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.track = "latest"
     with pytest.raises(TypeError):
         cfg.users["eve"] = "root"
 
 
-def test_as_dict_and_check_lines(world):
-    path = write_toml(world, 'track = "latest"\n')
-    cfg = load_config(env_for(world, T3_CONFIG=str(path), T3_MIN_AGE="2d",
+def test_as_dict_and_check_lines(tmp_site):
+    path = write_toml(tmp_site, 'track = "latest"\n')
+    cfg = load_config(env_for(tmp_site, T3_CONFIG=str(path), T3_MIN_AGE="2d",
                               npm_config_registry="http://127.0.0.1:4873"))
     data = cfg.as_dict()
     assert data["track"] == "latest" and data["min_age"] == 172800 and data["pin"] is None
@@ -357,53 +357,53 @@ def test_config_class_fields_match_the_key_table():
 # --------------------------------------------------------------------------- security keys
 
 @pytest.mark.parametrize("value", ["t3-gate", "_gate", "64123", "1"])
-def test_gate_user_accepts_a_name_or_a_numeric_uid(world, value):
-    assert load_config(env_for(world, T3_GATE_USER=value)).gate_user == value
+def test_gate_user_accepts_a_name_or_a_numeric_uid(tmp_site, value):
+    assert load_config(env_for(tmp_site, T3_GATE_USER=value)).gate_user == value
 
 
 @pytest.mark.parametrize("value", ["root", "0", "4294967295", "Gate", "a b", "-x", "../x", "12345678901"])
-def test_gate_user_refuses_root_and_bad_names(world, value):
-    [error] = errors_of(env_for(world, T3_GATE_USER=value))
+def test_gate_user_refuses_root_and_bad_names(tmp_site, value):
+    [error] = errors_of(env_for(tmp_site, T3_GATE_USER=value))
     assert error.startswith("T3_GATE_USER (environment): ")
 
 
-def test_tmpdir_follows_the_state_dir(world):
-    cfg = load_config(env_for(world, T3_STATE_DIR=str(world / "state")))
-    assert cfg.tmpdir == world / "state" / "scratch"
+def test_tmpdir_follows_the_state_dir(tmp_site):
+    cfg = load_config(env_for(tmp_site, T3_STATE_DIR=str(tmp_site / "state")))
+    assert cfg.tmpdir == tmp_site / "state" / "scratch"
 
 
-def test_a_world_writable_or_foreign_tmpdir_is_a_config_error(world):
-    shared = world / "shared"
+def test_a_world_writable_or_foreign_tmpdir_is_a_config_error(tmp_site):
+    shared = tmp_site / "shared"
     shared.mkdir()
     shared.chmod(0o1777)
-    [error] = errors_of(env_for(world, T3_TMPDIR=str(shared)))
+    [error] = errors_of(env_for(tmp_site, T3_TMPDIR=str(shared)))
     assert error.startswith("T3_TMPDIR (environment): ") and "writable by others" in error
-    foreign = world / "foreign"
+    foreign = tmp_site / "foreign"
     foreign.mkdir(mode=0o700)
     import os
     os.chown(foreign, 64123, 64123)
-    [error] = errors_of(env_for(world, T3_TMPDIR=str(foreign)))
+    [error] = errors_of(env_for(tmp_site, T3_TMPDIR=str(foreign)))
     assert "not owned by root" in error and "uid 64123" in error
-    link = world / "link"
-    link.symlink_to(world)
-    [error] = errors_of(env_for(world, T3_TMPDIR=str(link)))
+    link = tmp_site / "link"
+    link.symlink_to(tmp_site)
+    [error] = errors_of(env_for(tmp_site, T3_TMPDIR=str(link)))
     assert "not a directory" in error
-    private = world / "private"
+    private = tmp_site / "private"
     private.mkdir(mode=0o700)
-    assert load_config(env_for(world, T3_TMPDIR=str(private))).tmpdir == private
+    assert load_config(env_for(tmp_site, T3_TMPDIR=str(private))).tmpdir == private
 
 
 @pytest.mark.parametrize("key", ["T3_USER_MAP", "T3_DISPATCH_MAP"])
 @pytest.mark.parametrize("mode,uid", [(0o666, 0), (0o620, 0), (0o644, 64123)])
-def test_maps_must_be_roots_and_not_writable_by_others(world, key, mode, uid):
+def test_maps_must_be_roots_and_not_writable_by_others(tmp_site, key, mode, uid):
     import os
-    path = world / ("ttyd-user-map" if key == "T3_USER_MAP" else "dispatch.json")
+    path = tmp_site / ("ttyd-user-map" if key == "T3_USER_MAP" else "dispatch.json")
     if key == "T3_DISPATCH_MAP":
         path.write_text("{}")
     path.chmod(mode)
     os.chown(path, uid, 0)
-    errors = errors_of(env_for(world, **{key: str(path)}))
+    errors = errors_of(env_for(tmp_site, **{key: str(path)}))
     assert any(e.startswith(f"{path}: writable by others than its owner, or not owned by root") for e in errors)
     path.chmod(0o644)
     os.chown(path, 0, 0)
-    load_config(env_for(world, **{key: str(path)}))
+    load_config(env_for(tmp_site, **{key: str(path)}))

@@ -2,7 +2,7 @@
 back only users still on the journal's version: a user already moved back (by `rollback`,
 or by hand) keeps the work they did since, and nothing misleading is set aside.
 
-The run is killed mid-canary the way tests/test_runner_crash.py does it (a real tracker
+The run is killed mid-canary the way tests/e2e/test_runner_crash.py does it (a real tracker
 process, SIGKILLed once its first user serves the new build)."""
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ from datetime import datetime, timezone
 import pytest
 
 from runner.units import serve_unit_name
-from tests.runner_checks import (archives_a_thread_when_stopped, assert_logs_in, assert_user_on, events,
-                                 fingerprints)
+from tests.e2e.killable import PHASE_DEADLINE, POLL, Tracker, assert_no_leftovers, read_journal, wait_for_journal
+from tests.runner_checks import archives_a_thread_when_stopped, assert_logs_in, assert_user_on, events, fingerprints
 from tests.sim import builds
 from tests.sim.world import wait_until
-from tests.test_runner_crash import (PHASE_DEADLINE, POLL, Tracker, _no_tracker_outlives_its_test,  # noqa: F401
-                                     assert_no_leftovers, read_journal, wait_for_journal)
 
 V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]

@@ -13,9 +13,9 @@ import sqlite3
 
 import pytest
 
+from runner.units import serve_unit_name
 from tests.runner_checks import assert_logs_in, assert_user_on, events, fingerprints, link_version, main_pids
 from tests.sim import builds, dbgen
-from runner.units import serve_unit_name
 
 V24 = "0.0.24"
 V46 = builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]  # the first V2 build: imports state.sqlite
@@ -55,7 +55,7 @@ def test_v1_host_first_v2_bump_imports_every_users_history_and_leaves_state_sqli
                           ids(world.database(u.os_user), "projection_thread_messages", "message_id"))
               for u in world.users}
     world.registry.set_tag("nightly", V46)
-    done = world.run_tracker()  # (logins throughout a bump: tests/test_runner_bump.py)
+    done = world.run_tracker()  # (logins throughout a bump: tests/e2e/test_runner_bump.py)
     assert done.exit_code == 0, done.stderr
     assert any(e.startswith(f"update complete version={V46}") for e in events(done))
     frozen = {}

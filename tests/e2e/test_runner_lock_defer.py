@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 from runner import proc
+from tests.runner_checks import MINT_HOLDING_THE_LOCK as READER
 from tests.runner_checks import assert_logs_in, assert_user_on, events, link_version
 from tests.sim import builds
 from tests.sim.world import PROJECT_ROOT, wait_until
-from tests.test_userlock import READER
 
 V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -26,6 +25,8 @@ import pytest
 
 from runner import backup
 from runner.units import serve_unit_name
+from tests.e2e.killable import (PHASE_DEADLINE, POLL, RUN_TIMEOUT, Tracker, _processes, assert_no_leftovers,
+                                read_journal, wait_for_journal)
 from tests.runner_checks import (archives_a_thread_when_stopped, assert_history_kept, assert_logs_in, assert_user_on,
                                  events, fingerprints, link_version)
 from tests.sim import builds, dbgen
@@ -34,80 +35,9 @@ from tests.sim.world import wait_until
 V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]
 BAD_ARCHIVED = builds.BAD_VERSIONS["migration-fails-archived"]
-POLL = 0.05
-PHASE_DEADLINE = 180.0
-RUN_TIMEOUT = 300.0
-
 pytestmark = pytest.mark.timeout(600)
 
 
-# ---------------------------------------------------------------- a tracker we can kill
-
-STARTED: list["Tracker"] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_tracker_outlives_its_test():
-    """A test that fails before its kill must not leave a (stopped) tracker behind."""
-    yield
-    while STARTED:
-        tracker = STARTED.pop()
-        if tracker.alive():
-            tracker.kill()
-
-
-class Tracker:
-    """A real `t3-autoupdate` process in its own process group, output to files."""
-
-    def __init__(self, world, name: str, *args: str, **env: str):
-        self.world = world
-        self.out = world.root / f"tracker-{name}.out"
-        self.err = world.root / f"tracker-{name}.err"
-        self.started = time.monotonic()
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.popen = subprocess.Popen([sys.executable, "-m", "runner.cli", *args], env=world.runner_env(**env),
-                                          cwd=world.root, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                          start_new_session=True)
-        self.pid = self.pid_group = self.popen.pid
-        STARTED.append(self)
-
-    @property
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def check_alive(self, what: str) -> None:
-        if not self.alive():
-            raise AssertionError(f"the tracker exited ({self.popen.returncode}) before {what}:\n{self.stderr}")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: the runner and every child in its group."""
-        os.killpg(self.pid_group, signal.SIGKILL)
-        self.popen.wait(timeout=30)
-
-    def wait(self, timeout: float = RUN_TIMEOUT) -> int:
-        code = self.popen.wait(timeout=timeout)
-        self.seconds = time.monotonic() - self.started
-        return code
-
-
-def read_journal(world) -> dict | None:
-    try:
-        return json.loads((world.state_dir / "journal").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def wait_for_journal(world, tracker: Tracker, predicate, what: str, timeout: float = PHASE_DEADLINE) -> dict:
-    """Poll the journal every 50 ms until `predicate(journal)`; the tracker must still be running."""
-    def seen():
-        tracker.check_alive(what)
-        journal = read_journal(world)
-        return journal if journal is not None and predicate(journal) else None
-
-    return wait_until(seen, timeout, what, interval=POLL)
 
 
 # ---------------------------------------------------------------- deterministic stops
@@ -156,51 +86,6 @@ class StopAt:
 
     def release(self) -> None:
         os.kill(int(self.marker.read_text()), signal.SIGUSR1)
-
-
-# ---------------------------------------------------------------- processes of a run
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (process group, command line) of every live (non-zombie) process."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        if fields[0] == b"Z":
-            continue
-        found[int(entry)] = (int(fields[2]), cmdline)
-    return found
-
-
-def run_leftovers(world, tracker: Tracker) -> dict[int, str]:
-    """Processes a tracker run started that are still alive: anything in its process group,
-    and anything working in its scratch, run or staging directories (throwaway servers
-    run in sessions of their own)."""
-    needles = (str(world.scratch) + os.sep, str(world.state_dir / "runs") + os.sep,
-               str(world.releases_dir / ".staging-"))
-    return {pid: cmd for pid, (group, cmd) in _processes().items()
-            if pid != os.getpid() and (group == tracker.pid_group or any(n in cmd for n in needles))}
-
-
-def assert_no_leftovers(world, tracker: Tracker) -> None:
-    """The killed run's children must die with it (a moment for the kernel to deliver)."""
-    try:
-        wait_until(lambda: not run_leftovers(world, tracker), 15, "the killed run's processes to go", interval=POLL)
-    except TimeoutError:
-        left = run_leftovers(world, tracker)
-        for pid in left:  # do not leak them into other tests
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        raise AssertionError(f"processes of the killed run outlived it: {left}") from None
 
 
 def throwaway_servers(world) -> dict[int, str]:

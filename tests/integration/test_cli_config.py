@@ -3,7 +3,6 @@ environment pointed at files under tmp_path (no world needed), plus one real sub
 check that the exit code reaches the shell."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,32 +13,7 @@ import pytest
 from runner import cli
 from runner import config as config_mod
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A user map and a config TOML under tmp_path; every T3_* variable cleared, T3_CONFIG set."""
-    for name in list(os.environ):
-        if name.startswith("T3_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setattr(config_mod, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
-    user_map = tmp_path / "ttyd-user-map"
-    user_map.write_text("# sso=os\nvbarzin = wizard\nemil.barzin=emo\n")
-    config = tmp_path / "config.toml"
-    write_config(config, state_dir=tmp_path / "state", user_map=user_map, freeze_file=tmp_path / "freeze",
-                 backup_dest=tmp_path / "backups", home_root=tmp_path / "home", tmpdir=tmp_path / "scratch",
-                 bin_link=tmp_path / "bin" / "t3", dispatch_map=tmp_path / "dispatch.json")
-    (tmp_path / "dispatch.json").write_text(json.dumps({"vbarzin": {"os_user": "wizard", "port": 3781},
-                                                        "emil.barzin": {"os_user": "emo", "port": 3782}}))
-    monkeypatch.setenv("T3_CONFIG", str(config))
-    return tmp_path
-
-
-def write_config(path: Path, **values) -> Path:
-    path.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in values.items()))
-    path.chmod(0o644)
-    return path
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_check_prints_the_effective_config_with_sources(site, monkeypatch, capsys):

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.runner_checks import assert_history_kept, assert_user_on, events, fingerprints
+from tests.e2e.killable import Tracker, wait_for_journal
+from tests.runner_checks import (
+    assert_history_kept,
+    assert_user_on,
+    events,
+    fingerprints,
+)
 from tests.sim import builds
-from tests.test_runner_crash import Tracker, _no_tracker_outlives_its_test, wait_for_journal  # noqa: F401
 
 V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]

@@ -15,7 +15,7 @@ from runner import activate, proc
 from runner.takeover import (legacy_restore_points, managed_by_project, parse_legacy_marker, process_cmdline,
                              running_off_link, runs_link)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("text, expected", [

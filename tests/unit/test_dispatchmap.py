@@ -8,7 +8,6 @@ import pytest
 
 from runner import cli
 from runner.dispatchmap import DispatchMapError, parse_ports
-from tests.test_cli_config import site  # noqa: F401 - the fixture
 
 GOOD = {"vbarzin": {"os_user": "wizard", "port": 3781}, "emil.barzin": {"os_user": "emo", "port": 3782}}
 

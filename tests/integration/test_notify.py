@@ -1,6 +1,6 @@
 """Notifications through apprise, against a loopback JSON webhook (tests/webhook.py): what is
 sent and when, a receiver that fails or hangs, and the config keys. The end-to-end case (a
-real tracker run on the simulated world) is tests/test_notify_e2e.py."""
+real tracker run on the simulated world) is tests/e2e/test_ops_e2e.py."""
 from __future__ import annotations
 
 import io
@@ -13,7 +13,6 @@ from runner import cli
 from runner import config as config_mod
 from runner.events import EventLog
 from runner.notify import DEFAULT_EVENTS, Notifier
-from tests.test_cli_config import site, write_config  # noqa: F401 - the fixture
 from tests.webhook import Webhook
 
 
@@ -161,6 +160,6 @@ def test_mint_and_status_never_import_apprise(site):  # noqa: F811
     import subprocess
     import sys
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
     json.dumps(done.returncode)

@@ -1,6 +1,6 @@
 """`t3-autoupdate history` on hand-made run directories: the edge cases (no summary, corrupt
 or partial summaries, other entries under runs/, limits). Real summaries written by real runs
-are read in tests/test_ops_e2e.py."""
+are read in tests/e2e/test_ops_e2e.py."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,6 @@ from pathlib import Path
 
 from runner import cli
 from runner.history import format_history, read_history
-from tests.test_cli_config import site  # noqa: F401 - the fixture
 
 
 def make_run(runs: Path, run_id: str, summary=None, events: str | None = None) -> Path:

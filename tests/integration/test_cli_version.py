@@ -8,9 +8,8 @@ from pathlib import Path
 
 from runner import cli
 from runner.quarantine import listing_lines, quarantine_build
-from tests.test_cli_config import site  # noqa: F401 - the fixture
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_version_prints_the_installed_project_version(capsys):
