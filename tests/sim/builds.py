@@ -47,6 +47,7 @@ class Profile:
     sql_error_style: str = "message"  # "message" | "code" (newer builds hide SQLite's text)
     layout: str = "v1"  # "v1": state.sqlite | "v2": statev2.sqlite, imported once from state.sqlite
     writes_v1_state: bool = False  # a bad V2 build that keeps writing state.sqlite after the import
+    ready_delay: float = 0.0  # seconds after migrating before the server listens (a slow but good build)
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)

@@ -23,6 +23,8 @@ Choices the contract leaves open, fixed here so gates and tests can agree:
   content (stripped); a valid legacy `t3_session` cookie is still accepted there.
   For loopback hosts it behaves as host-scoped.
 * The session cookie's value is the `auth_sessions.session_id` of the session.
+* `ready_delay` (seconds) is start-up work after the migration: the server listens only
+  then (a good build that is slow to become ready; benchmarks set it).
 * `crash_at_start` affects `serve` only: `--version` and the pairing CLI still
   work, as they would for a build whose server crashes on boot.
 * Builds with `sql_error_style: "code"` (the newer ones) render SQLite errors
@@ -84,6 +86,7 @@ DEFAULT_PROFILE = {
     "sql_error_style": "message",  # "message" | "code"
     "layout": "v1",  # "v1": state.sqlite | "v2": statev2.sqlite, imported from state.sqlite once
     "writes_v1_state": False,  # a bad V2 build that keeps writing state.sqlite after the import
+    "ready_delay": 0.0,  # seconds of start-up work after migrating, before the server listens
 }
 
 
@@ -1193,6 +1196,9 @@ def cmd_serve(build: Build, args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         log("ERROR", f"Failed to open {state.db_path}: {describe_sql_error(exc, build.sql_error_style)}")
         return 1
+
+    if build.ready_delay and stop.wait(float(build.ready_delay)):
+        return 0  # stopped while still starting up: nothing was listening yet
 
     if build.never_ready:
         # The bad build hangs after migrating: alive, never listening.

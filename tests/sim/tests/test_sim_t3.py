@@ -7,6 +7,7 @@ test_sim_t3_dbgen.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
@@ -280,6 +281,23 @@ def test_never_ready_stays_alive_without_listening(installed, servers, tmp_path)
     assert dbgen.schema_level(db_path(home)) == 33
     assert "Listening" not in serve.output()
     assert serve.stop(timeout=3) == 0  # SIGTERM still ends it promptly
+
+
+def test_a_ready_delay_holds_the_listen_back_and_sigterm_still_ends_it(tmp_path, servers):
+    slow = dataclasses.replace(builds.PROFILES["good-0.0.28"], name="slow-good", ready_delay=1.0)
+    bin_t3 = builds.install_layout(builds.VERSIONS["good-0.0.28"], slow, tmp_path / "slow")
+    serve = servers(bin_t3, tmp_path / "home")
+    started = time.monotonic()
+    serve.wait_ready(15)
+    assert time.monotonic() - started >= 1.0  # migrated, worked a second, then listened
+    assert dbgen.schema_level(db_path(tmp_path / "home")) == 33
+    early = servers(bin_t3, tmp_path / "home2")
+    deadline = time.monotonic() + 10
+    while not db_path(tmp_path / "home2").exists():  # its signal handlers are in place once it migrates
+        assert time.monotonic() < deadline and early.alive(), early.output()
+        time.sleep(0.05)
+    assert not early.answers_http()
+    assert early.stop(timeout=3) == 0  # a SIGTERM while still starting up ends it at once
 
 
 def test_crash_at_start_exits_nonzero_at_once(installed, servers, tmp_path):
