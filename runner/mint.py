@@ -58,7 +58,7 @@ def _known_user(cfg, os_user: str) -> str:
     return os_user
 
 
-def mint_for(cfg, os_user: str, *, timeout: float = MINT_TIMEOUT, run=proc.run_light) -> str:
+def mint_for(cfg, os_user: str, *, timeout: float = MINT_TIMEOUT, run=proc.run) -> str:
     """Mint a pairing credential for `os_user` with their own linked binary; return the JSON text."""
     os_user = _known_user(cfg, os_user)
     link = cfg.active_link(os_user)

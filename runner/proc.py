@@ -1,6 +1,6 @@
 """The one place the runner starts processes.
 
-Every command goes through `run` (or `spawn` for a long-lived one): argv lists
+Every command goes through `run` (or `spawn` for a long-lived one), on subprocess: argv lists
 only, never a shell string; each command is logged; any failure raises
 `CommandError` carrying the command, exit code and output, so callers never
 parse half-failed output. Commands that touch a user's files run *as that user*
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -93,7 +95,6 @@ def _die_with_parent(user: UserIds | None):
     when its parent dies, so a killed runner or gate never leaves a throwaway server running.
     (PR_SET_PDEATHSIG is cleared by a change of credentials, so it is set after the drop.)"""
     import ctypes
-    import signal
 
     libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
     parent = os.getpid()
@@ -119,6 +120,15 @@ def _decode(data) -> str:
     return str(data)
 
 
+def _kill_group(popen: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group (its own session): a grandchild holding the
+    output pipes open would otherwise outlive the timeout."""
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -132,80 +142,43 @@ def run(
     """Run argv to completion; raise CommandError unless its exit code is in ok_codes.
 
     `env` is the child's whole environment when given (build it with `child_env`);
-    None means `child_env()`, never the runner's own environment."""
+    None means `child_env()`, never the runner's own environment. The child runs in a
+    session of its own, privileges dropped to `as_user` before exec, stdin `input` (else
+    /dev/null); at `timeout` its whole process group is killed and what it wrote so far is
+    kept in the CommandError."""
     argv = tuple(str(a) for a in argv)
     if not argv or not argv[0]:
         raise ValueError("run: empty command")
     log.debug("run: %s%s", format_argv(argv), f" (as uid {as_user.uid})" if as_user else "")
-    started = time.monotonic()
-    kwargs = dict(
-        _tty_out=False,
-        _return_cmd=True,
-        _ok_code=list(range(256)),
-        _timeout=timeout,
-        _env=dict(env) if env is not None else child_env(),
-        _cwd=str(cwd) if cwd is not None else None,
-        _in=input,
-    )
-    preexec = _drop_privileges(as_user)
-    if preexec is not None:
-        kwargs["_preexec_fn"] = preexec
-    import sh  # here, not at the top: `run_light` callers (the mint) never pay for it
-
-    try:
-        cmd = sh.Command(argv[0])
-    except sh.CommandNotFound as exc:
-        raise CommandError(argv, 127, reason="program not found") from exc
-    try:
-        result = cmd(*argv[1:], **kwargs)
-    except sh.TimeoutException as exc:
-        raise CommandError(argv, exc.exit_code, reason=f"timed out after {timeout:g}s") from exc
-    except sh.SignalException as exc:
-        raise CommandError(argv, exc.exit_code, _decode(exc.stdout), _decode(exc.stderr),
-                           reason=f"killed by signal {-exc.exit_code}") from exc
-    except (OSError, sh.ForkException) as exc:
-        raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc
-    done = Completed(argv, result.exit_code, _decode(result.stdout), _decode(result.stderr),
-                     time.monotonic() - started)
-    log.debug("exit %d after %.2fs: %s", done.exit_code, done.seconds, argv[0])
-    if done.exit_code not in ok_codes:
-        raise CommandError(argv, done.exit_code, done.stdout, done.stderr)
-    return done
-
-
-def run_light(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike | None = None,
-    timeout: float = 120.0,
-    as_user: UserIds | None = None,
-    ok_codes: Sequence[int] = (0,),
-) -> Completed:
-    """`run`'s contract (argv only, logged, CommandError unless the exit code is in ok_codes,
-    `as_user` dropped to before exec) for a short command whose latency users feel: the
-    mint, run on every login. Built on subprocess, so the caller never imports `sh`
-    (the largest part of the mint's start-up). No stdin."""
-    import subprocess
-
-    argv = tuple(str(a) for a in argv)
-    if not argv or not argv[0]:
-        raise ValueError("run_light: empty command")
-    log.debug("run: %s%s", format_argv(argv), f" (as uid {as_user.uid})" if as_user else "")
+    if isinstance(input, str):
+        input = input.encode()
     started = time.monotonic()
     try:
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                                env=dict(env) if env is not None else None, cwd=cwd,
-                                preexec_fn=_drop_privileges(as_user))
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=dict(env) if env is not None else child_env(), cwd=cwd,
+                                 start_new_session=True, preexec_fn=_drop_privileges(as_user))
     except FileNotFoundError as exc:
+        if cwd is not None and exc.filename is not None and os.fspath(exc.filename) == os.fspath(cwd):
+            raise CommandError(argv, 126, reason=f"could not start: no directory {cwd}") from exc
         raise CommandError(argv, 127, reason="program not found") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(argv, -9, _decode(exc.stdout), _decode(exc.stderr),
-                           reason=f"timed out after {timeout:g}s") from exc
     except OSError as exc:
         raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc
-    done = Completed(argv, result.returncode, _decode(result.stdout), _decode(result.stderr),
-                     time.monotonic() - started)
+    with popen:
+        try:
+            out, err = popen.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(popen)
+            try:  # what it wrote before the timeout; a pipe held by an escaped grandchild is abandoned
+                out, err = popen.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                out, err = b"", b""
+            raise CommandError(argv, -signal.SIGKILL, _decode(out), _decode(err),
+                               reason=f"timed out after {timeout:g}s") from None
+        except BaseException:
+            _kill_group(popen)
+            raise
+    done = Completed(argv, popen.returncode, _decode(out), _decode(err), time.monotonic() - started)
     log.debug("exit %d after %.2fs: %s", done.exit_code, done.seconds, argv[0])
     if done.exit_code < 0:
         raise CommandError(argv, done.exit_code, done.stdout, done.stderr,
@@ -228,8 +201,6 @@ def spawn(
     Output goes to log_path so a failure can quote it. Returns the Popen; stop it
     with `terminate`. It is SIGKILLed by the kernel if this process dies first.
     """
-    import subprocess
-
     argv = tuple(str(a) for a in argv)
     log.debug("spawn: %s", format_argv(argv))
     with open(log_path, "ab") as out:
@@ -245,9 +216,6 @@ def spawn(
 
 def terminate(popen, timeout: float = 10.0) -> int:
     """SIGTERM the process group, SIGKILL after `timeout`; returns the exit code."""
-    import signal
-    import subprocess
-
     if popen.poll() is None:
         try:
             os.killpg(popen.pid, signal.SIGTERM)

@@ -1,6 +1,9 @@
 """runner.proc: the one module that starts processes."""
+import json
 import os
+import signal
 import sys
+import time
 
 import pytest
 
@@ -27,6 +30,58 @@ def test_ok_codes_accept_expected_failures():
 def test_timeout_is_a_command_error():
     with pytest.raises(proc.CommandError, match="timed out"):
         proc.run([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5)
+
+
+def test_timeout_kills_the_whole_process_group_and_keeps_what_it_wrote(tmp_path):
+    """A grandchild holding the output pipes open must neither outlive the timeout nor make
+    `run` wait for it; what the child printed before the timeout is in the error."""
+    pid_file = tmp_path / "grandchild.pid"
+    script = (f"import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+              f" open({str(pid_file)!r}, 'w').write(str(g.pid)); print('partial', flush=True);"
+              f" print('so far', file=sys.stderr, flush=True); time.sleep(60)")
+    started = time.monotonic()
+    with pytest.raises(proc.CommandError, match="timed out after 1s") as info:
+        proc.run([sys.executable, "-c", script], timeout=1)
+    assert time.monotonic() - started < 15  # not the grandchild's 60 s
+    assert (info.value.stdout, info.value.stderr, info.value.exit_code) == ("partial\n", "so far\n", -signal.SIGKILL)
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{grandchild}/stat") as fh:  # a zombie of init's is gone for our purpose
+            if fh.read().split(") ")[-1].startswith("Z"):
+                break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"grandchild {grandchild} still runs after the timeout")
+
+
+def test_a_child_killed_by_a_signal_is_a_command_error_with_its_output():
+    with pytest.raises(proc.CommandError, match="killed by signal 15") as info:
+        proc.run([sys.executable, "-c", "import os, signal; print('before', flush=True); os.kill(os.getpid(), signal.SIGTERM)"])
+    assert info.value.stdout == "before\n"
+
+
+def test_input_reaches_stdin_and_no_input_is_an_empty_stdin():
+    assert proc.run([sys.executable, "-c", "import sys; print(sys.stdin.read()[::-1])"], input="abc").stdout == "cba\n"
+    assert proc.run([sys.executable, "-c", "import sys; print(len(sys.stdin.buffer.read()))"],
+                    input=b"\x00\x01").stdout == "2\n"
+    assert proc.run([sys.executable, "-c", "import sys; print(repr(sys.stdin.read()))"]).stdout == "''\n"
+
+
+def test_the_env_given_is_the_whole_environment(tmp_path):
+    seen = proc.run([sys.executable, "-c", "import os, json; print(json.dumps(dict(os.environ)))"],
+                    env={"ONLY": "this"}, cwd=tmp_path).stdout
+    assert {k: v for k, v in json.loads(seen).items() if k not in ("LC_CTYPE",)} == {"ONLY": "this"}
+
+
+def test_a_missing_working_directory_is_not_a_missing_program(tmp_path):
+    with pytest.raises(proc.CommandError, match="could not start: no directory") as info:
+        proc.run([sys.executable, "-c", "pass"], cwd=tmp_path / "gone")
+    assert info.value.exit_code == 126
 
 
 def test_missing_program_is_a_command_error(tmp_path):

@@ -99,22 +99,6 @@ def test_a_server_is_on_its_link_only_when_started_from_it(tmp_path):
 
 # ------------------------------------------------------------------ the mint's light start
 
-def test_run_light_keeps_runs_contract(tmp_path):
-    done = proc.run_light([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"])
-    assert (done.exit_code, done.stdout, done.stderr) == (0, "out\n", "err\n")
-    with pytest.raises(proc.CommandError, match="exit code 3") as failed:
-        proc.run_light([sys.executable, "-c", "import sys; print('why', file=sys.stderr); sys.exit(3)"])
-    assert failed.value.stderr == "why\n"
-    with pytest.raises(proc.CommandError, match="program not found"):
-        proc.run_light([str(tmp_path / "nope")])
-    with pytest.raises(proc.CommandError, match="timed out after 0.3s"):
-        proc.run_light([sys.executable, "-c", "import time; time.sleep(20)"], timeout=0.3)
-    assert proc.run_light(["/bin/sh", "-c", "exit 4"], ok_codes=(4,)).exit_code == 4
-    env_seen = proc.run_light([sys.executable, "-c", "import os, json; print(json.dumps(dict(os.environ)))"],
-                              env={"ONLY": "this"}, cwd=tmp_path).stdout
-    assert {k: v for k, v in json.loads(env_seen).items() if k not in ("LC_CTYPE",)} == {"ONLY": "this"}
-
-
 def test_the_mint_command_imports_none_of_the_run_machinery(tmp_path):
     """Every login pays for the mint's start-up: `sh`, `semver`, `requests` and the tracker
     stay out of it (measured in bench/bench_login.py)."""
