@@ -287,9 +287,6 @@ def main(argv=None) -> int:
             except OSError as exc:
                 print(f"t3-autoupdate: state directories: {exc}", file=sys.stderr)
                 return USAGE
-        if args.command != "config" and getattr(cfg, "warnings", None):
-            for warning in cfg.warnings:
-                print(f"t3-autoupdate: warning: {warning}", file=sys.stderr)
         if args.command == "mint":  # on every login: none of the run machinery (tracker, requests)
             return cmd_mint(cfg, args, events)
         if args.command in DISPATCH_MAP_COMMANDS and not (args.command == "run" and cfg.dry_run):

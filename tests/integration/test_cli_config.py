@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner import cli
-from runner import config as config_mod
+from runner.configkeys import KEYS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,7 +29,7 @@ def test_config_check_prints_the_effective_config_with_sources(site, monkeypatch
     assert lines["min_age"] == "min_age = (unset)  # default"
     assert lines["ready_timeout"] == "ready_timeout = 30.0  # default"
     assert lines["users"] == (f'users = {{"vbarzin": "wizard", "emil.barzin": "emo"}}  # {site / "ttyd-user-map"}')
-    assert set(lines) >= set(config_mod._KEYS) | {"users", "npm_config_registry"}
+    assert set(lines) >= set(KEYS) | {"users", "npm_config_registry"}
     assert not (site / "state").exists()  # a check creates nothing
 
 

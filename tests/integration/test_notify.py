@@ -12,7 +12,8 @@ import pytest
 from runner import cli
 from runner import config as config_mod
 from runner.events import EventLog
-from runner.notify import DEFAULT_EVENTS, Notifier
+from runner.notify import Notifier
+from runner.notifyurls import DEFAULT_EVENTS
 from tests.webhook import Webhook
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from runner import config as config_mod
-from runner.config import Config, ConfigError, load_config, parse_duration
+from runner.config import Config, ConfigError, load_config
+from runner.configkeys import ENV_NAMES, KEYS, parse_duration
 
 USER_MAP = "# SSO name = OS user\nvbarzin = wizard\nalice=alice\n\nbob = alice\n"
 
@@ -57,7 +58,7 @@ def test_defaults(tmp_site):
     assert cfg.min_age is None
     assert (cfg.ready_timeout, cfg.backup_timeout, cfg.gate_timeout) == (30, 1800, 900)
     assert (cfg.busy_quiet, cfg.keep_backups) == (120, 3)
-    assert cfg.config_file is None and cfg.npm_config_registry is None and cfg.warnings == ()
+    assert cfg.config_file is None and cfg.npm_config_registry is None
     assert cfg.users == {"vbarzin": "wizard", "alice": "alice", "bob": "alice"}
     assert cfg.os_users == ("alice", "wizard")
     assert {k: v for k, v in cfg.sources.items() if v != "default"} == {"user_map": "environment"}
@@ -350,8 +351,8 @@ def test_as_dict_and_check_lines(tmp_site):
 
 def test_config_class_fields_match_the_key_table():
     fields = {f.name for f in dataclasses.fields(Config)}
-    assert set(config_mod._KEYS) <= fields
-    assert set(config_mod.ENV_NAMES) == {f"T3_{k.upper()}" for k in config_mod._KEYS}
+    assert set(KEYS) <= fields
+    assert set(ENV_NAMES) == {f"T3_{k.upper()}" for k in KEYS}
 
 
 # --------------------------------------------------------------------------- security keys
