@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner import cli
+from runner.commands import inspect
 from runner.configkeys import KEYS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +103,7 @@ def test_an_unexpected_exception_exits_3_with_the_traceback_kept(site, monkeypat
     def boom(cfg, args, events):
         raise KeyError("a bug nobody expected")
 
-    monkeypatch.setattr(cli, "cmd_status", boom)
+    monkeypatch.setattr(inspect, "cmd_status", boom)
     assert cli.main(["status"]) == 3
     crashes = list((site / "state" / "runs").glob("crash-*.txt"))
     assert len(crashes) == 1
