@@ -24,7 +24,8 @@ from .gatework import GateWork
 from .phases.health import check_health
 from .gateuser import GateUserError, gate_ids
 from .scratch import ScratchError, private_scratch
-from .stage import StageError, stage_release
+from .staging.checks import StageError
+from .staging.flow import stage_release
 from .state import new_run_id, read_text_or_none, read_freeze
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import activate, stage
+from . import activate
+from .staging.releases import remove_release
 from .state import atomic_write, read_text_or_none
 from .versions import VersionError, compare, validate_version
 
@@ -67,4 +68,4 @@ def remove_if_removable(cfg, version: str) -> bool:
     if why:
         log.info("release %s kept: %s", version, why)
         return False
-    return stage.remove_release(cfg.releases_dir, version)
+    return remove_release(cfg.releases_dir, version)

@@ -26,6 +26,7 @@ from .backups.trees import BackupError
 from .context import RunContext
 from .rollout import roll_back_users
 from .recover import locked_and_recovered
+from .staging.releases import release_on_disk
 from .state import read_text_or_none, write_freeze
 from .versions import VersionError, compare, sort_versions, validate_version
 from .goodbuilds import record_last_good
@@ -63,7 +64,7 @@ def backup_set_for(records: list[BackupRecord], *, target: str,
 def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
     cfg, events = ctx.cfg, ctx.events
     target = validate_version(to_version, "--to") if to_version else read_text_or_none(cfg.last_good_path)
-    if not target or not (cfg.release_dir(target) / "bin" / "t3").exists():
+    if not target or not release_on_disk(cfg.releases_dir, target):
         events("ROLLBACK FAILED", reason=f"no installed release for {target or '(no last-good)'}")
         return 1
     with locked_and_recovered(ctx) as recovered:

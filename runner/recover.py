@@ -18,13 +18,14 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
-from . import activate, goodbuilds, release
+from . import activate, goodbuilds
 from .context import RunContext
 from .journal import Journal, clear_journal, load_journal
 from .phases.health import health_purpose
 from .rollout import roll_back_users
 from .scratch import remove_leftovers
 from .services import unit_of
+from .staging.releases import clean_staging
 from .state import RunLock, write_freeze
 
 
@@ -92,7 +93,7 @@ def recover_unfinished_run(ctx: RunContext) -> Journal | None:
         action = "discarded stage"
     if journal.release is not None or journal.phase in ("stage", "health", "canary"):
         goodbuilds.remove_if_removable(cfg, journal.version)  # never a good build's or a user's release
-    release.clean_staging(cfg.releases_dir)
+    clean_staging(cfg.releases_dir)
     # A health gate killed with the run leaves its private scratch (copies of users' databases)
     # behind: only `health-<run id>-*` directly below the root-owned scratch root is removed.
     if re.fullmatch(r"[0-9A-Za-z-]+", journal.run_id):

@@ -22,6 +22,8 @@ from .gaterun import run_gate
 from .journal import Journal
 from .mint import MINT_TIMEOUT
 from .services import unit_of, wait_serving
+from .staging.checks import StageError
+from .staging.flow import release_for_rollback
 from .userlock import UserLockTimeout, user_lock
 
 # How long a move waits for mints in flight to finish (the lock prefers the move: no new mint
@@ -173,6 +175,12 @@ def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, fa
                     backups: dict[str, dict[str, str]]) -> list[str]:
     """Put each user back on last-good with their pre-bump databases; returns the users that failed."""
     cfg, events = ctx.cfg, ctx.events
+    try:  # a good release whose installed tree is gone comes back from its kept tarball, offline
+        good_release = release_for_rollback(cfg, good_release.name, env=ctx.env) if users else good_release
+    except StageError as exc:  # nobody is stopped: each stays where they are, and says why
+        for os_user in users:
+            events("ROLLBACK FAILED", user=os_user, version=failed_version, reason=str(exc))
+        return list(users)
     ports = ctx.ports()
     failed = []
     for os_user in reversed(users):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import activate, goodbuilds, metrics, release, resolve
+from . import activate, goodbuilds, metrics, quarantine, resolve
 from .backups import take
 from .backups.trees import BackupError
 from .context import RunContext
@@ -17,6 +17,8 @@ from .journal import Journal, clear_journal
 from .phases.health import check_health
 from .recover import locked_and_recovered
 from .rollout import roll_back_users, roll_out
+from .staging.checks import StageError
+from .staging.flow import stage_for
 from .state import atomic_json, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
 
 
@@ -53,7 +55,7 @@ def choose_target(ctx: RunContext, installed: str | None):
     target = None if cfg.pin else resolve.resolve_target(cfg.npm, cfg.package, cfg.track, env=ctx.env,
                                                            scratch_dir=Path(cfg.tmpdir))
     decision = resolve.decide(target, installed=installed, track=cfg.track, pin=cfg.pin,
-                              quarantined=release.quarantined_versions(cfg.quarantine_dir),
+                              quarantined=quarantine.quarantined_versions(cfg.quarantine_dir),
                               min_age=cfg.min_age, now=ctx.now())
     return target, decision
 
@@ -130,11 +132,11 @@ def bump(ctx: RunContext, journal: Journal) -> int:
     ctx.outcome["backups"] = journal.backups
     journal.enter(cfg.journal_path, "stage")
     try:
-        staged = release.stage_for(cfg, version, env=ctx.env)  # as the gate user
-    except release.StageError as exc:
+        staged = stage_for(cfg, version, env=ctx.env)  # as the gate user
+    except StageError as exc:
         events("STAGE FAILED", version=version, reason=str(exc))
         if exc.step in DETERMINISTIC_STAGE_STEPS:  # the same build fails the same way every night
-            release.quarantine_build(cfg.quarantine_dir, version, reason=str(exc), report_path=None,
+            quarantine.quarantine_build(cfg.quarantine_dir, version, reason=str(exc), report_path=None,
                                      run_id=ctx.run_id)
         clear_journal(cfg.journal_path)
         write_summary(ctx, result="stage-failed", reason=str(exc))
@@ -147,7 +149,7 @@ def bump(ctx: RunContext, journal: Journal) -> int:
         ctx.outcome["health_report"] = str(report)
     if gate_failure:
         if verdict.build_judged:  # the build failed a check; a host problem quarantines nothing
-            release.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
+            quarantine.quarantine_build(cfg.quarantine_dir, version, reason=gate_failure,
                                      report_path=str(report) if report else None, run_id=ctx.run_id)
         goodbuilds.remove_if_removable(cfg, version)  # never last-good's, the previous good's, or a user's
         clear_journal(cfg.journal_path)
@@ -177,7 +179,7 @@ def fail_canary(ctx: RunContext, journal: Journal, result) -> int:
     # Quarantine and freeze before the rollback: a run killed while rolling back is undone by
     # the next run's recovery, which must then hold, not install the failed build again.
     write_freeze(cfg.freeze_file, reason, by=f"t3-autoupdate run {ctx.run_id}")
-    release.quarantine_build(cfg.quarantine_dir, journal.version, reason=reason,
+    quarantine.quarantine_build(cfg.quarantine_dir, journal.version, reason=reason,
                              report_path=result.reports[-1] if result.reports else None, run_id=ctx.run_id)
     journal.rolling_back = users
     journal.save(cfg.journal_path)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
+from runner import proc
 from tests.cli_checks import snapshot, tree
 from tests.runner_checks import (assert_history_kept, assert_logs_in, assert_user_on, events, fingerprints,
-                                 integrity, link_version)
+                                 in_full, integrity, link_version)
 from tests.sim import builds
 
 V24 = "0.0.24"
+V25 = builds.GOOD_VERSIONS["good-0.0.25"]
 V26 = builds.GOOD_VERSIONS["good-0.0.26"]
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]
 
@@ -126,3 +129,39 @@ def test_rollback_leaves_a_deferred_user_behind_the_target_untouched(make_world)
         assert_user_on(world, user.sso, V24)
     assert fingerprints(world)["emo"] == emo_before and snapshot(world)["pids"]["emo"] == emo_pid
     assert not list((world.backup_dest / "emo").glob("state-rolledback-*"))
+
+
+def test_rollback_to_a_release_whose_installed_tree_is_gone_reinstalls_it_offline(world):
+    """The kept tarball is the way back: with the registry down, `rollback --to 0.0.25` rebuilds
+    0.0.25's missing install from it, checked against the sha512 recorded at pack time (a
+    changed tarball is refused before anyone is stopped)."""
+    for version in (V25, V28):
+        world.registry.set_tag("nightly", version)
+        bumped = world.run_tracker()
+        assert bumped.exit_code == 0, bumped.stderr
+    release = world.releases_dir / V25
+    record = json.loads((release / "release.json").read_text())
+    tarball = release / record["tarball"]
+    shutil.rmtree(release / "lib")  # the installed package is gone; bin/t3 dangles
+    world.registry.stop()
+
+    good = tarball.read_bytes()
+    tarball.write_bytes(good + b"\0")
+    before = snapshot(world)
+    refused = world.run_tracker("rollback", "--to", V25)
+    assert refused.exit_code == 1, refused.stderr
+    failed = [e for e in events(refused) if e.startswith("ROLLBACK FAILED")]
+    assert failed and all("does not match its recorded sha512" in in_full(e) for e in failed), events(refused)
+    assert snapshot(world)["pids"] == before["pids"] and not (release / "lib").exists()
+    for user in world.users:
+        assert_user_on(world, user.sso, V28)
+
+    tarball.write_bytes(good)
+    done = world.run_tracker("rollback", "--to", V25)
+    assert done.exit_code == 0, done.stderr
+    assert any(e.startswith(f"ROLLED BACK to={V25}") for e in events(done)), done.stderr
+    assert proc.run([str(release / "bin" / "t3"), "--version"], timeout=30).stdout.strip() == f"t3 v{V25}"
+    assert json.loads((release / "release.json").read_text())["sha512"] == record["sha512"]
+    for user in world.users:
+        assert_user_on(world, user.sso, V25)
+        assert_logs_in(world, user.sso)

@@ -14,10 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from runner import proc, stage
+from runner import proc
 from runner.backups import restore, take, trees
 from runner.config import ConfigError, load_config
-from runner.stage import StageError
+from runner.staging.checks import StageError
+from runner.staging.flow import stage_release
 from tests.sim import builds
 from tests.sim.registry import NpmRegistry
 
@@ -69,7 +70,7 @@ def _owned_by_root_and_not_writable_by_others(top: Path) -> list[str]:
 
 
 def stage_for(*args, **kw):  # imported late: each test fails on its own where the feature is missing
-    from runner.stage import stage_for as real
+    from runner.staging.flow import stage_for as real
 
     return real(*args, **kw)
 
@@ -143,7 +144,7 @@ def test_a_duplicate_tarball_entry_is_refused_before_install(host):
                 "scripts": {"postinstall": f"id -u > {marker}"}}
     host.reg.publish_bytes(_with_duplicate_package_json(clean, smuggled), tags=["nightly"])
     with pytest.raises(StageError) as info:
-        stage.stage_release("npm", "t3", V24, host.cfg.releases_dir, env=host.env)  # even as root
+        stage_release("npm", "t3", V24, host.cfg.releases_dir, env=host.env)  # even as root
     assert info.value.step == "tarball" and "duplicate entry 'package/package.json'" in info.value.detail
     assert not marker.exists() and not (host.cfg.releases_dir / V24).exists()
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import release
 from runner.quarantine import clear_quarantine, quarantine_build, quarantined_versions, read_quarantine
 from runner.resolve import (CODES, Decision, ResolveError, Target, decide, npm_view_argv, parse_view_output,
                             validate_package, validate_tag)
-from runner.stage import npm_install_argv, npm_pack_argv, t3_version_argv
+from runner.staging.checks import npm_install_argv, npm_pack_argv, t3_version_argv
 
 UTC = timezone.utc
 N25 = "0.0.25-nightly.20260608.497"
@@ -230,11 +229,6 @@ def test_quarantine_fails_closed_on_odd_records(tmp_path):
             quarantine_build(qdir, bad, reason="x", report_path=None, run_id="r")
         with pytest.raises(ValueError):
             clear_quarantine(qdir, bad)
-
-
-def test_release_module_reexports():
-    assert release.decide is decide and release.stage_release.__module__ == "runner.stage"
-    assert set(release.__all__) <= set(dir(release))
 
 
 def test_a_pin_down_points_at_the_restore():

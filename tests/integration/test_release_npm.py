@@ -16,8 +16,10 @@ import pytest
 
 from runner import proc
 from runner.resolve import ResolveError, Target, decide, resolve_target
-from runner.stage import (RELEASE_FILE, StageError, clean_staging, load_release, reinstall_from_tarball,
-                          remove_release, sha512_of, stage_release, verify_release)
+from runner.staging import releases
+from runner.staging.checks import StageError, sha512_of
+from runner.staging.flow import reinstall_from_tarball, stage_release
+from runner.staging.releases import RELEASE_FILE, clean_staging, load_release, remove_release, verify_release
 from tests.sim import builds
 from tests.sim.registry import NpmRegistry
 
@@ -272,12 +274,10 @@ def test_remove_release_and_clean_staging(sim, tmp_path):
 
 
 def test_replacing_without_renameat2_falls_back_to_rename_aside(sim, monkeypatch):
-    from runner import stage
-
     sim.publish("good-0.0.28")
     (sim.releases / V28).mkdir(parents=True)
     (sim.releases / V28 / "junk").write_text("x")
-    monkeypatch.setattr(stage, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(releases, "_exchange", lambda a, b: False)
     rel = sim.stage(V28)
     assert _bin_version(rel.bin) == f"t3 v{V28}" and sim.leftovers() == [V28]
     assert not (rel.prefix / "junk").exists()
