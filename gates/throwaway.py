@@ -159,10 +159,6 @@ class _Entry:
         self.ready = False
         self.released = False
 
-    @property
-    def settled(self) -> bool:
-        return self.ready or self.error is not None
-
 
 class ServerPool:
     """Throwaway servers for a list of cases, started in the order the cases will be used,

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import stat
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -169,7 +168,3 @@ def read_text_or_none(path: Path) -> str | None:
 def new_run_id(now: datetime | None = None) -> str:
     now = now or utc_now()
     return now.strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
-
-
-def monotonic_deadline(seconds: float) -> float:
-    return time.monotonic() + seconds

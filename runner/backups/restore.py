@@ -33,7 +33,6 @@ class RestoreReport:
     kept_aside: Path | None             # the replaced database, None if there was none
     rows_since_backup: dict[str, int] | None = field(hash=False)  # per projection table: replaced minus backup
     restored_sha256: str
-    backup_path: Path
 
 
 def _checked_stamp(os_user: str, db_name: str, failed_version: str, now: datetime | None) -> str:
@@ -134,7 +133,7 @@ def restore_user_database(record: BackupRecord, userdata_dir, backup_root, *, fa
             close_quietly(fd)
     log.info("restore ok user=%s db=%s from=%s sha256=%s kept_aside=%s rows_since_backup=%s",
              os_user, db_name, record.path, record.sha256, kept, format_counts(rows, sign=True))
-    return RestoreReport(os_user, db_name, kept, rows, record.sha256, record.path)
+    return RestoreReport(os_user, db_name, kept, rows, record.sha256)
 
 
 def _remove_side_files(tree: OpenDir, db_name: str) -> None:

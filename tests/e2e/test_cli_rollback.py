@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from runner import proc
 from tests.cli_checks import snapshot, tree
 from tests.runner_checks import (assert_history_kept, assert_logs_in, assert_user_on, events, fingerprints,
@@ -131,6 +133,7 @@ def test_rollback_leaves_a_deferred_user_behind_the_target_untouched(make_world)
     assert not list((world.backup_dest / "emo").glob("state-rolledback-*"))
 
 
+@pytest.mark.timeout(900)  # two bumps, then two rollbacks
 def test_rollback_to_a_release_whose_installed_tree_is_gone_reinstalls_it_offline(world):
     """The kept tarball is the way back: with the registry down, `rollback --to 0.0.25` rebuilds
     0.0.25's missing install from it, checked against the sha512 recorded at pack time (a

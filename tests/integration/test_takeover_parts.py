@@ -2,7 +2,6 @@
 not on its link, the mint's light start, and the daily backup's kinds."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
