@@ -1,4 +1,4 @@
-"""Benchmark of runner.backup on a populated database (a script, not a test).
+"""Benchmark of runner.backups (take, restore) on a populated database (a script, not a test).
 
     python3 bench/bench_backup.py [--size-mb 200] [--dir /var/tmp/...] [--writer] [--keep-files]
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import tarfile
 import time
@@ -210,6 +211,7 @@ def reinstall_from_tarball(npm: str, release: Release, *, env: Mapping[str, str]
     try:
         copy = staging / release.tarball.name
         shutil.copyfile(release.tarball, copy)
+        os.chmod(copy, 0o644)  # the gate user installs it; the run's umask keeps root's files private
         if sha512_of(copy) != release.sha512:
             raise StageError(version, "verify", f"copy of {release.tarball} changed while copying")
         if package is None:
