@@ -11,7 +11,6 @@ import errno
 import fcntl
 import json
 import os
-import socket
 import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -119,7 +118,7 @@ class RunLock:
                 raise LockBusy(f"another t3-autoupdate run holds {self.path} ({holder or 'unknown holder'})") from None
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()} since={iso(utc_now())}\n".encode(), 0)
+        os.pwrite(fd, f"pid={os.getpid()} host={os.uname().nodename} since={iso(utc_now())}\n".encode(), 0)
         self.fd = fd
         return self
 
