@@ -27,12 +27,13 @@ from runner.backups import catalogue
 from runner.backups.trees import BackupError
 from runner.dbfacts import layout_of_database, precious_fingerprint
 from runner.livedb import LIVE_NAMES, V1_NAME, V2_NAME, live_database_name
+from runner.usermap import OS_USER
 
 from .t3client import GateFailure
 from .throwaway import copy_database
 
 FRESH_CASE = "fresh-empty"
-_USER_ENTRY = re.compile(r"([a-z_][a-z0-9_-]{0,31})=(.+)")  # the OS user pattern of runner/usermap.py
+_USER_ENTRY = re.compile(rf"({OS_USER})=(.+)")
 NAME_OF_LAYOUT = {"v1": V1_NAME, "v2": V2_NAME}
 
 

@@ -22,7 +22,7 @@ from .dispatchmap import DispatchMapError, load_ports
 from .events import EventLog
 from .metrics import record_run
 from .notify import attach_notifier
-from .recover import RecoveryFailed
+from .phases.recover import RecoveryFailed
 from .state import RUN_UMASK, LockBusy, atomic_write, new_run_id, read_freeze, read_text_or_none, secure_state_dirs
 from .tracker import RunRefused
 from .versions import VersionError

@@ -23,7 +23,7 @@ _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _PROGRAM_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*")
-_PACKAGE_RE = re.compile(r"(?:@[a-z0-9~][a-z0-9._~-]*/)?[a-z0-9~][a-z0-9._~-]*")
+PACKAGE_RE = re.compile(r"(?:@[a-z0-9~][a-z0-9._~-]*/)?[a-z0-9~][a-z0-9._~-]*")
 _COOKIE_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 
@@ -175,7 +175,7 @@ KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "dispatch_map": (absolute_path, "/etc/t3-dispatch/dispatch.json"),
     "mint_helper": (absolute_path, "/usr/local/bin/t3-mint"),  # the path the dispatch's sudoers rule allows
     "serve_host": (_host, "0.0.0.0"),
-    "package": (_matching(_PACKAGE_RE, "npm package name"), "t3"),
+    "package": (_matching(PACKAGE_RE, "npm package name"), "t3"),
     "cookie_name": (_matching(_COOKIE_RE, "cookie name"), "t3_session"),
     "npm": (_program, "npm"),
     "systemctl": (_program, "systemctl"),

@@ -24,7 +24,7 @@ from .userfiles import UserFileError, home_owner
 from .usermap import OS_USER_RE
 from .userlock import UserLockTimeout, user_lock
 
-__all__ = ["MintError", "UnknownUser", "mint_argv", "mint_env", "mint_for", "mint_main", "MINT_TTL"]
+__all__ = ["MintError", "UnknownUser", "pairing_argv", "mint_argv", "mint_env", "mint_for", "mint_main", "MINT_TTL"]
 
 MINT_TTL = "5m"
 MINT_TIMEOUT = 60.0
@@ -39,10 +39,15 @@ class UnknownUser(MintError):
     """The OS user is not a value of the user map (or is not a valid name at all)."""
 
 
+def pairing_argv(t3_bin: Path | str, base_dir: Path) -> list[str]:
+    """`<t3> auth pairing create --base-dir <base> --ttl 5m --json`: the one mint command line,
+    the login's and the health gate's (which mints on the candidate build's throwaway servers)."""
+    return [str(t3_bin), "auth", "pairing", "create", "--base-dir", str(base_dir), "--ttl", MINT_TTL, "--json"]
+
+
 def mint_argv(active_link: Path, base_dir: Path) -> list[str]:
-    """`<link>/bin/t3 auth pairing create --base-dir <base> --ttl 5m --json`."""
-    return [f"{active_link}/bin/t3", "auth", "pairing", "create", "--base-dir", str(base_dir),
-            "--ttl", MINT_TTL, "--json"]
+    """The mint of a login: the user's own release link's `bin/t3`."""
+    return pairing_argv(f"{active_link}/bin/t3", base_dir)
 
 
 def mint_env(home: Path, os_user: str, base: dict | None = None) -> dict[str, str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Mapping
 
 from . import proc, versions
+from .configkeys import PACKAGE_RE
 
 __all__ = [
     "ResolveError", "Target", "Decision", "CODES", "validate_package", "validate_tag",
@@ -34,8 +35,6 @@ __all__ = [
 
 log = logging.getLogger("t3-autoupdate.resolve")
 
-# npm package names (optionally scoped), as config.py accepts them.
-_PACKAGE_RE = re.compile(r"(?:@[a-z0-9~][a-z0-9._~-]*/)?[a-z0-9~][a-z0-9._~-]*")
 # A dist-tag: a letter first, then letters, digits, '.', '_', '-'. npm refuses tags that are
 # valid semver ranges ("v1", "1.x"), which a leading letter other than v+digit excludes.
 _TAG_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
@@ -51,7 +50,7 @@ class ResolveError(Exception):
 
 
 def validate_package(package: str) -> str:
-    if not isinstance(package, str) or len(package) > 214 or not _PACKAGE_RE.fullmatch(package):
+    if not isinstance(package, str) or len(package) > 214 or not PACKAGE_RE.fullmatch(package):
         raise ValueError(f"invalid npm package name {package!r}")
     return package
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["OS_USER_RE", "UserMapError", "parse_user_map", "load_user_map", "sso_local_part"]
+__all__ = ["OS_USER", "OS_USER_RE", "UserMapError", "parse_user_map", "load_user_map", "sso_local_part"]
 
-OS_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# `$` also matches before a trailing newline; full-match semantics are wanted.
-_OS_USER_FULL = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+OS_USER = r"[a-z_][a-z0-9_-]{0,31}"  # the one OS user name pattern (gates/seeds.py builds on it too)
+# Always used with fullmatch: `$` alone would also match before a trailing newline.
+OS_USER_RE = re.compile(rf"^{OS_USER}$")
 _WHITESPACE = re.compile(r"\s")
 
 
@@ -65,7 +65,7 @@ def parse_user_map(text: str, source: str = "<user map>") -> dict[str, str]:
         if not os_user:
             bad(lineno, f"empty OS user name in {line!r}")
             line_ok = False
-        elif not _OS_USER_FULL.fullmatch(os_user):
+        elif not OS_USER_RE.fullmatch(os_user):
             bad(lineno, f"invalid OS user name {os_user!r} (must match {OS_USER_RE.pattern})")
             line_ok = False
         if sso and sso in first_seen:

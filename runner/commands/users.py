@@ -10,12 +10,10 @@ from runner.config import Config
 from runner.context import RunContext
 from runner.drain import drain_deferred
 from runner.events import EventLog
-from runner.gaterun import run_gate
 from runner.manual import manual_rollback
 from runner.mint import mint_main
-from runner.recover import locked_and_recovered
-from runner.rollout import canary_options
-from runner.state import new_run_id
+from runner.phases.canary import canary_gate
+from runner.phases.recover import locked_and_recovered
 
 
 def cmd_rollback(cfg: Config, args, events: EventLog) -> int:
@@ -38,11 +36,9 @@ def cmd_adopt(cfg: Config, args, events: EventLog) -> int:
 
 
 def cmd_verify(cfg: Config, args, events: EventLog) -> int:
-    run_dir = cfg.runs_dir / f"verify-{new_run_id()}"
-    options = canary_options(cfg)
-    if args.users:
-        options["--users"] = args.users
-    result = run_gate("canary", run_dir=run_dir, options=options, timeout=cfg.gate_timeout)
+    ctx = RunContext.build(cfg, events=events)
+    ctx.open_run_dir("verify")
+    result = canary_gate(ctx, users=args.users.split(",") if args.users else None)
     events("VERIFY " + ("PASSED" if result.passed else "FAILED"), tests=result.tests,
            reason=None if result.passed else result.reason(), report=str(result.report))
     return OK if result.passed else FAILED
