@@ -46,8 +46,7 @@ def stop_all(root: Path, unit_dir: Path | None = None) -> list[str]:
     for name in manager.known_units():
         st = manager.read_state(name)
         if st.get("active_state", "inactive") not in INACTIVE or proc_alive(st.get("supervisor_pid"), st.get("supervisor_start")):
-            with manager.job_lock(name):
-                manager._stop_locked(name)
+            manager.stop(name)
             stopped.append(name)
     return stopped
 

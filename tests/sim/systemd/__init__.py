@@ -2,8 +2,9 @@
 processes from real unit files.
 
 The parts: `syntax` (the unit-file language), `units` (a unit's definition), `procs`
-(processes as /proc shows them), `manager` (state on disk, loading, jobs, the process a unit
-runs), `supervisor` (a running unit's supervisor), `cli` (systemctl's command line).
+(processes as /proc shows them), `execution` (the process a unit runs, as its user),
+`manager` (state on disk, loading, jobs), `supervisor` (a running unit's supervisor), `cli`
+(systemctl's command line); `common` holds what they share.
 
 Unit files come from ``--unit-dir`` (default
 ``ROOT/etc/systemd/system``); ``NAME@INSTANCE.service`` instantiates ``NAME@.service``,

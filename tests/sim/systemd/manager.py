@@ -1,7 +1,6 @@
 """The manager of one simulated machine: each unit's state on disk (atomic JSON under
 ROOT/run/simctl/, its log beside it), the definition as loaded until daemon-reload, the state
-as /proc corrects it, the start/stop/restart jobs, and the process a unit runs (argv,
-environment, directory, credentials)."""
+as /proc corrects it, and the start/stop/restart jobs."""
 from __future__ import annotations
 
 import contextlib
@@ -13,25 +12,13 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-from .common import (DEFAULT_PATH, DEFAULT_TIMEOUT_STOP, EXIT_FAILURE, EXIT_NOT_LOADED, EXIT_OK, INACTIVE, PASS_ENV,
-                     SIGKILL_WAIT, START_WAIT, SimError, StartError, UnitSettingError, atomic_write, now, poll_until,
-                     program_command)
+from .common import (DEFAULT_TIMEOUT_STOP, EXIT_FAILURE, EXIT_NOT_LOADED, EXIT_OK, INACTIVE, SIGKILL_WAIT, START_WAIT,
+                     SimError, StartError, UnitSettingError, atomic_write, now, poll_until, program_command)
+from .execution import ExecSpec, exec_spec
 from .procs import kill_leftovers, proc_alive, proc_stat, send, session_members
-from .syntax import expand_argument, parse_env_file
-from .units import Account, Command, Unit, UnitName, build_unit, host_account, parse_unit_name, read_user_map
-
-
-@dataclass
-class ExecSpec:
-    path: str
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str | None
-    user: tuple[int, int, list[int]] | None
-    notes: list[str]
+from .units import Command, Unit, UnitName, build_unit, parse_unit_name, read_user_map
 
 
 class Manager:
@@ -333,44 +320,8 @@ class Manager:
 
     # ---- the process a unit runs
     def exec_spec(self, unit: Unit, cmd: Command) -> ExecSpec:
-        """argv, environment, directory and credentials for ``cmd``; StartError if systemd would refuse."""
-        notes: list[str] = []
-        env = {k: v for k, v in os.environ.items() if PASS_ENV.match(k)}
-        env.setdefault("PATH", DEFAULT_PATH)
-        cwd = None
-        user = None
-        if unit.working_directory:
-            path, optional = unit.working_directory
-            if os.path.isdir(path):
-                cwd = path
-            elif not optional:
-                raise StartError(f"Changing to the requested working directory failed: {path}", "exit-code", 200)
-        if unit.user and not cmd.privileged:
-            entry = host_account(unit.user, self.host_users, self.user_map)
-            if entry is not None:
-                env.update(USER=entry.pw_name, LOGNAME=entry.pw_name, HOME=entry.pw_dir, SHELL=entry.pw_shell)
-                if os.geteuid() == 0:
-                    groups = list(entry.groups) if isinstance(entry, Account) else \
-                        os.getgrouplist(entry.pw_name, entry.pw_gid)
-                    user = (entry.pw_uid, entry.pw_gid, groups)
-                elif entry.pw_uid != os.geteuid():
-                    notes.append(f"User={unit.user}: not running as root, so running as uid {os.geteuid()} instead (simulation)")
-            else:
-                notes.append(f"User={unit.user}: a simulated user (the machine's passwd is not consulted), "
-                             f"so running as uid {os.geteuid()} (simulation)")
-                env.update(USER=unit.user, LOGNAME=unit.user, HOME=cwd or env.get("HOME", "/"), SHELL="/bin/sh")
-        env.update(unit.environment)
-        for path, optional in unit.environment_files:
-            try:
-                env.update(parse_env_file(Path(path).read_text()))
-            except OSError as e:
-                if not optional:
-                    raise StartError(f"Failed to load environment files: {path}: {e.strerror}") from None
-        env["INVOCATION_ID"] = uuid.uuid4().hex
-        argv = [cmd.argv[0]]
-        for word in cmd.argv[1:]:
-            argv.extend(expand_argument(word, env) if cmd.expand else [word])
-        return ExecSpec(cmd.path, argv, env, cwd, user, notes)
+        """``cmd`` as this machine would run it, User= resolved against its accounts."""
+        return exec_spec(unit, cmd, host_users=self.host_users, user_map=self.user_map)
 
 
 def transition(st: dict, active: str, sub: str) -> None:
