@@ -30,6 +30,7 @@ from runner.units import (
     serve_unit_name,
 )
 from tests.sim.world import wait_until
+from tests.sim.proc import free_port
 from tests.sim.systemctl import install_systemctl, stop_all
 from tests.sim.systemd import units as sim_units
 from tests.sim.systemd.manager import Manager
@@ -199,12 +200,6 @@ while True:
     conn.sendall(b"pong\n")
     conn.close()
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class World:
