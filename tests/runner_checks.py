@@ -55,33 +55,39 @@ def assert_logs_in(world, sso: str) -> None:
 
 
 @contextmanager
-def probing_logins(world, interval: float = 0.5):
-    """A login prober per user for the duration; yields a dict filled with their reports at exit."""
-    probers = {u.sso: world.prober(u.sso, interval=interval).start() for u in world.users}
+def probing(world, start_prober):
+    """`start_prober(sso)` for each user for the duration (a started prober with `.stop()`);
+    yields a dict filled with their reports at exit."""
+    probers: dict = {}
     reports: dict = {}
     try:
+        for user in world.users:
+            probers[user.sso] = start_prober(user.sso)
         yield reports
     finally:
         for sso, prober in probers.items():
             reports[sso] = prober.stop()
-        reports["dispatch failures"] = [line for line in world.dispatch.log
-                                        if "failed" in line or "forbidden" in line]
+
+
+@contextmanager
+def probing_logins(world, interval: float = 0.5):
+    """A login prober per user (see `probing`); the dispatch's failed or forbidden lines too."""
+    with probing(world, lambda sso: world.prober(sso, interval=interval).start()) as reports:
+        yield reports
+    # read after the probers stopped, so their last attempts' lines are in
+    reports["dispatch failures"] = [line for line in world.dispatch.log if "failed" in line or "forbidden" in line]
 
 
 @contextmanager
 def probing_requests(world, interval: float = 0.02):
-    """Per user, an open tab's request (valid cookie, proxied straight) every `interval`;
-    yields a dict filled with their reports at exit."""
+    """Per user, an open tab's request (valid cookie, proxied straight) every `interval` (see `probing`)."""
     from tests.sim.prober import RequestProber, session_cookie
 
-    probers = {u.sso: RequestProber(world.dispatch.url, u.sso, session_cookie(world.dispatch.url, u.sso),
-                                    interval=interval).start() for u in world.users}
-    reports: dict = {}
-    try:
+    def start(sso: str):
+        url = world.dispatch.url
+        return RequestProber(url, sso, session_cookie(url, sso), interval=interval).start()
+    with probing(world, start) as reports:
         yield reports
-    finally:
-        for sso, prober in probers.items():
-            reports[sso] = prober.stop()
 
 
 def assert_requests_fail_only_in_own_restart_windows(world, reports: dict, done) -> dict[str, str]:

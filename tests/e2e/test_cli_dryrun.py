@@ -29,36 +29,37 @@ def report_of(line: str) -> Path:
     return Path(match.group(1))
 
 
-@pytest.mark.parametrize("how", list(HOW))
-def test_dry_run_of_a_good_nightly_passes_and_changes_nothing(world, how):
+def dry_run_of(world, how: str, version: str, exit_code: int):
+    """The nightly tag on `version`, a dry run the `how` way ending in `exit_code`, and nothing
+    changed (above all: no quarantine entry, no release dir, no backup); returns the run, its
+    verdict line and the world's snapshot."""
     args, env = HOW[how]
-    world.registry.set_tag("nightly", V28)
+    world.registry.set_tag("nightly", version)
     before = snapshot(world)
     done = world.run_tracker(*args, **env)
-    assert done.exit_code == 0, done.stderr
-    line = verdict_line(done)
+    assert done.exit_code == exit_code, done.stderr
+    after = snapshot(world)
+    assert after == before
+    return done, verdict_line(done), after
+
+
+@pytest.mark.parametrize("how", list(HOW))
+def test_dry_run_of_a_good_nightly_passes_and_changes_nothing(world, how):
+    done, line, _ = dry_run_of(world, how, V28, 0)
     assert line.startswith(f"DRY-RUN PASS {V28}:"), line
     report = report_of(line)
     assert report.is_file() and report.suffix == ".xml"
     assert report.is_relative_to(world.state_dir / "runs")
     assert 'failures="0"' in report.read_text()
-    assert snapshot(world) == before
     assert not [e for e in events(done) if e.startswith(("UPDATE START", "BACKED UP", "QUARANTINE"))]
 
 
 @pytest.mark.parametrize("how", list(HOW))
 def test_dry_run_of_a_bad_nightly_fails_with_the_cause_and_changes_nothing(world, how):
-    args, env = HOW[how]
-    world.registry.set_tag("nightly", BAD)
-    before = snapshot(world)
-    done = world.run_tracker(*args, **env)
-    assert done.exit_code == 1, done.stderr
-    line = verdict_line(done)
+    _, line, after = dry_run_of(world, how, BAD, 1)
     assert line.startswith(f"DRY-RUN FAIL {BAD}:"), line
     assert "projection_thread_messages lost" in line  # the cause, not just "failed"
     assert report_of(line).is_file()
-    after = snapshot(world)
-    assert after == before  # above all: no quarantine entry, no release dir, no backup
     assert after["quarantine"] == [] and BAD not in after["releases"]
 
 

@@ -75,6 +75,19 @@ def event_line(done, prefix: str) -> str:
     return found[-1]
 
 
+def assert_holds(world, code: str, candidate: str, **env) -> str:
+    """A tracker run that holds: exit 0, a HOLD event with `code` and `candidate`, and nothing
+    changed (everyone still on 0.0.24); returns the HOLD line."""
+    before = Before(world)
+    done = world.run_tracker(**env)
+    assert done.exit_code == 0, done.stderr
+    line = event_line(done, "HOLD ")
+    assert f"code={code}" in line and f"candidate={candidate}" in line
+    assert not any(e.startswith("UPDATE START") for e in events(done))
+    before.assert_unchanged(V24)
+    return line
+
+
 def publish_time(world, version: str) -> datetime:
     text = world.registry.packument()["time"][version]
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -109,35 +122,19 @@ def shared(shared_world):
 # --------------------------------------------------------------------------- decisions that hold
 
 def test_already_current_holds_and_changes_nothing(shared):
-    before = Before(shared)
-    done = shared.run_tracker()
-    assert done.exit_code == 0, done.stderr
-    line = event_line(done, "HOLD ")
-    assert "code=already-current" in line and f"candidate={V24}" in line
-    assert not any(e.startswith("UPDATE START") for e in events(done))
-    before.assert_unchanged(V24)
+    assert_holds(shared, "already-current", V24)
 
 
 def test_tag_moved_backward_holds_not_newer(shared):
     # 0.0.24-nightly.* precedes the stable 0.0.24 under npm semver (GNU `sort -V` says the opposite).
     shared.registry.set_tag("nightly", OLDER_NIGHTLY)
-    before = Before(shared)
-    done = shared.run_tracker()
-    assert done.exit_code == 0, done.stderr
-    line = event_line(done, "HOLD ")
-    assert "code=not-newer" in line and f"candidate={OLDER_NIGHTLY}" in line
-    before.assert_unchanged(V24)
+    assert_holds(shared, "not-newer", OLDER_NIGHTLY)
 
 
 def test_stable_version_on_the_nightly_tag_holds_not_on_track(shared):
     # 0.0.26 is newer than 0.0.24 but is a stable release: a nightly tracker does not take it.
     shared.registry.set_tag("nightly", V26)
-    before = Before(shared)
-    done = shared.run_tracker()
-    assert done.exit_code == 0, done.stderr
-    line = event_line(done, "HOLD ")
-    assert "code=not-on-track" in line and f"candidate={V26}" in line
-    before.assert_unchanged(V24)
+    assert_holds(shared, "not-on-track", V26)
 
 
 def test_build_younger_than_min_age_holds_too_young(shared):
@@ -145,12 +142,7 @@ def test_build_younger_than_min_age_holds_too_young(shared):
     shared.registry.set_tag("nightly", V28)
     shared.registry.set_time(V28, datetime.now(timezone.utc))
     try:
-        before = Before(shared)
-        done = shared.run_tracker(T3_MIN_AGE="6h")
-        assert done.exit_code == 0, done.stderr
-        line = event_line(done, "HOLD ")
-        assert "code=too-young" in line and f"candidate={V28}" in line and "min_age 21600s" in line
-        before.assert_unchanged(V24)
+        assert "min_age 21600s" in assert_holds(shared, "too-young", V28, T3_MIN_AGE="6h")
     finally:
         shared.registry.set_time(V28, original)
 

@@ -19,6 +19,7 @@ from runner import proc
 from runner.backups.trees import BackupError
 from runner.backups import catalogue, restore, take, trees
 from tests.sim import dbgen
+from tests.sim.dbgen import query
 
 VERSION = "0.0.25-nightly.20260608.497"
 FAILED = "0.0.26-nightly.20260701.600"
@@ -74,14 +75,6 @@ def snapshot(directory: Path) -> dict[str, str]:
         else:
             out[p.name] = "dir"
     return out
-
-
-def query(path: Path, sql: str, *args):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def dump(path: Path) -> list[str]:

@@ -21,6 +21,7 @@ from runner.staging.checks import StageError, sha512_of
 from runner.staging.flow import reinstall_from_tarball, stage_release
 from runner.staging.releases import RELEASE_FILE, clean_staging, load_release, remove_release, verify_release
 from tests.sim import builds
+from tests.sim.proc import t3_version
 from tests.sim.registry import NpmRegistry
 
 UTC = timezone.utc
@@ -63,10 +64,6 @@ def sim(tmp_path):
     s = Sim(tmp_path)
     yield s
     s.reg.stop()
-
-
-def _bin_version(bin_path: Path) -> str:
-    return proc.run([str(bin_path), "--version"], timeout=30).stdout.strip()
 
 
 # --------------------------------------------------------------------------- resolve
@@ -154,7 +151,7 @@ def test_stage_installs_into_its_own_release_dir(sim):
     final = sim.releases / V28
     assert (rel.version, rel.prefix, rel.bin, rel.tarball, rel.reused) == (
         V28, final, final / "bin" / "t3", final / f"t3-{V28}.tgz", False)
-    assert _bin_version(final / "bin" / "t3") == f"t3 v{V28}"
+    assert t3_version(final / "bin" / "t3") == f"t3 v{V28}"
     assert not os.readlink(rel.bin).startswith("/")  # relative: the directory could be renamed
     integrity = sim.reg.packument()["versions"][V28]["dist"]["integrity"]
     assert rel.sha512 == sha512_of(rel.tarball) == integrity
@@ -224,11 +221,11 @@ def test_a_broken_existing_release_dir_is_rebuilt_and_replaced(sim):
     (final / "junk").write_text("half a release from a killed run")
     rel = sim.stage(V28)
     assert not rel.reused and not (final / "junk").exists()
-    assert _bin_version(rel.bin) == f"t3 v{V28}" and sim.leftovers() == [V28]
+    assert t3_version(rel.bin) == f"t3 v{V28}" and sim.leftovers() == [V28]
     # A verified release whose package was damaged is rebuilt too.
     (final / "lib" / "node_modules" / "t3" / "bin" / "t3").unlink()
     rel = sim.stage(V28)
-    assert not rel.reused and _bin_version(rel.bin) == f"t3 v{V28}" and sim.leftovers() == [V28]
+    assert not rel.reused and t3_version(rel.bin) == f"t3 v{V28}" and sim.leftovers() == [V28]
 
 
 def test_reinstall_from_the_kept_tarball_with_the_registry_stopped(sim):
@@ -241,7 +238,7 @@ def test_reinstall_from_the_kept_tarball_with_the_registry_stopped(sim):
     with pytest.raises(StageError):
         verify_release(sim.releases, V24)
     rel = reinstall_from_tarball("npm", load_release(sim.releases, V24), env=sim.env)
-    assert rel.prefix == final and _bin_version(rel.bin) == f"t3 v{V24}"
+    assert rel.prefix == final and t3_version(rel.bin) == f"t3 v{V24}"
     assert verify_release(sim.releases, V24) == rel
     assert len(sim.reg.requests) == seen and sim.leftovers() == [V24]
     # A kept tarball that no longer matches its sha512 is refused; the release is untouched.
@@ -279,5 +276,5 @@ def test_replacing_without_renameat2_falls_back_to_rename_aside(sim, monkeypatch
     (sim.releases / V28 / "junk").write_text("x")
     monkeypatch.setattr(releases, "_exchange", lambda a, b: False)
     rel = sim.stage(V28)
-    assert _bin_version(rel.bin) == f"t3 v{V28}" and sim.leftovers() == [V28]
+    assert t3_version(rel.bin) == f"t3 v{V28}" and sim.leftovers() == [V28]
     assert not (rel.prefix / "junk").exists()

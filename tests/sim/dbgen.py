@@ -228,6 +228,15 @@ def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
     return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
 
+def query(path: Path | str, sql: str, *params) -> list[tuple]:
+    """The rows one statement gives on a database file, on a connection of its own (closed after)."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 def schema_level(path: Path | str) -> int:
     """The highest migration recorded in a state database."""
     conn = sqlite3.connect(path)

@@ -167,14 +167,29 @@ def run_t3(bin_path: Path | str, *args: str, timeout: float = 30.0,
                           stdin=subprocess.DEVNULL, env=env if env is not None else dict(os.environ))
 
 
+def t3_version(bin_path: Path | str) -> str:
+    """What `<bin> --version` prints (`t3 v0.0.24`); RuntimeError with stderr on failure."""
+    result = run_t3(bin_path, "--version")
+    if result.returncode != 0:
+        raise RuntimeError(f"{bin_path} --version failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def pairing_create(bin_path: Path | str, base_dir: Path | str, ttl: str | None = "5m",
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `t3 auth pairing create --base-dir BASE [--ttl TTL] --json`: the mint's command line
+    (ttl None: the CLI's own default)."""
+    return run_t3(bin_path, "auth", "pairing", "create", "--base-dir", base_dir, *(["--ttl", ttl] if ttl else []),
+                  "--json", env=env)
+
+
 def mint_credential(bin_path: Path | str, base_dir: Path | str, ttl: str = "5m",
                     env: dict[str, str] | None = None) -> dict:
     """`t3 auth pairing create --json` -> its parsed JSON; RuntimeError with stderr on failure.
 
     Note that this migrates the database, like the real CLI does.
     """
-    result = run_t3(bin_path, "auth", "pairing", "create", "--base-dir", str(base_dir), "--ttl", ttl, "--json",
-                    env=env)
+    result = pairing_create(bin_path, base_dir, ttl, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"t3 auth pairing create failed ({result.returncode}): {result.stderr.strip()}")
     return json.loads(result.stdout)

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.sim.world import free_port, wait_until
+from tests.sim.proc import free_port
+from tests.sim.world import wait_until
 
 from tests.sim.dispatch import (NEW_EXCHANGE, OLD_EXCHANGE, SUDO_ENV, Dispatch, DispatchConfigError,
                                parse_cookie_header)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.sim.proc import t3_version
 from tests.sim.registry import NpmRegistry, read_package_json
 
 NPM_TIMEOUT = 60
@@ -84,11 +85,6 @@ def world(tmp_path):
     w.reg.stop()
 
 
-def _run_bin(path: Path) -> str:
-    return subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=10,
-                          check=True).stdout.strip()
-
-
 def _sri(path: Path) -> str:
     return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
 
@@ -151,20 +147,20 @@ def test_install_from_a_cached_packument_needs_prefer_online(tmp_path):
         t3 = prefix / "bin" / "t3"
 
         world.npm("install", "--global", "--prefix", str(prefix), "t3@nightly", env=lazy)
-        assert _run_bin(t3) == f"t3 v{NIGHTLY_1}"
+        assert t3_version(t3) == f"t3 v{NIGHTLY_1}"
         world.reg.set_tag("nightly", STABLE)  # backward
         mark = len(world.reg.requests)
         world.npm("install", "--global", "--prefix", str(prefix), "t3@nightly", env=lazy)
-        assert _run_bin(t3) == f"t3 v{NIGHTLY_1}", "stale: the cached packument was used"
+        assert t3_version(t3) == f"t3 v{NIGHTLY_1}", "stale: the cached packument was used"
         assert world.requests_since(mark) == []
         world.npm("install", "--global", "--prefix", str(prefix), "t3@nightly", env=fresh)
-        assert _run_bin(t3) == f"t3 v{STABLE}"
+        assert t3_version(t3) == f"t3 v{STABLE}"
 
         world.publish(NIGHTLY_2, tags=["nightly"])
         stale = world.npm("install", "--global", "--prefix", str(prefix), f"t3@{NIGHTLY_2}", env=lazy, check=False)
         assert stale.returncode != 0 and "ETARGET" in stale.stderr
         world.npm("install", "--global", "--prefix", str(prefix), f"t3@{NIGHTLY_2}", env=fresh)
-        assert _run_bin(t3) == f"t3 v{NIGHTLY_2}"
+        assert t3_version(t3) == f"t3 v{NIGHTLY_2}"
     finally:
         world.reg.stop()
 
@@ -177,7 +173,7 @@ def test_no_cache_header_alone_keeps_install_fresh(world):
     world.npm("install", "--global", "--prefix", str(prefix), "t3@nightly", env=lazy)
     world.reg.set_tag("nightly", STABLE)
     world.npm("install", "--global", "--prefix", str(prefix), "t3@nightly", env=lazy)
-    assert _run_bin(prefix / "bin" / "t3") == f"t3 v{STABLE}"
+    assert t3_version(prefix / "bin" / "t3") == f"t3 v{STABLE}"
 
 
 # --------------------------------------------------------------------------- install, pack, offline
@@ -192,12 +188,12 @@ def test_global_install_creates_a_bin_symlink_that_runs(world):
     assert t3.is_symlink()
     assert os.readlink(t3) == "../lib/node_modules/t3/bin/t3"
     assert t3.resolve() == (prefix / "lib" / "node_modules" / "t3" / "bin" / "t3").resolve()
-    assert _run_bin(t3) == f"t3 v{STABLE}"
+    assert t3_version(t3) == f"t3 v{STABLE}"
     installed = json.loads((prefix / "lib" / "node_modules" / "t3" / "package.json").read_text())
     assert installed["version"] == STABLE
 
     world.npm("install", "--global", "--prefix", str(prefix), f"t3@{NIGHTLY_1}")
-    assert _run_bin(t3) == f"t3 v{NIGHTLY_1}"
+    assert t3_version(t3) == f"t3 v{NIGHTLY_1}"
     tarballs = [r.path for r in world.reg.requests if r.path.endswith(".tgz")]
     assert tarballs == [f"/t3/-/t3-{STABLE}.tgz", f"/t3/-/t3-{NIGHTLY_1}.tgz"]
 
@@ -221,7 +217,7 @@ def test_saved_tarball_installs_with_the_registry_stopped(world):
         args = ["install", "--global", "--prefix", str(prefix), *([flag] if flag else []), str(tgz)]
         world.npm(*args, env=env, timeout=30)
         t3 = prefix / "bin" / "t3"
-        assert t3.is_symlink() and _run_bin(t3) == f"t3 v{STABLE}"
+        assert t3.is_symlink() and t3_version(t3) == f"t3 v{STABLE}"
 
 
 def test_tampered_tarball_fails_with_eintegrity(world):
@@ -368,8 +364,7 @@ def test_installs_a_build_from_the_build_factory(world):
     prefix = world.root / "rel"
     world.npm("install", "--global", "--prefix", str(prefix), f"t3@{STABLE}")
     t3 = prefix / "bin" / "t3"
-    out = subprocess.run([str(t3), "--version"], capture_output=True, text=True, timeout=30)
-    assert (out.returncode, out.stdout.strip()) == (0, f"t3 v{STABLE}"), out.stderr
+    assert t3_version(t3) == f"t3 v{STABLE}"
     # the factory's npm-less layout matches what npm made
     fake = builds.install_layout(STABLE, "good-0.0.24", world.root / "layout")
     assert os.readlink(fake) == os.readlink(t3)

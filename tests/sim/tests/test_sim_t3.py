@@ -19,30 +19,10 @@ import pytest
 import semver
 
 from tests.sim import builds, dbgen
-from tests.sim.proc import ServeExited, ServeNotReady, ServeProcess, mint_credential, run_t3
+from tests.sim.proc import ServeExited, ServeNotReady, mint_credential, pairing_create, run_t3
 from tests.sim.t3pkg import t3sim
 
 CREDENTIAL_RE = re.compile(r"^[23456789ABCDEFGHJKLMNPQRSTUVWXYZ]{12}$")
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    return builds.InstalledBuilds(tmp_path_factory.mktemp("builds"))
-
-
-@pytest.fixture
-def servers():
-    """Start servers through this; every one is stopped at teardown."""
-    started: list[ServeProcess] = []
-
-    def start(bin_path, base_dir, host="0.0.0.0") -> ServeProcess:
-        serve = ServeProcess(bin_path, base_dir, host=host)
-        started.append(serve)
-        return serve.start()
-
-    yield start
-    for serve in started:
-        serve.stop()
 
 
 def db_path(home):
@@ -54,19 +34,11 @@ def populated(home, level, **kwargs):
 
 
 def migration_names(path):
-    conn = sqlite3.connect(path)
-    try:
-        return [f"{i}_{n}" for i, n in conn.execute("SELECT migration_id, name FROM effect_sql_migrations ORDER BY 1")]
-    finally:
-        conn.close()
+    return [f"{i}_{n}" for i, n in dbgen.query(path, "SELECT migration_id, name FROM effect_sql_migrations ORDER BY 1")]
 
 
 def has_table(path, table):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() is not None
-    finally:
-        conn.close()
+    return dbgen.query(path, "SELECT 1 FROM sqlite_master WHERE name = ?", table) != []
 
 
 # --------------------------------------------------------------------- tarballs
@@ -211,7 +183,7 @@ def test_pairing_create_migrates_the_database_itself(installed, tmp_path):
     facts = populated(home, 30, sessions=3, pairing_links=2)
     assert facts["counts"]["auth_sessions"] == 3
     before = dbgen.precious_fingerprint(db_path(home))
-    result = run_t3(installed("good-0.0.25"), "auth", "pairing", "create", "--base-dir", home, "--ttl", "5m", "--json")
+    result = pairing_create(installed("good-0.0.25"), home)
     assert result.returncode == 0, result.stderr
     assert dbgen.schema_level(db_path(home)) == 32
     counts = dbgen.table_counts(db_path(home))
@@ -241,7 +213,7 @@ def test_pairing_create_role_shape_up_to_0_0_24(installed, tmp_path):
 def test_older_binary_mint_fails_at_query_time_on_newer_database(installed, tmp_path):
     home = tmp_path / "home"
     populated(home, 32)
-    result = run_t3(installed("good-0.0.24"), "auth", "pairing", "create", "--base-dir", home, "--json")
+    result = pairing_create(installed("good-0.0.24"), home, ttl=None)
     assert result.returncode == 1
     assert "table auth_pairing_links has no column named role" in result.stderr
     assert result.stdout == ""
@@ -261,7 +233,7 @@ def test_pairing_and_session_list_and_revoke(installed, tmp_path):
 
 
 def test_bad_ttl_is_a_clear_error(installed, tmp_path):
-    result = run_t3(installed("good-0.0.26"), "auth", "pairing", "create", "--base-dir", tmp_path, "--ttl", "soon")
+    result = pairing_create(installed("good-0.0.26"), tmp_path, ttl="soon")
     assert result.returncode == 1 and "invalid duration" in result.stderr
 
 

@@ -7,15 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.sim import dbgen
+from tests.sim.dbgen import query
 from tests.sim.t3pkg import t3sim
-
-
-def rows(path, sql, *params):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def schema_sql(conn) -> list[tuple]:
@@ -35,9 +28,9 @@ def test_default_database_facts(tmp_path):
     assert counts == dbgen.table_counts(path)
     assert facts["bytes"] == path.stat().st_size
     assert facts["active_turns"] == {}
-    assert rows(path, "PRAGMA journal_mode") == [("wal",)]
-    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
-    assert rows(path, "PRAGMA foreign_key_check") == []
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    assert query(path, "PRAGMA foreign_key_check") == []
 
 
 @pytest.mark.parametrize("level", [4, 25, 30, 31, 32, 33])
@@ -56,9 +49,9 @@ def test_schema_is_exactly_what_the_simulator_migrates(tmp_path, level):
 
 def test_auth_rows_follow_the_schema(tmp_path):
     role = dbgen.make_database(tmp_path / "30.sqlite", 30, sessions=3)
-    assert rows(tmp_path / "30.sqlite", "SELECT DISTINCT role FROM auth_sessions") == [("owner",)]
+    assert query(tmp_path / "30.sqlite", "SELECT DISTINCT role FROM auth_sessions") == [("owner",)]
     scopes = dbgen.make_database(tmp_path / "31.sqlite", 31, pairing_links=4)
-    assert rows(tmp_path / "31.sqlite", "SELECT DISTINCT scopes FROM auth_pairing_links") == [('["owner"]',)]
+    assert query(tmp_path / "31.sqlite", "SELECT DISTINCT scopes FROM auth_pairing_links") == [('["owner"]',)]
     assert role["counts"]["auth_sessions"] == 3 and scopes["counts"]["auth_pairing_links"] == 4
     early = dbgen.make_database(tmp_path / "20.sqlite", 20, sessions=3)
     assert "auth_sessions" not in early["counts"]  # no auth tables yet: nothing to fill
@@ -68,12 +61,12 @@ def test_in_flight_turn_and_timestamps(tmp_path):
     path = tmp_path / "state.sqlite"
     facts = dbgen.make_database(path, 33, threads=3, in_flight=True, updated_at="recent")
     assert list(facts["active_turns"]) == ["thread-000000"]
-    sessions = rows(path, "SELECT thread_id, status, active_turn_id, updated_at FROM projection_thread_sessions"
+    sessions = query(path, "SELECT thread_id, status, active_turn_id, updated_at FROM projection_thread_sessions"
                           " ORDER BY thread_id")
     (busy_id, busy_status, busy_turn, _), *idle = sessions
     assert (busy_id, busy_status, busy_turn) == ("thread-000000", "running", facts["active_turns"][busy_id])
     assert all(status == "ready" and turn is None for _, status, turn, _ in idle)
-    assert rows(path, "SELECT status FROM projection_turns WHERE turn_id = ?", busy_turn) == [("running",)]
+    assert query(path, "SELECT status FROM projection_turns WHERE turn_id = ?", busy_turn) == [("running",)]
     for (_, _, _, updated) in sessions:
         assert updated.endswith("Z")
         age = datetime.now(timezone.utc) - datetime.fromisoformat(updated.replace("Z", "+00:00"))
@@ -82,11 +75,11 @@ def test_in_flight_turn_and_timestamps(tmp_path):
 
 def test_updated_at_old_and_explicit(tmp_path):
     dbgen.make_database(tmp_path / "old.sqlite", 33, updated_at="old")
-    (updated,), = rows(tmp_path / "old.sqlite", "SELECT MAX(updated_at) FROM projection_threads")
+    (updated,), = query(tmp_path / "old.sqlite", "SELECT MAX(updated_at) FROM projection_threads")
     assert datetime.now(timezone.utc) - datetime.fromisoformat(updated.replace("Z", "+00:00")) > timedelta(days=6)
     moment = datetime(2026, 6, 9, 3, 4, 5, tzinfo=timezone.utc)
     dbgen.make_database(tmp_path / "fixed.sqlite", 33, updated_at=moment)
-    assert rows(tmp_path / "fixed.sqlite", "SELECT DISTINCT updated_at FROM projection_thread_sessions") == [
+    assert query(tmp_path / "fixed.sqlite", "SELECT DISTINCT updated_at FROM projection_thread_sessions") == [
         ("2026-06-09T03:04:05.000Z",)]
 
 
@@ -96,7 +89,7 @@ def test_target_bytes_reaches_about_that_size(tmp_path):
     assert 0.85 * target <= facts["bytes"] <= 1.15 * target
     # 16 KiB a message at most: the rest comes as more messages, as in a real history.
     assert facts["counts"]["projection_thread_messages"] > 40
-    assert rows(tmp_path / "big.sqlite", "SELECT MAX(LENGTH(text)) FROM projection_thread_messages")[0][0] <= 16384
+    assert query(tmp_path / "big.sqlite", "SELECT MAX(LENGTH(text)) FROM projection_thread_messages")[0][0] <= 16384
 
 
 def test_refuses_an_existing_file_and_unknown_levels(tmp_path):
@@ -163,10 +156,10 @@ def test_v2_user_has_the_frozen_v1_file_and_an_imported_statev2(tmp_path):
         assert schema_sql(conn) == _schema_of_a_fresh_v2_build(tmp_path, 60)  # exactly the simulator's schema
     finally:
         conn.close()
-    assert rows(v2, "PRAGMA journal_mode") == [("wal",)] and rows(v2, "PRAGMA integrity_check") == [("ok",)]
+    assert query(v2, "PRAGMA journal_mode") == [("wal",)] and query(v2, "PRAGMA integrity_check") == [("ok",)]
     # The V1 tables inside statev2 are the V1 file's rows, frozen at the import.
     assert dbgen.precious_fingerprint(v2) == dbgen.precious_fingerprint(v1)
-    origins = rows(v2, "SELECT json_extract(payload_json, '$.historyOrigin'), COUNT(*)"
+    origins = query(v2, "SELECT json_extract(payload_json, '$.historyOrigin'), COUNT(*)"
                        " FROM orchestration_v2_projection_threads GROUP BY 1 ORDER BY 1")
     assert origins == [("v1_import", 3), ("v2", 2)]
     counts = facts["counts"]
@@ -177,13 +170,13 @@ def test_v2_user_has_the_frozen_v1_file_and_an_imported_statev2(tmp_path):
     assert counts["orchestration_v2_projection_messages"] == 12 + 2 * 3 * 2  # imported + user/assistant per run
     assert counts["orchestration_v2_events"] > 0
     assert facts["in_flight_runs"] == {}
-    assert rows(v2, "SELECT DISTINCT status FROM orchestration_v2_projection_runs") == [("completed",)]
+    assert query(v2, "SELECT DISTINCT status FROM orchestration_v2_projection_runs") == [("completed",)]
     # V2 activity is recent; the frozen V1 file is old and idle.
-    (v2_last,), = rows(v2, "SELECT MAX(updated_at) FROM orchestration_v2_projection_runs")
+    (v2_last,), = query(v2, "SELECT MAX(updated_at) FROM orchestration_v2_projection_runs")
     assert datetime.now(timezone.utc) - datetime.fromisoformat(v2_last.replace("Z", "+00:00")) < timedelta(minutes=1)
-    (v1_last,), = rows(v1, "SELECT MAX(updated_at) FROM projection_threads")
+    (v1_last,), = query(v1, "SELECT MAX(updated_at) FROM projection_threads")
     assert datetime.now(timezone.utc) - datetime.fromisoformat(v1_last.replace("Z", "+00:00")) > timedelta(days=6)
-    assert rows(v1, "SELECT COUNT(*) FROM projection_thread_sessions WHERE active_turn_id IS NOT NULL") == [(0,)]
+    assert query(v1, "SELECT COUNT(*) FROM projection_thread_sessions WHERE active_turn_id IS NOT NULL") == [(0,)]
 
 
 def test_v2_user_with_a_run_in_flight(tmp_path):
@@ -191,12 +184,12 @@ def test_v2_user_with_a_run_in_flight(tmp_path):
     assert facts["in_flight_runs"] == {"v2-thread-000000": 2}
     v2 = facts["path"]
     # The run in flight is the thread's newest by ordinal, with a non-final status.
-    newest = rows(v2, "SELECT r.thread_id, r.status FROM orchestration_v2_projection_runs r WHERE r.ordinal ="
+    newest = query(v2, "SELECT r.thread_id, r.status FROM orchestration_v2_projection_runs r WHERE r.ordinal ="
                       " (SELECT MAX(ordinal) FROM orchestration_v2_projection_runs WHERE thread_id = r.thread_id)"
                       " ORDER BY r.thread_id")
     assert newest == [("v2-thread-000000", "running"), ("v2-thread-000001", "completed")]
     assert "running" not in t3sim.V2_RUN_FINAL_STATUSES
-    assert rows(v2, "SELECT status FROM orchestration_v2_projection_turn_items WHERE thread_id = 'v2-thread-000000'"
+    assert query(v2, "SELECT status FROM orchestration_v2_projection_turn_items WHERE thread_id = 'v2-thread-000000'"
                     " ORDER BY ordinal") == [("completed",), ("streaming",)]
     assert dbgen.schema_level(v2) == 61
 

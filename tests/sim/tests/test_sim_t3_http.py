@@ -12,25 +12,12 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import requests
 
 from tests.sim import builds, dbgen
 from tests.sim.proc import ServeProcess, mint_credential, run_t3
 
 BOOTSTRAP = "/api/auth/bootstrap"
 BROWSER_SESSION = "/api/auth/browser-session"
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    return builds.InstalledBuilds(tmp_path_factory.mktemp("builds"))
-
-
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        session.trust_env = False  # never a proxy from the environment: loopback only
-        yield session
 
 
 @pytest.fixture

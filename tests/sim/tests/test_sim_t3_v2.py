@@ -13,42 +13,16 @@ import os
 import sqlite3
 
 import pytest
-import requests
 import semver
 
 from runner.versions import is_newer, is_nightly, validate_version
 from tests.sim import builds, dbgen
-from tests.sim.proc import ServeExited, ServeProcess, mint_credential, run_t3
+from tests.sim.dbgen import query
+from tests.sim.proc import ServeExited, mint_credential, pairing_create
 from tests.sim.t3pkg import t3sim
 
 V46, V47 = "good-v2-0.0.46", "good-v2-0.0.47"
 V1_MIGRATIONS = [m.label for m in t3sim.MIGRATIONS]
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    return builds.InstalledBuilds(tmp_path_factory.mktemp("builds"))
-
-
-@pytest.fixture
-def servers():
-    started: list[ServeProcess] = []
-
-    def start(bin_path, base_dir, host="0.0.0.0") -> ServeProcess:
-        serve = ServeProcess(bin_path, base_dir, host=host)
-        started.append(serve)
-        return serve.start()
-
-    yield start
-    for serve in started:
-        serve.stop()
-
-
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        session.trust_env = False  # loopback only, never a proxy from the environment
-        yield session
 
 
 def v1(home):
@@ -61,14 +35,6 @@ def v2(home):
 
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def query(path, sql, *params):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 def migration_labels(path):
@@ -359,8 +325,7 @@ def test_a_failed_import_leaves_no_statev2_and_state_sqlite_untouched(installed,
         serve.wait_ready(15)
     assert userdata_files(home) == ["state.sqlite"]
     assert sha256(v1(home)) == before
-    result = run_t3(installed("v2-migration-fails-populated"), "auth", "pairing", "create", "--base-dir", home,
-                    "--json")
+    result = pairing_create(installed("v2-migration-fails-populated"), home, ttl=None)
     assert result.returncode == 1 and "62_OrchestrationV2ThreadPins" in result.stderr and result.stdout == ""
     assert userdata_files(home) == ["state.sqlite"]
 
