@@ -8,13 +8,24 @@ import pytest
 
 from runner import config as config_mod
 from tests.cli_checks import write_config
-from tests.sim.world import World
+from tests.sim.world import World, WorldTemplate
+
+
+@pytest.fixture(scope="session")
+def world_template(machine_guard, tmp_path_factory):
+    """The catalogue and installed releases every world copies instead of rebuilding (one per
+    worker: a session fixture); see WorldTemplate."""
+    template = WorldTemplate(tmp_path_factory.mktemp("world-template"))
+    try:
+        yield template
+    finally:
+        template.close()
 
 
 @pytest.fixture
-def world(tmp_path):
+def world(tmp_path, world_template):
     """The deployment's three users on 0.0.24, each serving a populated database, behind the dispatch."""
-    built = World(tmp_path / "world")
+    built = World(tmp_path / "world", template=world_template)
     try:
         yield built.build()
     finally:
@@ -22,12 +33,12 @@ def world(tmp_path):
 
 
 @pytest.fixture
-def make_world(tmp_path):
+def make_world(tmp_path, world_template):
     """A factory for worlds with options (db_options, installed, ...); all stopped at teardown."""
     built = []
 
     def make(name: str = "world", **options) -> World:
-        world = World(tmp_path / name, **options)
+        world = World(tmp_path / name, template=world_template, **options)
         built.append(world)
         return world.build()
 
