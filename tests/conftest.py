@@ -66,13 +66,29 @@ def site(tmp_path, monkeypatch):
     return tmp_path
 
 
-WORLD_FIXTURES = {"world", "make_world"}
+def _shared_world_fixture(item) -> str | None:
+    """The module-scoped fixture this test shares a world through (one that asks for the
+    world template), if any."""
+    info = getattr(item, "_fixtureinfo", None)
+    for name in getattr(info, "names_closure", ()):
+        for definition in info.name2fixturedefs.get(name, ()):
+            if definition.scope in ("module", "class", "package") and "world_template" in definition.argnames:
+                return name
+    return None
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook runs in the workers)
 def pytest_collection_modifyitems(config, items):
-    """A test on a whole simulated world (servers, npm, the dispatch) is `slow`; those run
-    first, so parallel workers (./dev test) do not end on one long test started last."""
+    """A test on a whole simulated world (servers, npm, the dispatch: anything built from the
+    world template) is `slow`; those run first, so parallel workers (./dev test) do not end on
+    one long test started last. Tests that share a module-scoped world are one xdist group
+    (`--dist loadgroup`, ./dev's default): one worker builds that world once, where spreading
+    them would build it on every worker, and again whenever a worker's next test came from
+    another module (pytest tears module fixtures down then)."""
     for item in items:
-        if WORLD_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if "world_template" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        shared = _shared_world_fixture(item)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{shared}"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order kept

@@ -380,7 +380,11 @@ class World:
 
     def install_release(self, version: str) -> Path:
         """`releases/<version>` as npm installs it from the world's registry (or the template's copy)."""
-        prefix = self.releases_dir / version
+        return self.npm_install(version, self.releases_dir / version)
+
+    def npm_install(self, version: str, prefix: Path) -> Path:
+        """`npm install --global --prefix <prefix> t3@<version>` from the world's registry, or
+        the template's copy of that install while the registry serves the template's bytes."""
         if self.template is not None and self.template.serves_same(self.registry, version):
             return self.template.copy_release(version, prefix)
         return npm_install_release(self.npm_env(), prefix, version, cwd=self.root)
