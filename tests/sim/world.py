@@ -191,6 +191,9 @@ class WorldTemplate:
         self.registry.stop()
 
 
+#: How often a readiness wait asks the systemctl stand-in whether the unit is still active.
+UNIT_CHECK_INTERVAL = 0.5
+
 #: The gate user of the simulated host: a bare uid, so no test depends on the machine's accounts.
 GATE_UID = "64123"
 
@@ -411,12 +414,23 @@ class World:
         return response.json() if response.status_code == 200 else None
 
     def wait_instance_ready(self, sso: str, timeout: float = 30.0) -> dict:
+        """The user's environment once their unit is active and their server answers.
+
+        The server is asked at every poll; the unit (a stand-in call: a Python start) at the
+        first poll, then at most every UNIT_CHECK_INTERVAL and once more when the server
+        answers: a unit that died still fails the wait within that interval, not at the
+        deadline, without a Python start per poll."""
         unit = serve_unit_name(self.user(sso).os_user)
+        checked_at = None
 
         def ready():
-            if self.systemctl_run("is-active", unit, ok_codes=range(256)).exit_code != 0:
-                raise RuntimeError(f"{unit} is not active: {self.unit_log(unit)[-600:]}")
-            return self.environment_of(sso)
+            nonlocal checked_at
+            answer = self.environment_of(sso)
+            if answer is not None or checked_at is None or time.monotonic() - checked_at >= UNIT_CHECK_INTERVAL:
+                checked_at = time.monotonic()
+                if self.systemctl_run("is-active", unit, ok_codes=range(256)).exit_code != 0:
+                    raise RuntimeError(f"{unit} is not active: {self.unit_log(unit)[-600:]}")
+            return answer
 
         return wait_until(ready, timeout, f"{unit} to answer")
 
