@@ -30,7 +30,11 @@ from runner.units import (
     serve_unit_name,
 )
 from tests.sim.world import wait_until
-from tests.sim.systemctl import expand_argument, install_systemctl, proc_alive, proc_stat, split_words, stop_all
+from tests.sim.systemctl import install_systemctl, stop_all
+from tests.sim.systemd import units as sim_units
+from tests.sim.systemd.manager import Manager
+from tests.sim.systemd.procs import proc_alive, proc_stat
+from tests.sim.systemd.syntax import expand_argument, split_words
 
 WAIT = 15.0  # the longest any single wait here may take before the test fails
 
@@ -572,8 +576,6 @@ def test_user_map_file_runs_user_as_the_worlds_own_uid_with_its_home(tmp_path):
 def test_without_host_users_a_real_account_named_like_a_world_user_is_never_used(tmp_path, monkeypatch):
     """The machine has an account named wizard (the real host does): the stand-in must neither
     look it up nor run wizard's unit as it, nor take its home, uid or shell."""
-    from tests.sim import systemctl as simctl
-
     looked_up = []
     real = pwd.getpwnam("root")
     impostor = pwd.struct_passwd(("wizard", "x", 4242, 4242, "", "/home/wizard", "/bin/bash"))
@@ -582,15 +584,15 @@ def test_without_host_users_a_real_account_named_like_a_world_user_is_never_used
         looked_up.append(name)
         return impostor if name == "wizard" else real
 
-    monkeypatch.setattr(simctl.pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(sim_units.pwd, "getpwnam", getpwnam)
     world = World(tmp_path)
     world.add_user("wizard")
-    manager = simctl.Manager(world.root, world.units)
+    manager = Manager(world.root, world.units)
     unit = manager.load(serve_unit_name("wizard"))
     spec = manager.exec_spec(unit, unit.exec_start[0])
     assert looked_up == []
     assert spec.user is None and spec.env["HOME"] != "/home/wizard" and spec.env["SHELL"] != "/bin/bash"
     assert any("simulated user" in note for note in spec.notes)
-    with_host = simctl.Manager(world.root, world.units, host_users=True)  # asked for: the account is used
+    with_host = Manager(world.root, world.units, host_users=True)  # asked for: the account is used
     spec = with_host.exec_spec(unit, unit.exec_start[0])
     assert looked_up == ["wizard"] and spec.env["HOME"] == "/home/wizard"
