@@ -31,12 +31,12 @@ def ansible_playbook() -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(machine_guard, tmp_path_factory):
+def fleet(world_template, tmp_path_factory):
     root = tmp_path_factory.mktemp("fleet")
     worlds = {}
     try:
         for host in HOSTS:  # one user per host keeps three hosts' runs short
-            worlds[host] = World(root / host, users=DEPLOYMENT_USERS[:1]).build()
+            worlds[host] = World(root / host, users=DEPLOYMENT_USERS[:1], template=world_template).build()
         yield root, worlds
     finally:
         for world in worlds.values():

@@ -22,8 +22,8 @@ BAD = builds.BAD_VERSIONS["endpoint-renamed"]
 
 
 @pytest.fixture(scope="module")
-def ops_world(machine_guard, tmp_path_factory):
-    world = World(tmp_path_factory.mktemp("ops-e2e") / "world")
+def ops_world(world_template, tmp_path_factory):
+    world = World(tmp_path_factory.mktemp("ops-e2e") / "world", template=world_template)
     try:
         yield world.build()
     finally:

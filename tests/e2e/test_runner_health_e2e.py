@@ -64,8 +64,8 @@ def test_every_health_profile_has_a_cause():
 
 
 @pytest.fixture(scope="module")
-def health_world(machine_guard, tmp_path_factory):
-    world = World(tmp_path_factory.mktemp("health-e2e") / "world")
+def health_world(world_template, tmp_path_factory):
+    world = World(tmp_path_factory.mktemp("health-e2e") / "world", template=world_template)
     try:
         yield world.build()
     finally:
@@ -172,11 +172,11 @@ V2_CAUSES = {
 
 
 @pytest.fixture(scope="module")
-def mixed_v2_world(machine_guard, tmp_path_factory):
+def mixed_v2_world(world_template, tmp_path_factory):
     """Two users already on V2 (0.0.46: statev2.sqlite beside a frozen state.sqlite) and one,
     deferred before, still on 0.0.24 (V1): every bad V2 nightly meets both layouts."""
     world = World(tmp_path_factory.mktemp("health-v2-e2e") / "world", installed=V46,
-                  user_versions={"ancamilea": V24})
+                  user_versions={"ancamilea": V24}, template=world_template)
     try:
         yield world.build()
     finally:

@@ -94,8 +94,8 @@ def publish_time(world, version: str) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def shared_world(machine_guard, tmp_path_factory):
-    world = World(tmp_path_factory.mktemp("refusals") / "world")
+def shared_world(world_template, tmp_path_factory):
+    world = World(tmp_path_factory.mktemp("refusals") / "world", template=world_template)
     try:
         world.build()
         extra = builds.build_tarball(OLDER_NIGHTLY, "good-0.0.24", world.root / "extra-tarballs")

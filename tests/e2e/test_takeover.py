@@ -22,8 +22,8 @@ CONTAINMENT = {"MemoryMax": str(24 * 1024 ** 3), "MemorySwapMax": "0", "MemoryHi
 
 
 @pytest.fixture
-def host(tmp_path):
-    built = OriginalHost(tmp_path / "host")
+def host(tmp_path, world_template):
+    built = OriginalHost(tmp_path / "host", template=world_template)
     try:
         yield built.build()
     finally:

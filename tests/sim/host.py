@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import shutil
 
-from runner import proc
 from runner.units import serve_unit_name
 
 from . import dbgen
@@ -78,8 +77,7 @@ class OriginalHost(World):
             d.mkdir(parents=True, exist_ok=True)
         self._publish_catalogue()
         self._write_maps()
-        proc.run(["npm", "install", "--global", "--prefix", str(self.global_prefix), f"t3@{self.installed}"],
-                 env=self.npm_env(), cwd=self.root, timeout=120)
+        self.npm_install(self.installed, self.global_prefix)
         (self.unit_dir / "t3-serve@.service").write_text(self.host_serve_unit())
         for suffix, text in BASH_TRACKER_UNITS.items():
             (self.unit_dir / f"t3-autoupdate.{suffix}").write_text(text)

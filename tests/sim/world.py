@@ -28,6 +28,7 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import sys
 import threading
 import time
@@ -106,6 +107,93 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interv
         pause.wait(interval)
 
 
+#: When the catalogue was published: each version an hour after the one before.
+CATALOGUE_PUBLISHED = datetime(2026, 6, 1, 4, 0, tzinfo=timezone.utc)
+
+
+def publish_catalogue(registry: NpmRegistry, tarball_dir: Path) -> None:
+    """Build every catalogue tarball into `tarball_dir` and publish it to `registry`."""
+    tarballs = builds.build_catalogue(tarball_dir)
+    for i, (version, _) in enumerate(builds.CATALOGUE):
+        registry.publish(tarballs[version], published_at=CATALOGUE_PUBLISHED + timedelta(hours=i))
+
+
+def npm_install_release(npm_env: dict[str, str], prefix: Path, version: str, cwd: Path) -> Path:
+    """`npm install --global --prefix <prefix> t3@<version>`: a release as the world installs one."""
+    proc.run(["npm", "install", "--global", "--prefix", str(prefix), f"t3@{version}"], env=npm_env, cwd=cwd,
+             timeout=120)
+    return prefix
+
+
+class WorldTemplate:
+    """What every world builds the same way, built once and then copied into each world.
+
+    Building a world publishes the whole catalogue to a fresh registry and npm-installs its
+    releases: the same bytes every time, and seconds of each world's build. A template does
+    it once (lazily, per release version) in its own root: the catalogue tarballs, a registry
+    storage with the catalogue published (same tarballs, same publish times, so the same
+    integrity), and each release a real `npm install --global` from a registry serving that
+    storage. A world built with `template=` copies them (full copies, no links: a test may
+    edit or tamper with any of it) and serves its copy from its own registry on its own port;
+    the world's processes, ports, users and state are its own, as without a template. Not
+    copied: npm's cache of the template's installs (keyed by the template registry's URL, of
+    no use on another port): the world's npm cache starts empty.
+
+    Not thread-safe; one per pytest worker (tests/conftest.py `world_template`).
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.tarball_dir = self.root / "tarballs"
+        self.registry = NpmRegistry(self.root / "registry")
+        self.releases_dir = self.root / "releases"
+        self._published = False
+
+    def _publish(self) -> None:
+        if not self._published:
+            publish_catalogue(self.registry, self.tarball_dir)
+            self._published = True
+
+    def copy_catalogue(self, tarball_dir: Path, registry_storage: Path) -> None:
+        """The published catalogue into a world: its tarballs and its registry's storage."""
+        self._publish()
+        shutil.copytree(self.tarball_dir, tarball_dir, dirs_exist_ok=True)
+        shutil.copytree(self.registry.storage_dir, registry_storage, dirs_exist_ok=True)
+
+    def serves_same(self, registry: NpmRegistry, version: str) -> bool:
+        """True when `registry` is up and serves `version` with the template's bytes, so npm
+        would install there exactly what the template installed (a test that tampered with,
+        removed or cut off the world's registry gets a real npm install and its failure)."""
+        self._publish()
+        if not registry.running or registry.outage:
+            return False
+        theirs, mine = registry.packument() or {}, self.registry.packument()
+        if version not in mine["versions"] or theirs.get("versions", {}).get(version) != mine["versions"][version]:
+            return False
+        try:
+            return registry.tarball_path(version).read_bytes() == self.registry.tarball_path(version).read_bytes()
+        except FileNotFoundError:
+            return False
+
+    def copy_release(self, version: str, prefix: Path) -> Path:
+        """The installed release `version` into `prefix` (installed in the template on first use)."""
+        made = self.releases_dir / version
+        if not made.is_dir():
+            self._publish()
+            self.registry.start()
+            npm_env = {**os.environ, **self.registry.npm_env(self.root / "npm-cache")}
+            npm_install_release(npm_env, made.with_name(f".{version}.partial"), version, cwd=self.root)
+            made.with_name(f".{version}.partial").rename(made)  # a failed install is never a template
+        shutil.copytree(made, prefix, symlinks=True, dirs_exist_ok=True)
+        return prefix
+
+    def close(self) -> None:
+        self.registry.stop()
+
+
+#: How often a readiness wait asks the systemctl stand-in whether the unit is still active.
+UNIT_CHECK_INTERVAL = 0.5
+
 #: The gate user of the simulated host: a bare uid, so no test depends on the machine's accounts.
 GATE_UID = "64123"
 
@@ -113,8 +201,9 @@ GATE_UID = "64123"
 class World:
     def __init__(self, root: Path, *, users=DEPLOYMENT_USERS, installed: str = "0.0.24",
                  threads: int = 4, messages_per_thread: int = 12, db_options: dict | None = None,
-                 user_versions: dict[str, str] | None = None):
+                 user_versions: dict[str, str] | None = None, template: WorldTemplate | None = None):
         self.root = Path(root)
+        self.template = template  # where the catalogue and releases are copied from (None: built here)
         self.users = tuple(users)
         self.installed = installed
         # os_user -> the catalogue version that user's link (and databases) are on instead of
@@ -230,10 +319,10 @@ class World:
 
     def _publish_catalogue(self) -> None:
         self.registry.start()
-        tarballs = builds.build_catalogue(self.root / "tarballs")
-        published = datetime(2026, 6, 1, 4, 0, tzinfo=timezone.utc)
-        for i, (version, _) in enumerate(builds.CATALOGUE):
-            self.registry.publish(tarballs[version], published_at=published + timedelta(hours=i))
+        if self.template is not None:
+            self.template.copy_catalogue(self.root / "tarballs", self.registry.storage_dir)
+        else:
+            publish_catalogue(self.registry, self.root / "tarballs")
         self.registry.set_tag("latest", "0.0.24")
         self.registry.set_tag("nightly", self.installed)
 
@@ -293,10 +382,15 @@ class World:
         return env
 
     def install_release(self, version: str) -> Path:
-        prefix = self.releases_dir / version
-        proc.run(["npm", "install", "--global", "--prefix", str(prefix), f"t3@{version}"],
-                 env=self.npm_env(), cwd=self.root, timeout=120)
-        return prefix
+        """`releases/<version>` as npm installs it from the world's registry (or the template's copy)."""
+        return self.npm_install(version, self.releases_dir / version)
+
+    def npm_install(self, version: str, prefix: Path) -> Path:
+        """`npm install --global --prefix <prefix> t3@<version>` from the world's registry, or
+        the template's copy of that install while the registry serves the template's bytes."""
+        if self.template is not None and self.template.serves_same(self.registry, version):
+            return self.template.copy_release(version, prefix)
+        return npm_install_release(self.npm_env(), prefix, version, cwd=self.root)
 
     def point_user(self, os_user: str, version: str) -> None:
         link = self.active_dir / os_user
@@ -320,12 +414,23 @@ class World:
         return response.json() if response.status_code == 200 else None
 
     def wait_instance_ready(self, sso: str, timeout: float = 30.0) -> dict:
+        """The user's environment once their unit is active and their server answers.
+
+        The server is asked at every poll; the unit (a stand-in call: a Python start) at the
+        first poll, then at most every UNIT_CHECK_INTERVAL and once more when the server
+        answers: a unit that died still fails the wait within that interval, not at the
+        deadline, without a Python start per poll."""
         unit = serve_unit_name(self.user(sso).os_user)
+        checked_at = None
 
         def ready():
-            if self.systemctl_run("is-active", unit, ok_codes=range(256)).exit_code != 0:
-                raise RuntimeError(f"{unit} is not active: {self.unit_log(unit)[-600:]}")
-            return self.environment_of(sso)
+            nonlocal checked_at
+            answer = self.environment_of(sso)
+            if answer is not None or checked_at is None or time.monotonic() - checked_at >= UNIT_CHECK_INTERVAL:
+                checked_at = time.monotonic()
+                if self.systemctl_run("is-active", unit, ok_codes=range(256)).exit_code != 0:
+                    raise RuntimeError(f"{unit} is not active: {self.unit_log(unit)[-600:]}")
+            return answer
 
         return wait_until(ready, timeout, f"{unit} to answer")
 
@@ -350,8 +455,12 @@ class World:
         if self.dispatch is not None:
             self.dispatch.stop()
         if self.systemctl is not None:
-            for user in self.users:
-                self.systemctl_run("stop", serve_unit_name(user.os_user), ok_codes=range(256))
+            units = [serve_unit_name(u.os_user) for u in self.users]
+            # One stand-in call for all (each call is a Python start); one by one if that
+            # failed, since the stand-in stops at the first unit it refuses.
+            if self.systemctl_run("stop", *units, ok_codes=range(256)).exit_code != 0:
+                for unit in units:
+                    self.systemctl_run("stop", unit, ok_codes=range(256))
         self.registry.stop()
 
     def __enter__(self) -> "World":

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from .common import (EXIT_FAILURE, EXIT_NO_SUCH_UNIT, EXIT_NOT_ACTIVE, EXIT_OK, SimError, format_timestamp)
 from .manager import Manager, transition
-from .supervisor import supervise
 from .syntax import format_timespan
 from .units import parse_unit_name, resource_properties
 
@@ -306,6 +305,8 @@ def run(argv: list[str]) -> int:
         print(e, file=sys.stderr)
         return e.code
     if rest[:1] == ["__supervise"]:
+        from .supervisor import supervise  # here: its imports (ctypes, subprocess) are the supervisor's alone
+
         return supervise(manager, rest[1], rest[2])
     try:
         opts, positional = parse_args(rest)

@@ -5,11 +5,10 @@ a StartError where systemd would refuse to start it."""
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import DEFAULT_PATH, PASS_ENV, StartError
+from .common import DEFAULT_PATH, PASS_ENV, StartError, new_id
 from .syntax import expand_argument, parse_env_file
 from .units import Account, Command, Unit, host_account
 
@@ -58,7 +57,7 @@ def exec_spec(unit: Unit, cmd: Command, *, host_users: bool, user_map: dict) -> 
         except OSError as e:
             if not optional:
                 raise StartError(f"Failed to load environment files: {path}: {e.strerror}") from None
-    env["INVOCATION_ID"] = uuid.uuid4().hex
+    env["INVOCATION_ID"] = new_id()
     argv = [cmd.argv[0]]
     for word in cmd.argv[1:]:
         argv.extend(expand_argument(word, env) if cmd.expand else [word])

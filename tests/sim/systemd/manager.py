@@ -8,14 +8,12 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from .common import (DEFAULT_TIMEOUT_STOP, EXIT_FAILURE, EXIT_NOT_LOADED, EXIT_OK, INACTIVE, SIGKILL_WAIT, START_WAIT,
-                     SimError, StartError, UnitSettingError, atomic_write, now, poll_until, program_command)
+                     SimError, StartError, UnitSettingError, atomic_write, new_id, now, poll_until, program_command)
 from .execution import ExecSpec, exec_spec
 from .procs import kill_leftovers, proc_alive, proc_stat, send, session_members
 from .units import Command, Unit, UnitName, build_unit, parse_unit_name, read_user_map
@@ -237,7 +235,7 @@ class Manager:
         except StartError as e:
             self._record_failure(name, e.result, f"{name}: {e}")
             return self._job_failed(name, "of unavailable resources or another system error")
-        invocation = uuid.uuid4().hex
+        invocation = new_id()
 
         def begin(s):
             transition(s, "activating", "start")
@@ -246,6 +244,8 @@ class Manager:
                      kill_signal=unit.kill_signal, timeout_stop=unit.timeout_stop, start_times=recent + [t],
                      remain_after_exit=unit.remain_after_exit)
         self.update_state(name, begin)
+        import subprocess  # here: only start jobs need it, and every call of the program pays its imports
+
         log_fd = os.open(self.log_path(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             supervisor = subprocess.Popen(

@@ -2,9 +2,22 @@
 import os
 import sqlite3
 
+import pytest
+
 from runner.units import serve_unit_name
 from tests.sim import builds, dbgen
-from tests.sim.world import wait_until
+from tests.sim.world import World, wait_until
+
+
+@pytest.fixture(scope="module")
+def world(world_template, tmp_path_factory):
+    """One world as built, shared by this module's tests that only look at it (and log in);
+    a test that changes its world asks for its own (make_world)."""
+    world = World(tmp_path_factory.mktemp("fresh") / "world", template=world_template)
+    try:
+        yield world.build()
+    finally:
+        world.stop()
 
 
 def test_every_user_serves_the_installed_build_and_pairs_through_the_dispatch(world):
@@ -103,8 +116,6 @@ def test_a_world_whose_users_are_named_like_real_accounts_never_runs_as_them(mak
     as those accounts."""
     import pwd
 
-    import pytest
-
     from tests.sim.world import SimUser
 
     names = _real_accounts(3)
@@ -119,3 +130,15 @@ def test_a_world_whose_users_are_named_like_real_accounts_never_runs_as_them(mak
         uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
         real = pwd.getpwnam(user.os_user).pw_uid
         assert int(uid) == world.uid_of(user.os_user) != real, f"{user.os_user}'s server runs as uid {uid}"
+
+
+def test_a_readiness_wait_fails_on_a_unit_that_died_not_at_the_deadline(make_world):
+    """wait_instance_ready asks the unit too, not only the server: a server that crashes at
+    start fails the wait as a dead unit (its log in the error), not as a timeout."""
+    world = make_world()
+    crashing = builds.BAD_VERSIONS["crash-at-start"]
+    world.install_release(crashing)
+    world.point_user("emo", crashing)
+    world.systemctl_run("restart", serve_unit_name("emo"), ok_codes=range(256))
+    with pytest.raises(RuntimeError, match="is not active"):
+        world.wait_instance_ready("emil.barzin", timeout=120)
