@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runner import backup, proc  # noqa: E402
+from runner import proc  # noqa: E402
+from runner.backups import restore, take  # noqa: E402
 from tests.sim import dbgen  # noqa: E402
 
 VERSION = "0.0.25-nightly.20260608.497"
@@ -99,7 +100,7 @@ def main() -> int:
         if opts.writer:
             writer.start()
         try:
-            secs, records = timed(lambda: backup.backup_user_databases(
+            secs, records = timed(lambda: take.backup_user_databases(
                 "bench", ud, backups, VERSION, sqlite3=SQLITE3, keep=3))
         finally:
             stop.set()
@@ -107,7 +108,7 @@ def main() -> int:
                 writer.join()
         label = "backup_user_databases (end to end)" + (f", {committed[0]} commits meanwhile" if opts.writer else "")
         rows.append((label, secs, mb))
-        secs, report = timed(lambda: backup.restore_user_database(
+        secs, report = timed(lambda: restore.restore_user_database(
             records[0], ud, backups, failed_version="0.0.26-nightly.20260701.600", sqlite3=SQLITE3))
         rows.append(("restore_user_database (keep aside + restore)", secs, mb))
     finally:

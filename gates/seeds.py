@@ -23,7 +23,8 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import backup
+from runner.backups import catalogue
+from runner.backups.trees import BackupError
 from runner.dbfacts import layout_of_database, precious_fingerprint
 from runner.livedb import LIVE_NAMES, V1_NAME, V2_NAME, live_database_name
 
@@ -81,8 +82,8 @@ def backed_up_files(backup_root: Path, user: str) -> tuple[Path, ...]:
     leaves older statev2 backups behind, which are no longer that user's data)."""
     __tracebackhide__ = True
     try:
-        found = [r for r in (backup.latest_backup(backup_root, user, name) for name in LIVE_NAMES) if r]
-    except backup.BackupError as exc:
+        found = [r for r in (catalogue.latest_backup(backup_root, user, name) for name in LIVE_NAMES) if r]
+    except BackupError as exc:
         raise GateFailure(f"no seed database for {user}: {exc}") from None
     if not found:
         raise GateFailure(f"no seed database: no pre-bump backup of {user} under {backup_root}; pass --seed-db")

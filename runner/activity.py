@@ -16,7 +16,7 @@ see in the database the running build opens (docs: README "t3 database layouts";
   (`busy_quiet`, default 120 s). A timestamp in the future (clock skew) counts as within it.
 
 The databases are listed with no-follow, directory-relative operations
-(`backup.find_user_databases`) and read with the sqlite3 CLI, read-only, AS THE USER who
+(`backups.trees.find_user_databases`) and read with the sqlite3 CLI, read-only, AS THE USER who
 owns the home directory (`owner_of`, an lstat that refuses a symlinked home). Why as the
 user: the user controls every path under their home, and even a read-only WAL reader may
 create `-shm`/`-wal` files; made by root, they would lock the user's own server out.
@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import livedb, proc
-from .backup import find_user_databases
+from .backups.trees import find_user_databases
 from .userfiles import UserFileError, home_owner
 
 __all__ = ["Activity", "ActivityError", "FINAL_RUN_STATUSES", "SCHEMA_SQL", "activity_sql", "activity_argv",

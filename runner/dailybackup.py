@@ -4,7 +4,7 @@ It replaces the host's old `t3-backup-state.timer`, which copied only `state.sql
 with t3's V2 layout users' live history is in `statev2.sqlite`. Every SQLite database
 under each user's `userdata/` is copied online (`VACUUM INTO`), as that user, verified
 (integrity check, sha256 manifest), with the same code as a run's pre-bump backup
-(runner/backup.py), named `<db>-daily-<version>-<ts>` and pruned to
+(runner/backups/take.py), named `<db>-daily-<version>-<ts>` and pruned to
 `keep_daily_backups` per database. Pruning counts daily copies only, so the pre-bump
 restore points a rollback needs are never pruned by it.
 
@@ -13,7 +13,9 @@ One user's failure is reported and the others are still backed up; the exit code
 """
 from __future__ import annotations
 
-from . import activate, backup
+from . import activate
+from .backups import take
+from .backups.trees import BackupError
 from .state import RunLock, read_text_or_none
 
 
@@ -25,10 +27,10 @@ def daily_backup(cfg, events) -> int:
         for os_user in cfg.os_users:
             try:
                 version = activate.release_of_link(cfg.active_link(os_user)) or fallback
-                records = backup.backup_user_databases(
+                records = take.backup_user_databases(
                     os_user, cfg.userdata_dir(os_user), cfg.backup_dest, version, sqlite3=cfg.sqlite3,
                     timeout=cfg.backup_timeout, keep=cfg.keep_daily_backups, kind="daily")
-            except (backup.BackupError, activate.ActivationError, OSError) as exc:
+            except (BackupError, activate.ActivationError, OSError) as exc:
                 failures += 1
                 events("BACKUP FAILED", user=os_user, kind="daily", reason=str(exc))
                 continue

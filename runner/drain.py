@@ -8,7 +8,9 @@ that backup.
 """
 from __future__ import annotations
 
-from . import activate, backup
+from . import activate
+from .backups import take
+from .backups.trees import BackupError
 from .context import RunContext
 from .gaterun import run_gate
 from .rollout import busy_reason, canary_options, move_and_restart, roll_back_users
@@ -61,10 +63,10 @@ def drain_deferred(ctx: RunContext) -> int:
                 events("DEFERRED", user=os_user, version=good, reason=reason)
                 continue
             try:
-                records = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, good,
+                records = take.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, good,
                                                        sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
                                                        keep=cfg.keep_backups, serving=current)
-            except backup.BackupError as exc:  # this user's problem: still owed, the others go on
+            except BackupError as exc:  # this user's problem: still owed, the others go on
                 events("DEFERRED", user=os_user, version=good, reason=f"backup failed: {exc}")
                 continue
             failure = None

@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import backup, resolve
+from . import resolve
+from .backups import catalogue, take
+from .backups.trees import BackupError
 from .context import RunContext
 from .gatework import GateWork
 from .phases.health import check_health
@@ -32,17 +34,17 @@ def preview_seeds(cfg, version: str, seeds_dir: Path) -> dict[str, list]:
     records = {}
     for os_user in cfg.os_users:
         had_dir = os.path.lexists(cfg.backup_dest / os_user)
-        taken = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, version,
+        taken = take.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, version,
                                              sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout, keep=1, kind="dryrun")
         user_dir = seeds_dir / os_user
         os.mkdir(user_dir, 0o700)
         try:
-            records[os_user] = [backup.copy_backup_out(r, cfg.backup_dest, user_dir / r.db_name) for r in taken]
+            records[os_user] = [catalogue.copy_backup_out(r, cfg.backup_dest, user_dir / r.db_name) for r in taken]
         finally:
             for record in taken:
-                backup.discard_backup(record, cfg.backup_dest)
+                catalogue.discard_backup(record, cfg.backup_dest)
             if not had_dir:  # leave the host as it was
-                backup.remove_backup_dir_if_empty(cfg.backup_dest, os_user)
+                catalogue.remove_backup_dir_if_empty(cfg.backup_dest, os_user)
     return records
 
 
@@ -66,7 +68,7 @@ def dry_run(ctx: RunContext, *, stdout) -> int:
         with private_scratch(cfg, "dry-run", gate_user) as (work, gate_dir):
             try:
                 records = preview_seeds(cfg, version, work / "seeds")
-            except backup.BackupError as exc:
+            except BackupError as exc:
                 print(f"DRY-RUN FAIL {version}: backup failed: {exc}", file=stdout)
                 return 1
             releases = work / "releases"

@@ -19,7 +19,10 @@ import functools
 import os
 import sys
 
-from . import activate, backup
+from . import activate
+from .backups import catalogue
+from .backups.catalogue import BackupRecord
+from .backups.trees import BackupError
 from .context import RunContext
 from .rollout import roll_back_users
 from .recover import locked_and_recovered
@@ -28,8 +31,8 @@ from .versions import VersionError, compare, sort_versions, validate_version
 from .goodbuilds import record_last_good
 
 
-def backup_set_for(records: list[backup.BackupRecord], *, target: str,
-                   current: str) -> list[backup.BackupRecord] | None:
+def backup_set_for(records: list[BackupRecord], *, target: str,
+                   current: str) -> list[BackupRecord] | None:
     """The pre-bump backup set to restore when a user goes from `current` back to `target`.
 
     A set is the backups one backup pass took (same version, same moment). The right one is
@@ -38,7 +41,7 @@ def backup_set_for(records: list[backup.BackupRecord], *, target: str,
     the set of the first bump past the target (the smallest version in (target, current]),
     newest first. None when there is no such set: never guess.
     """
-    sets: dict[tuple, list[backup.BackupRecord]] = {}
+    sets: dict[tuple, list[BackupRecord]] = {}
     for record in records:
         sets.setdefault((record.version, record.taken_at), []).append(record)
 
@@ -88,9 +91,9 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
             taken = {}
             for os_user in users:
                 try:
-                    chosen = backup_set_for(backup.prebump_backups(cfg.backup_dest, os_user),
+                    chosen = backup_set_for(catalogue.prebump_backups(cfg.backup_dest, os_user),
                                             target=target, current=version)
-                except backup.BackupError as exc:
+                except BackupError as exc:
                     events("ROLLBACK FAILED", user=os_user, version=version, reason=f"{exc}; left on {version}")
                     continue
                 if chosen is None:  # never start an older build on a database a newer one migrated

@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import activate, activity, backup
+from . import activate, activity
+from .backups import catalogue, restore, trees
+from .backups.catalogue import BackupRecord
+from .backups.trees import BackupError
 from .context import RunContext
 from .gaterun import run_gate
 from .journal import Journal
@@ -126,22 +129,22 @@ def roll_out(ctx: RunContext, journal: Journal, release_dir: Path, *,
     return result
 
 
-def backup_set(ctx: RunContext, os_user: str, taken: dict[str, str]) -> dict[str, backup.BackupRecord]:
+def backup_set(ctx: RunContext, os_user: str, taken: dict[str, str]) -> dict[str, BackupRecord]:
     """The records of a backup set named by paths (a journal's, or one `rollback --to` chose), each
     read from its manifest; a path that is not a whole pre-bump backup of its database refuses."""
-    known = {str(r.path): r for r in backup.prebump_backups(ctx.cfg.backup_dest, os_user)} if taken else {}
+    known = {str(r.path): r for r in catalogue.prebump_backups(ctx.cfg.backup_dest, os_user)} if taken else {}
     records = {}
     for db_name, path in sorted(taken.items()):
         record = known.get(str(path))
         if record is None or record.db_name != db_name:
-            raise backup.BackupError(f"{os_user}: {path} is not a whole pre-bump backup of {db_name} "
+            raise BackupError(f"{os_user}: {path} is not a whole pre-bump backup of {db_name} "
                                      f"(missing, or no manifest); refusing to guess")
         records[db_name] = record
     return records
 
 
 def restore_databases(ctx: RunContext, os_user: str, failed_version: str,
-                      records: dict[str, backup.BackupRecord]) -> None:
+                      records: dict[str, BackupRecord]) -> None:
     """Make `records` (database name -> pre-bump backup, one backup set) the user's databases again:
     restore every database in the set, and set aside every database that exists now but is not in
     it (a `statev2.sqlite` when going back to a pre-V2 build: a pre-V2 build ignores it, and a later
@@ -151,14 +154,14 @@ def restore_databases(ctx: RunContext, os_user: str, failed_version: str,
     cfg, events = ctx.cfg, ctx.events
     userdata = cfg.userdata_dir(os_user)
     for db_name, record in sorted(records.items()):
-        report = backup.restore_user_database(record, userdata, cfg.backup_dest, failed_version=failed_version,
+        report = restore.restore_user_database(record, userdata, cfg.backup_dest, failed_version=failed_version,
                                               sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
                                               keep=cfg.keep_backups)
         events("RESTORED", user=os_user, database=db_name, backup=str(record.path),
                kept_aside=str(report.kept_aside), rows_since_backup=report.rows_since_backup)
-    for db_name in backup.find_user_databases(userdata):
+    for db_name in trees.find_user_databases(userdata):
         if db_name not in records:  # e.g. a statev2.sqlite the failed (or newer) build created
-            kept = backup.set_aside_database(os_user, userdata, cfg.backup_dest, db_name,
+            kept = restore.set_aside_database(os_user, userdata, cfg.backup_dest, db_name,
                                              failed_version=failed_version, sqlite3=cfg.sqlite3,
                                              timeout=cfg.backup_timeout, keep=cfg.keep_backups)
             ctx.outcome.setdefault("set_aside", {}).setdefault(os_user, []).append(str(kept))
@@ -177,7 +180,7 @@ def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, fa
         try:
             # Refuse before stopping anything: a symlinked database, or a backup set that is not
             # whole, would leave the user stopped with nothing restored.
-            backup.find_user_databases(cfg.userdata_dir(os_user))
+            trees.find_user_databases(cfg.userdata_dir(os_user))
             records = backup_set(ctx, os_user, backups.get(os_user, {}))
             # Mints wait while the database is replaced (they would open and migrate it).
             with user_lock(cfg.state_dir, os_user, exclusive=True, timeout=MINT_TIMEOUT):

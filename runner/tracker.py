@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import activate, backup, goodbuilds, metrics, release, resolve
+from . import activate, goodbuilds, metrics, release, resolve
+from .backups import take
+from .backups.trees import BackupError
 from .context import RunContext
 from .journal import Journal, clear_journal
 from .phases.health import check_health
@@ -71,10 +73,10 @@ def back_up_everyone(ctx: RunContext, version: str) -> tuple[dict[str, list], di
         except activate.ActivationError:
             serving = None
         try:
-            records[os_user] = backup.backup_user_databases(
+            records[os_user] = take.backup_user_databases(
                 os_user, userdata, cfg.backup_dest, version, sqlite3=cfg.sqlite3,
                 timeout=cfg.backup_timeout, keep=cfg.keep_backups, serving=serving)
-        except backup.BackupError as exc:
+        except BackupError as exc:
             problems[os_user] = f"backup failed: {exc}"
             # Not "BACKUP FAILED": that line means the whole run stopped; this user is DEFERRED later.
             ctx.events("NOT BACKED UP", user=os_user, version=version, reason=str(exc))

@@ -11,7 +11,7 @@ their users can change at any moment. The rules these helpers encode:
 * Files are opened `O_NOFOLLOW|O_NONBLOCK` (a FIFO cannot hang us) after an `lstat`, and
   the descriptor is checked to be the same regular file.
 * Root never creates or renames a file in a user's tree here: that is done by a child
-  process running as the user (see `runner.backup`). What root does itself goes through
+  process running as the user (see `runner.backups`). What root does itself goes through
   descriptors: `fstat`, `fchmod`, `fchown`, `fsync`, reading, `mkdir` and `unlink`
   relative to a directory descriptor (neither follows a symlink in the last component).
 """

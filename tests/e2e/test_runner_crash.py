@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import backup
+from runner.backups import catalogue, restore, take
 from runner.units import serve_unit_name
 from tests.e2e.killable import (PHASE_DEADLINE, POLL, RUN_TIMEOUT, Tracker, _processes, assert_no_leftovers,
                                 read_journal, wait_for_journal)
@@ -398,10 +398,10 @@ def test_a_rerun_backing_up_in_the_second_of_a_killed_runs_backup_still_backs_up
     again, possibly within the same second: its backup must not fail over the name, and
     must be the newest (the one the rerun's journal records and a restore checks)."""
     ud, backups = _alice(tmp_path)
-    [killed] = backup.backup_user_databases("alice", ud, backups, V28, sqlite3="/usr/bin/sqlite3", now=T0)
-    [rerun_] = backup.backup_user_databases("alice", ud, backups, V28, sqlite3="/usr/bin/sqlite3", now=T0)
+    [killed] = take.backup_user_databases("alice", ud, backups, V28, sqlite3="/usr/bin/sqlite3", now=T0)
+    [rerun_] = take.backup_user_databases("alice", ud, backups, V28, sqlite3="/usr/bin/sqlite3", now=T0)
     assert rerun_.path != killed.path and killed.path.is_file() and rerun_.path.is_file()
-    assert backup.latest_backup(backups, "alice", "state.sqlite", version=V28).path == rerun_.path
+    assert catalogue.latest_backup(backups, "alice", "state.sqlite", version=V28).path == rerun_.path
 
 
 def test_two_restores_in_the_same_second_keep_both_replaced_databases(tmp_path):
@@ -411,10 +411,10 @@ def test_two_restores_in_the_same_second_keep_both_replaced_databases(tmp_path):
     ud, backups = _alice(tmp_path)
     db = ud / "state.sqlite"
     original = dbgen.precious_fingerprint(db)
-    [record] = backup.backup_user_databases("alice", ud, backups, V24, sqlite3="/usr/bin/sqlite3", now=T0)
+    [record] = take.backup_user_databases("alice", ud, backups, V24, sqlite3="/usr/bin/sqlite3", now=T0)
     at = datetime(2026, 6, 20, 5, 0, 0, tzinfo=timezone.utc)
-    first = backup.restore_user_database(record, ud, backups, failed_version=V28, sqlite3="/usr/bin/sqlite3", now=at)
-    second = backup.restore_user_database(record, ud, backups, failed_version=V28, sqlite3="/usr/bin/sqlite3",
+    first = restore.restore_user_database(record, ud, backups, failed_version=V28, sqlite3="/usr/bin/sqlite3", now=at)
+    second = restore.restore_user_database(record, ud, backups, failed_version=V28, sqlite3="/usr/bin/sqlite3",
                                           now=at)
     assert first.kept_aside != second.kept_aside and first.kept_aside.is_file() and second.kept_aside.is_file()
     assert dbgen.precious_fingerprint(db) == original

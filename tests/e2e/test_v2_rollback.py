@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from runner import goodbuilds
-from runner.backup import BackupRecord
+from runner.backups.catalogue import BackupRecord
 from runner.manual import backup_set_for
 from tests.cli_checks import snapshot
 from tests.runner_checks import assert_logs_in, assert_user_on, events, fingerprints, in_full, link_version

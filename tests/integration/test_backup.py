@@ -1,4 +1,4 @@
-"""runner.backup: online, verified, per-user backups and whole-file restores, as root, safely."""
+"""runner.backups: online, verified, per-user backups and whole-file restores, as root, safely."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from runner import backup, proc
-from runner.backup import BackupError
+from runner import proc
+from runner.backups.trees import BackupError
+from runner.backups import catalogue, restore, take, trees
 from tests.sim import dbgen
 
 VERSION = "0.0.25-nightly.20260608.497"
@@ -49,13 +50,13 @@ def t(tmp_path):
 
 def _backup(t, **kw):
     kw.setdefault("sqlite3", "/usr/bin/sqlite3")
-    return backup.backup_user_databases(kw.pop("user", "alice"), kw.pop("ud", t.ud), t.backups,
+    return take.backup_user_databases(kw.pop("user", "alice"), kw.pop("ud", t.ud), t.backups,
                                         kw.pop("version", VERSION), **kw)
 
 
 def _restore(t, record, **kw):
     kw.setdefault("sqlite3", "/usr/bin/sqlite3")
-    return backup.restore_user_database(record, t.ud, t.backups, failed_version=kw.pop("failed", FAILED), **kw)
+    return restore.restore_user_database(record, t.ud, t.backups, failed_version=kw.pop("failed", FAILED), **kw)
 
 
 def sha(path: Path) -> str:
@@ -187,7 +188,7 @@ def test_every_database_is_found_and_backed_up_but_never_side_files(t):
         conn.commit()
     try:
         assert (t.ud / "state.sqlite-wal").exists() and (t.ud / "statev2.sqlite-shm").exists()
-        assert backup.find_user_databases(t.ud) == ["state.sqlite", "statev2.sqlite"]
+        assert trees.find_user_databases(t.ud) == ["state.sqlite", "statev2.sqlite"]
         records = _backup(t, now=T0)
     finally:
         for conn in open_conns:
@@ -214,22 +215,22 @@ def test_modes_temporaries_and_pruning(t):
     assert stat.S_IMODE(t.backups.stat().st_mode) == 0o711
     for p in t.bdir.iterdir():
         assert stat.S_IMODE(p.lstat().st_mode) == 0o600 and p.is_file() and not p.is_symlink()
-    assert backup.latest_backup(t.backups, "alice") == made[-1]
+    assert catalogue.latest_backup(t.backups, "alice", "state.sqlite") == made[-1]
     # One made with an older clock is never pruned: it is the one just made.
     [older] = _backup(t, now=T0 - timedelta(days=30), keep=1)
     assert older.path.exists() and made[-1].path.exists() and not made[-2].path.exists()
 
 
 def test_latest_backup_filters_by_version_and_refuses_to_guess(t):
-    assert backup.latest_backup(t.backups, "alice") is None
+    assert catalogue.latest_backup(t.backups, "alice", "state.sqlite") is None
     [first] = _backup(t, now=T0)
     [second] = _backup(t, now=T0 + timedelta(hours=1), version="0.0.25-nightly.20260609.498")
-    assert backup.latest_backup(t.backups, "alice") == second
-    assert backup.latest_backup(t.backups, "alice", version=VERSION) == first
-    assert backup.latest_backup(t.backups, "alice", db_name="statev2.sqlite") is None
+    assert catalogue.latest_backup(t.backups, "alice", "state.sqlite") == second
+    assert catalogue.latest_backup(t.backups, "alice", "state.sqlite", version=VERSION) == first
+    assert catalogue.latest_backup(t.backups, "alice", "statev2.sqlite") is None
     (t.bdir / f".{second.path.name}.json").unlink()
     with pytest.raises(BackupError, match="no manifest"):
-        backup.latest_backup(t.backups, "alice")
+        catalogue.latest_backup(t.backups, "alice", "state.sqlite")
 
 
 # --- symlinks: refused, never followed ----------------------------------------------------
@@ -243,7 +244,7 @@ def test_symlinked_database_is_refused_and_its_target_never_touched(t):
     t.db.unlink()
     t.db.symlink_to(outside)
     with pytest.raises(BackupError, match=rf"refusing symlink {t.db}"):
-        backup.find_user_databases(t.ud)
+        trees.find_user_databases(t.ud)
     with pytest.raises(BackupError, match=r"alice: .*refusing symlink .*state\.sqlite"):
         _backup(t, now=T0 + timedelta(hours=1))
     with pytest.raises(BackupError, match=r"alice: .*refusing symlink .*state\.sqlite"):
@@ -259,7 +260,7 @@ def test_symlinked_user_directory_is_refused(t, link):
     target.rename(moved)
     target.symlink_to(moved)
     before = snapshot(moved)
-    for call in (lambda: backup.find_user_databases(t.ud), lambda: _backup(t)):
+    for call in (lambda: trees.find_user_databases(t.ud), lambda: _backup(t)):
         with pytest.raises(BackupError, match=rf"refusing symlink {target}"):
             call()
     assert snapshot(moved) == before and not t.bdir.exists()
@@ -272,14 +273,14 @@ def test_symlinked_backup_dir_is_refused(t):
     with pytest.raises(BackupError, match=rf"refusing symlink {t.bdir}"):
         _backup(t)
     with pytest.raises(BackupError, match=rf"refusing symlink {t.bdir}"):
-        backup.latest_backup(t.backups, "alice")
+        catalogue.latest_backup(t.backups, "alice", "state.sqlite")
     assert list(elsewhere.iterdir()) == []
 
 
 def test_special_file_named_like_a_database_is_refused_without_blocking(t):
     os.mkfifo(t.ud / "statev2.sqlite")
     with pytest.raises(BackupError, match=r"refusing fifo .*statev2\.sqlite"):
-        backup.find_user_databases(t.ud)
+        trees.find_user_databases(t.ud)
 
 
 # --- failures leave nothing behind --------------------------------------------------------
@@ -316,8 +317,8 @@ def test_not_enough_free_space_stops_before_copying(t):
         _backup(t, free_bytes=lambda _path: 1000)
     assert list(t.bdir.iterdir()) == []
     with pytest.raises(BackupError, match=r"need \d+ bytes .*x margin 1e\+12\), only \d+ bytes free"):
-        backup.check_free_space(t.tmp, 10**6, margin=1e12)
-    assert backup.check_free_space(t.tmp, 1) > 0
+        take.check_free_space(t.tmp, 10**6, margin=1e12)
+    assert take.check_free_space(t.tmp, 1) > 0
 
 
 # --- restores -----------------------------------------------------------------------------
@@ -359,7 +360,7 @@ def test_restore_brings_back_the_backup_and_keeps_the_replaced_database(t):
     assert report.rows_since_backup["projection_thread_messages"] == 2  # 3 added, 1 deleted
     assert report.rows_since_backup["projection_thread_sessions"] == 0
     assert not temporaries(t.bdir, t.ud)
-    assert backup.latest_backup(t.backups, "alice") == record  # the kept-aside copy is not a pre-bump backup
+    assert catalogue.latest_backup(t.backups, "alice", "state.sqlite") == record  # the kept-aside copy is not a pre-bump backup
 
 
 def test_kept_aside_copies_follow_retention_newest_kept(t):
@@ -371,7 +372,7 @@ def test_kept_aside_copies_follow_retention_newest_kept(t):
     kept = sorted(p.name for p in t.bdir.glob(f"state-rolledback-{FAILED}-*.sqlite"))
     assert kept == [f"state-rolledback-{FAILED}-20260620T060000Z.sqlite",
                     f"state-rolledback-{FAILED}-20260620T070000Z.sqlite"], kept
-    assert backup.latest_backup(t.backups, "alice") == record  # pre-bump restore points untouched
+    assert catalogue.latest_backup(t.backups, "alice", "state.sqlite") == record  # pre-bump restore points untouched
     _restore(t, record, now=T0 + timedelta(hours=4))  # no keep: nothing pruned
     assert len(list(t.bdir.glob(f"state-rolledback-{FAILED}-*.sqlite"))) == 3
 
@@ -410,12 +411,12 @@ def test_database_created_by_the_failed_build_is_set_aside(t):
     [record] = _backup(t, now=T0)
     dbgen.make_database(t.ud / "statev2.sqlite", 33, threads=1, messages_per_thread=2)
     (t.ud / "statev2.sqlite-shm").write_bytes(b"stale")
-    kept = backup.set_aside_database("alice", t.ud, t.backups, "statev2.sqlite", failed_version=FAILED,
+    kept = restore.set_aside_database("alice", t.ud, t.backups, "statev2.sqlite", failed_version=FAILED,
                                      sqlite3="/usr/bin/sqlite3", now=T0)
     assert kept.name == f"statev2-rolledback-{FAILED}-20260620T040000Z.sqlite" and integrity(kept) == "ok"
     assert sorted(p.name for p in t.ud.iterdir()) == ["state.sqlite"]
-    assert backup.set_aside_database("alice", t.ud, t.backups, "statev2.sqlite", failed_version=FAILED) is None
-    assert backup.latest_backup(t.backups, "alice") == record
+    assert restore.set_aside_database("alice", t.ud, t.backups, "statev2.sqlite", failed_version=FAILED) is None
+    assert catalogue.latest_backup(t.backups, "alice", "state.sqlite") == record
 
 
 # --- running as the owner -----------------------------------------------------------------
@@ -451,7 +452,7 @@ def test_copy_runs_as_the_home_owner(tmp_path, tmp_path_factory):
             st = p.stat()
             assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (nobody, nobody, 0o600)
         assert integrity(record.path) == "ok"
-        report = backup.restore_user_database(record, ud, t.backups, failed_version=FAILED, sqlite3="/usr/bin/sqlite3")
+        report = restore.restore_user_database(record, ud, t.backups, failed_version=FAILED, sqlite3="/usr/bin/sqlite3")
         for p in (db, report.kept_aside):
             st = p.stat()
             assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (nobody, nobody, 0o600)
@@ -486,21 +487,21 @@ def test_backup_root_users_cannot_search_is_reported_before_copying(t):
 def test_the_manifest_records_the_build_the_user_ran(t):
     [record] = _backup(t, serving="0.0.24", now=T0)
     assert record.serving_version == "0.0.24"
-    assert backup.latest_backup(t.backups, "alice") == record  # read back from the manifest
+    assert catalogue.latest_backup(t.backups, "alice", "state.sqlite") == record  # read back from the manifest
     assert '"serving_version": "0.0.24"' in (t.bdir / f".{record.path.name}.json").read_text()
     with pytest.raises(BackupError, match="invalid serving version"):
         _backup(t, serving="0.0.24; rm -rf /", now=T0 + timedelta(hours=1))
 
 
 def test_prebump_backups_lists_every_set_and_refuses_an_incomplete_one(t):
-    assert backup.prebump_backups(t.backups, "alice") == []
+    assert catalogue.prebump_backups(t.backups, "alice") == []
     first = _backup(t, serving="0.0.24", now=T0)
     v2 = t.ud / "statev2.sqlite"
     dbgen.make_database(v2, 33, threads=2)  # a V2 user: both files, one set
     second = _backup(t, version=FAILED, serving=VERSION, now=T0 + timedelta(hours=1))
     assert [r.db_name for r in second] == ["state.sqlite", "statev2.sqlite"]
     _restore(t, second[0])  # leaves a rolledback copy: not a pre-bump backup
-    listed = backup.prebump_backups(t.backups, "alice")
+    listed = catalogue.prebump_backups(t.backups, "alice")
     assert listed == first + second
     assert {(r.version, r.serving_version) for r in listed} == {(VERSION, "0.0.24"), (FAILED, VERSION)}
     # A member whose manifest is gone would make the set look smaller: refuse, never guess.
@@ -508,10 +509,10 @@ def test_prebump_backups_lists_every_set_and_refuses_an_incomplete_one(t):
     text = manifest.read_text()
     manifest.unlink()
     with pytest.raises(BackupError, match="has no manifest: refusing to guess"):
-        backup.prebump_backups(t.backups, "alice")
+        catalogue.prebump_backups(t.backups, "alice")
     manifest.write_text(text.replace('"db_name": "statev2.sqlite"', '"db_name": "state.sqlite"'))
     with pytest.raises(BackupError, match="is unusable"):
-        backup.prebump_backups(t.backups, "alice")
+        catalogue.prebump_backups(t.backups, "alice")
 
 
 # --- one user's hostile or broken files, as that user's own uid (issue 10 item 4) ---------
@@ -551,17 +552,17 @@ TWO_TB = 2 * 1024 ** 4
 
 def test_database_bytes_is_page_count_times_page_size_not_the_file_size():
     header = bytearray(100)
-    header[:16] = backup.SQLITE_MAGIC
+    header[:16] = trees.SQLITE_MAGIC
     header[16:18] = (4096).to_bytes(2, "big")
     header[28:32] = (10).to_bytes(4, "big")
     header[24:28] = header[92:96] = (7).to_bytes(4, "big")
-    assert backup.database_bytes(bytes(header), TWO_TB) == 10 * 4096  # a sparse tail is not copied
+    assert take.database_bytes(bytes(header), TWO_TB) == 10 * 4096  # a sparse tail is not copied
     header[92:96] = (6).to_bytes(4, "big")  # in-header count not valid: SQLite goes by the file size
-    assert backup.database_bytes(bytes(header), 5 * 4096 + 1) == 6 * 4096
+    assert take.database_bytes(bytes(header), 5 * 4096 + 1) == 6 * 4096
     header[16:18] = (1).to_bytes(2, "big")  # 1 means 65536
-    assert backup.database_bytes(bytes(header), 65536) == 65536
+    assert take.database_bytes(bytes(header), 65536) == 65536
     header[16:18] = (1000).to_bytes(2, "big")  # not a power of two: not a database header
-    assert backup.database_bytes(bytes(header), 12345) == 12345
+    assert take.database_bytes(bytes(header), 12345) == 12345
 
 
 @needs_root

@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from runner import backup, proc, stage
+from runner import proc, stage
+from runner.backups import restore, take, trees
 from runner.config import ConfigError, load_config
 from runner.stage import StageError
 from tests.sim import builds
@@ -153,12 +154,12 @@ def test_a_sparse_huge_backup_is_refused_by_size_without_hashing(tmp_path, monke
     ud = tmp_path / "home" / "alice" / ".t3" / "userdata"
     ud.mkdir(parents=True)
     dbgen.make_database(ud / "state.sqlite", 30, threads=1)
-    [record] = backup.backup_user_databases("alice", ud, tmp_path / "backups", V24, sqlite3="/usr/bin/sqlite3")
+    [record] = take.backup_user_databases("alice", ud, tmp_path / "backups", V24, sqlite3="/usr/bin/sqlite3")
     os.truncate(record.path, 4 * 2**40)  # 4 TiB, sparse: hashing it would take hours
     hashed = []
-    monkeypatch.setattr(backup, "sha256_fd", lambda fd: hashed.append(fd) or "x")
-    with pytest.raises(backup.BackupError, match="does not match its record"):
-        backup.restore_user_database(record, ud, tmp_path / "backups", failed_version="0.0.25",
+    monkeypatch.setattr(restore, "sha256_fd", lambda fd: hashed.append(fd) or "x")
+    with pytest.raises(trees.BackupError, match="does not match its record"):
+        restore.restore_user_database(record, ud, tmp_path / "backups", failed_version="0.0.25",
                                      sqlite3="/usr/bin/sqlite3")
     assert hashed == []
 
@@ -222,7 +223,7 @@ def gated(tmp_path):
     for dirpath, dirs, files in os.walk(home):
         for name in [".", *files]:
             os.chown(os.path.join(dirpath, name), ATTACKER.uid, ATTACKER.gid)
-    [record] = backup.backup_user_databases("alice", ud, tmp_path / "backups", V24, sqlite3="/usr/bin/sqlite3")
+    [record] = take.backup_user_databases("alice", ud, tmp_path / "backups", V24, sqlite3="/usr/bin/sqlite3")
     assert os.stat(record.path.parent).st_uid == ATTACKER.uid  # her dir: she can swap what is in it
     t3_bin = builds.install_layout(V24, "good-0.0.24", tmp_path / "release")
     state = tmp_path / "state"
@@ -306,7 +307,7 @@ def test_one_users_replaced_seed_leaves_that_user_unproven_and_the_others_gated(
     bob_ud = gated.root / "home" / "bob" / ".t3" / "userdata"
     bob_ud.mkdir(parents=True)
     dbgen.make_database(bob_ud / "state.sqlite", 30, threads=2, messages_per_thread=4)
-    [bob] = backup.backup_user_databases("bob", bob_ud, gated.root / "backups", V24, sqlite3="/usr/bin/sqlite3")
+    [bob] = take.backup_user_databases("bob", bob_ud, gated.root / "backups", V24, sqlite3="/usr/bin/sqlite3")
     _as_attacker("truncate", "-s", "0", str(gated.record.path))
     verdict = _check_health_within_deadline(gated, {"alice": [gated.record], "bob": [bob]})
     assert verdict.passed and verdict.report is not None, verdict.reason

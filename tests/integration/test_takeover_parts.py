@@ -140,7 +140,7 @@ def test_the_mint_command_imports_none_of_the_run_machinery(tmp_path):
 def test_daily_copies_are_pruned_among_themselves_never_a_prebump_restore_point(tmp_path):
     from datetime import datetime, timedelta, timezone
 
-    from runner import backup
+    from runner.backups import catalogue, take, trees
     from tests.sim import dbgen
 
     userdata = tmp_path / "home" / "alice" / ".t3" / "userdata"
@@ -150,18 +150,18 @@ def test_daily_copies_are_pruned_among_themselves_never_a_prebump_restore_point(
     dbgen.make_database(userdata / "state.sqlite", 30, threads=2, messages_per_thread=3)
     dbgen.make_database(userdata / "statev2.sqlite", 30, threads=1, messages_per_thread=2)
     dest, day = tmp_path / "backups", datetime(2026, 6, 1, 3, 30, tzinfo=timezone.utc)
-    prebump = backup.backup_user_databases("alice", userdata, dest, "0.0.24", keep=1, now=day)
+    prebump = take.backup_user_databases("alice", userdata, dest, "0.0.24", keep=1, now=day)
     for n in range(1, 4):
-        backup.backup_user_databases("alice", userdata, dest, "0.0.24", keep=2, kind="daily",
+        take.backup_user_databases("alice", userdata, dest, "0.0.24", keep=2, kind="daily",
                                      now=day + timedelta(days=n))
     names = sorted(p.name for p in (dest / "alice").glob("*.sqlite"))
     assert [n for n in names if "-daily-" in n] == [
         "state-daily-0.0.24-20260603T033000Z.sqlite", "state-daily-0.0.24-20260604T033000Z.sqlite",
         "statev2-daily-0.0.24-20260603T033000Z.sqlite", "statev2-daily-0.0.24-20260604T033000Z.sqlite"]
     assert {r.path.name for r in prebump} <= set(names)  # the restore points are all still there
-    assert backup.latest_backup(dest, "alice", "state.sqlite").path == prebump[0].path  # and still the newest
-    with pytest.raises(backup.BackupError, match="kind"):
-        backup.backup_user_databases("alice", userdata, dest, "0.0.24", kind="weekly")
+    assert catalogue.latest_backup(dest, "alice", "state.sqlite").path == prebump[0].path  # and still the newest
+    with pytest.raises(trees.BackupError, match="kind"):
+        take.backup_user_databases("alice", userdata, dest, "0.0.24", kind="weekly")
 
 
 def test_liveness_is_one_systemctl_call_per_poll():

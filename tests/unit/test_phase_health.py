@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gates.seeds import parse_seed_option
-from runner.backup import BackupRecord
+from runner.backups.catalogue import BackupRecord
 from runner.phases.health import health_seeds, seed_option
 
 

@@ -1,0 +1,92 @@
+"""The child processes of a backup or restore, run as the owner of the files: `sqlite3`
+(the online copy, the checks, the row counts), `dd` (byte copies and manifests, no-follow,
+exclusive create) and `mv` (renames replace a symlink, never write through it)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from runner import proc
+from runner.userfiles import UserFileError
+
+_TABLES_SQL = ("SELECT json_group_array(name) AS names FROM (SELECT name FROM sqlite_schema"
+               " WHERE type = 'table' AND name GLOB 'projection_*' ORDER BY name)")
+
+
+def _sql_path(path: Path) -> str:
+    text = str(path)
+    if any(c in text for c in "'\"\n\r\0"):
+        raise UserFileError(f"refusing path with a quote, newline or NUL in SQL: {text!r}")
+    return text
+
+
+class OwnerTools:
+    def __init__(self, owner: proc.UserIds, *, sqlite3: str, dd: str, mv: str, timeout: float, scratch: Path):
+        self.owner, self.timeout = owner, timeout
+        self.programs = {"sqlite3": sqlite3, "dd": dd, "mv": mv}
+        # sqlite's temporary files go to a directory on disk the owner can write, never /tmp.
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C",
+                    "SQLITE_TMPDIR": str(scratch), "TMPDIR": str(scratch)}
+
+    def run(self, argv: list[str], *, input: bytes | None = None) -> proc.Completed:
+        try:
+            return proc.run(argv, env=self.env, cwd="/", timeout=self.timeout, as_user=self.owner, input=input)
+        except proc.CommandError as exc:
+            hint = ""
+            if self.owner.uid != os.geteuid():
+                hint = f"; it ran as uid {self.owner.uid}, who must be able to reach every directory on its paths"
+            raise proc.CommandError(exc.argv, exc.exit_code, exc.stdout, exc.stderr,
+                                    reason=exc.reason + hint) from exc
+
+    def _sqlite(self, db: Path, *commands: str, readonly: bool = False) -> str:
+        argv = [self.programs["sqlite3"], "-bail", "-nofollow", "-init", "/dev/null"]
+        if readonly:
+            argv += ["-readonly", "-json"]
+        return self.run(argv + [str(db), *commands]).stdout
+
+    def vacuum_into(self, src: Path, dest: Path) -> None:
+        self._sqlite(src, ".timeout 5000", f"VACUUM INTO '{_sql_path(dest)}'")
+
+    def inspect(self, db: Path) -> tuple[list[str], list[str]]:
+        """(problems, projection tables). No problems means integrity_check and quick_check said ok."""
+        arrays = _json_arrays(self._sqlite(db, "PRAGMA integrity_check", "PRAGMA quick_check", _TABLES_SQL,
+                                           readonly=True))
+        if len(arrays) != 3:
+            raise UserFileError(f"unexpected output from sqlite3 checking {db}: {arrays!r}"[:500])
+        problems = []
+        for check, rows in zip(("integrity_check", "quick_check"), arrays):
+            answers = [str(v) for row in rows for v in row.values()]
+            if answers != ["ok"]:
+                problems.append(f"{check}: " + "; ".join(answers[:5]))
+        tables = json.loads(arrays[2][0]["names"])
+        return problems, tables
+
+    def counts(self, db: Path, tables: list[str]) -> dict[str, int]:
+        if not tables:
+            return {}
+        sql = " UNION ALL ".join(f'SELECT {i} AS i, count(*) AS n FROM "{t.replace(chr(34), chr(34) * 2)}"'
+                                 for i, t in enumerate(tables))
+        arrays = _json_arrays(self._sqlite(db, sql, readonly=True))
+        return {tables[row["i"]]: int(row["n"]) for row in arrays[0]}
+
+    def dd(self, dest: Path, *, src: Path | None = None, data: bytes | None = None) -> None:
+        argv = [self.programs["dd"], f"of={dest}", "bs=4M", "oflag=nofollow", "conv=excl,fsync", "status=none"]
+        if src is not None:
+            argv += [f"if={src}", "iflag=nofollow"]
+        self.run(argv, input=data)
+
+    def move(self, src: Path, dest: Path) -> None:
+        self.run([self.programs["mv"], "-f", "-T", "--", str(src), str(dest)])
+
+
+def _json_arrays(text: str) -> list[list[dict]]:
+    """sqlite3 -json prints one array per statement that returned rows."""
+    decoder, arrays, i = json.JSONDecoder(), [], 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return arrays
+        value, i = decoder.raw_decode(text, i)
+        arrays.append(value)
