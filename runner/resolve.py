@@ -159,8 +159,9 @@ def resolve_target(npm: str, package: str, tag: str, *, env: Mapping[str, str], 
     try:
         argv = npm_view_argv(npm, package, tag, work / "cache", fetch_timeout_ms=fetch_timeout_ms)
         try:
-            # cwd: an empty directory of our own, so no stray `.npmrc` applies.
-            done = proc.run(argv, env=env, cwd=work, timeout=timeout)
+            # cwd: an empty directory of our own, so no stray `.npmrc` applies. run_light: this
+            # is the only command of a run with nothing to do, which then never imports `sh`.
+            done = proc.run_light(argv, env=env, cwd=work, timeout=timeout)
         except proc.CommandError as exc:
             raise ResolveError(f"npm view {package}@{tag} failed ({exc.reason}): {_npm_failure(exc)}") from exc
     finally:
