@@ -18,6 +18,17 @@ def test_version_prints_the_installed_project_version(capsys):
     assert capsys.readouterr().out == f"t3-autoupdate {declared}\n"
 
 
+def test_only_version_looks_the_version_up(monkeypatch, capsys):
+    """Every other command skips the lookup (importlib.metadata): part of each start-up."""
+    def lookup():
+        raise AssertionError("the installed version was looked up")
+
+    monkeypatch.setattr(cli, "project_version", lookup)
+    assert cli.build_parser().parse_args(["status"]).command == "status"
+    monkeypatch.undo()
+    assert cli.main(["--version"]) == 0 and capsys.readouterr().out.startswith("t3-autoupdate ")
+
+
 def test_version_needs_no_config_and_reaches_the_shell(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "T3_CONFIG": str(tmp_path / "missing.toml")}  # would be a config error
     done = subprocess.run([sys.executable, "-m", "runner.cli", "--version"], env=env, cwd=PROJECT_ROOT,
