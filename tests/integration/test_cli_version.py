@@ -46,3 +46,12 @@ def test_the_listing_orders_versions_by_precedence(tmp_path):
         quarantine_build(tmp_path, version, reason="r", report_path=None, run_id="x")
     assert [line.split("\t")[0] for line in listing_lines(tmp_path)] == [
         "0.0.25", "0.0.26-nightly.20260610.9", "0.0.26-nightly.20260610.10"]
+
+
+def test_a_run_starts_without_the_http_and_sh_machinery():
+    """What a run with nothing to do imports (lock, recover, freeze, resolve, decide) leaves
+    out requests (only waits for instances use it) and sh (npm view goes through run_light)."""
+    code = ("import sys, runner.cli, runner.context, runner.recover, runner.tracker; "
+            "print(sorted(m for m in ('requests', 'sh', 'importlib.metadata') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
