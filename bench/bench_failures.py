@@ -29,7 +29,7 @@ from tests.sim import builds  # noqa: E402
 #: The original bash tracker on the same simulated builds (issue 12's table), seconds.
 ORIGINAL = {"crash": 32.9, "never-ready": 31.6, "slow-good": 37.4}
 SLOW_VERSION = "0.0.30-nightly.20260701.800"  # newer than every catalogue V1 build
-MARKS = [("update start", "UPDATE START"), ("backups done (last BACKED UP)", "BACKED UP"),
+MARKS = [("update start", "UPDATE START"), ("backups done (last BACKED UP)", "BACKED UP", True),
          ("health verdict", "HEALTH-CHECK"), ("first user restarted", "RESTARTED"), ("end", "update complete")]
 
 
@@ -56,7 +56,7 @@ def failure_case(name: str, version: str, ready_timeout: float, show_commands: b
         print(f"    {run.line('HEALTH-CHECK')[:150]}")
         if show_commands:
             print_commands(run)
-        return {"case": name, "seconds": run.seconds, "exit": run.exit_code, "gate": gate,
+        return {"case": name, "seconds": run.seconds, "cpu": run.cpu, "exit": run.exit_code, "gate": gate,
                 "before_gate": (health - gate) if health is not None and gate is not None else None, **marks}
 
 
@@ -69,7 +69,7 @@ def slow_good_case(delay: float, show_commands: bool) -> dict:
         if show_commands:
             print_commands(run)
         gate = next((took for _, took, what in run.commands if "test_health.py" in what), None)
-        return {"case": "slow-good", "seconds": run.seconds, "exit": run.exit_code, "gate": gate,
+        return {"case": "slow-good", "seconds": run.seconds, "cpu": run.cpu, "exit": run.exit_code, "gate": gate,
                 "restarts": restarts, **phase_marks(run)}
 
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     if "slow-good" in cases:
         results.append(slow_good_case(delay, args.commands))
 
-    print(f"\n{'run':<12} {'exit':>4} {'whole s':>8} {'gate s':>7} {'floor of the gate':<32} {'original s':>10}")
+    print(f"\n{'run':<12} {'exit':>4} {'whole s':>8} {'CPU s':>6} {'gate s':>7} {'floor of the gate':<36} {'original s':>10}")
     for r in results:
         gate = "-" if r["gate"] is None else f"{r['gate']:.2f}"
         if r["case"] == "crash":
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
             floor = f"one server's readiness: {delay:g} s"
         original = ORIGINAL[r["case"]] if (r["case"] != "never-ready" or ready_timeout == 30) and (
             r["case"] != "slow-good" or delay == 8) else None
-        print(f"{r['case']:<12} {r['exit']:>4} {r['seconds']:>8.2f} {gate:>7} {floor:<32} "
+        print(f"{r['case']:<12} {r['exit']:>4} {r['seconds']:>8.2f} {r['cpu']:>6.2f} {gate:>7} {floor:<36} "
               f"{'-' if original is None else original:>10}")
     return 0
 

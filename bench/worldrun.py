@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,7 @@ class TimedRun:
     seconds: float
     lines: list[tuple[float, str]]  # (seconds since start, outcome line)
     commands: list[tuple[float, float, str]]  # (start, seconds, argv[0] and first word) from the trace
+    cpu: float = 0.0  # CPU seconds (user + system) of the run and everything it waited for: hardly moved by load
 
     def at(self, prefix: str, last: bool = False) -> float | None:
         """When the first (or last) outcome line starting with `prefix` was printed."""
@@ -86,6 +88,7 @@ def run_tracker(world: World, *args: str, timeout: float = 900, trace: bool = Tr
         argv = [world.tracker_bin, *args]
     run_env = world.runner_env(**env)
     run_env["PYTHONPATH"] = str(ROOT)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started, wall_start = time.monotonic(), time.time()
     child = subprocess.Popen(argv, env=run_env, cwd=world.root, stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -98,8 +101,10 @@ def run_tracker(world: World, *args: str, timeout: float = 900, trace: bool = Tr
             break
     code = child.wait(timeout=max(1.0, deadline - time.monotonic()))
     seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     commands = read_trace(trace_file, wall_start) if trace and trace_file.exists() else []
-    return TimedRun(code, seconds, lines, commands)
+    return TimedRun(code, seconds, lines, commands, cpu)
 
 
 def read_trace(path: Path, wall_start: float) -> list[tuple[float, float, str]]:
@@ -120,11 +125,11 @@ def read_trace(path: Path, wall_start: float) -> list[tuple[float, float, str]]:
     return commands
 
 
-def print_run(title: str, run: TimedRun, marks: list[tuple[str, str]]) -> None:
-    """The run's total and its phase marks (outcome lines), one per line."""
-    print(f"  {title}: exit {run.exit_code}, {run.seconds:.2f} s")
-    for label, prefix in marks:
-        moment = run.at(prefix)
+def print_run(title: str, run: TimedRun, marks: list[tuple]) -> None:
+    """The run's total and its phase marks: (label, outcome line prefix[, the last such line])."""
+    print(f"  {title}: exit {run.exit_code}, {run.seconds:.2f} s, CPU {run.cpu:.2f} s")
+    for label, prefix, *last in marks:
+        moment = run.at(prefix, last=bool(last and last[0]))
         print(f"    {label:<34} {'-' if moment is None else f'{moment:6.2f} s'}")
 
 
