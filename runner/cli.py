@@ -36,9 +36,21 @@ def project_version() -> str:
         return "(unknown: the package is not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, the installed version looked up only when asked: the lookup (importlib.metadata
+    and a scan of the installed distributions) is a good part of every other command's start-up."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {project_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t3-autoupdate", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {project_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="one gated tracker run (the default; what the timer runs)").set_defaults(func=run.cmd_run)
     sub.add_parser("dry-run", help="resolve, stage in a temp prefix, health gate; change nothing").set_defaults(

@@ -23,8 +23,6 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Mapping
 
-import requests
-
 from . import proc
 from .units import serve_unit_name
 from .usermap import OS_USER_RE
@@ -255,6 +253,8 @@ def wait_serving(port: int, timeout: float, *, is_alive: Callable[[], bool],
     that is not a JSON object raises at once too. Connection errors and other statuses
     are polled through until `timeout` seconds pass (then NotServing).
     """
+    import requests  # here: a run with nothing to do builds Services but never waits (~0.1 s of start-up)
+
     url = environment_url(port)
     deadline = time.monotonic() + timeout
     last = "no answer yet"

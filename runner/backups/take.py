@@ -2,8 +2,9 @@
 
 A backup is `VACUUM INTO` a temporary name (one read transaction: a consistent snapshot
 that includes committed WAL content and never blocks the running serve), checked with
-`PRAGMA integrity_check` and `quick_check`, counted (`projection_*` rows), hashed, fsynced,
-then renamed to its catalogue name (`runner.backups.catalogue`) after its manifest is
+`PRAGMA integrity_check`, counted (`projection_*` rows: the same two sqlite3 processes, run as
+the owner, copy and list the source's tables, then check the copy and count them), hashed and
+fsynced by root meanwhile, then renamed to its catalogue name (`runner.backups.catalogue`) after its manifest is
 written. Free space is checked first, by page count x page size (not the file's size).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -86,6 +88,29 @@ def _write_manifest(tools: OwnerTools, bdir: OpenDir, backup_name: str, content:
     return name
 
 
+class _HashAndSync:
+    """sha256 of the file behind `fd`, then fsync, in a thread of its own (hashlib and the
+    reads release the GIL); `result()` waits and returns the digest or raises its error."""
+
+    def __init__(self, fd: int):
+        self._digest, self._error = None, None
+        self._thread = threading.Thread(target=self._work, args=(fd,), name="backup-sha256", daemon=True)
+        self._thread.start()
+
+    def _work(self, fd: int) -> None:
+        try:
+            self._digest = sha256_fd(fd)
+            os.fsync(fd)
+        except OSError as exc:
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._digest
+
+
 def copy_into_backup_dir(tools: OwnerTools, src: Path, bdir: OpenDir, final: str, *, require_ok: bool,
                           manifest: Callable[[_Copy], dict] | None = None) -> _Copy:
     """Online copy of the database `src` to `bdir/final`, verified, hashed, fsynced, renamed."""
@@ -95,23 +120,25 @@ def copy_into_backup_dir(tools: OwnerTools, src: Path, bdir: OpenDir, final: str
     leftovers, fd = [tmp, tmp + "-journal"], None
     try:
         started = time.monotonic()
-        tools.vacuum_into(src, bdir.path / tmp)
+        tables = tools.vacuum_into(src, bdir.path / tmp)
         copied = time.monotonic()
         fd = open_file_at(bdir.fd, tmp, bdir.path / tmp)
         take_ownership(fd, tools.owner, bdir.path / tmp)
+        # Root hashes and syncs the copy (by descriptor) while the owner's sqlite3 checks and
+        # counts it: both read the same pages, so on a large database the two overlap.
+        hashed = _HashAndSync(fd)
         problems, counts = [], None
         try:
-            problems, tables = tools.inspect(bdir.path / tmp)
-            if not problems:
-                counts = tools.counts(bdir.path / tmp, tables)
+            problems, counts = tools.check_and_count(bdir.path / tmp, tables)
         except (proc.CommandError, UserFileError) as exc:
-            problems = problems or [f"check failed: {exc}"]
+            problems = [f"check failed: {exc}"]
+        finally:
+            digest = hashed.result()
         if problems and require_ok:
             raise UserFileError(f"the copy failed verification: {' | '.join(problems)}")
         # (A copy kept aside is kept even when it does not check out: it may hold the only newer rows.)
-        facts = _Copy(os.fstat(fd).st_size, sha256_fd(fd), counts, problems,
+        facts = _Copy(os.fstat(fd).st_size, digest, None if problems else counts, problems,
                       copied - started, time.monotonic() - copied)
-        os.fsync(fd)
         if manifest is not None:
             leftovers.append(manifest_name(final))
             _write_manifest(tools, bdir, final, manifest(facts))

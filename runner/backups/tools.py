@@ -39,36 +39,49 @@ class OwnerTools:
             raise proc.CommandError(exc.argv, exc.exit_code, exc.stdout, exc.stderr,
                                     reason=exc.reason + hint) from exc
 
-    def _sqlite(self, db: Path, *commands: str, readonly: bool = False) -> str:
+    def _sqlite(self, db: Path, *commands: str, readonly: bool = False, json_out: bool = False) -> str:
         argv = [self.programs["sqlite3"], "-bail", "-nofollow", "-init", "/dev/null"]
         if readonly:
-            argv += ["-readonly", "-json"]
+            argv += ["-readonly"]
+        if readonly or json_out:
+            argv += ["-json"]
         return self.run(argv + [str(db), *commands]).stdout
 
-    def vacuum_into(self, src: Path, dest: Path) -> None:
-        self._sqlite(src, ".timeout 5000", f"VACUUM INTO '{_sql_path(dest)}'")
+    def vacuum_into(self, src: Path, dest: Path) -> list[str]:
+        """Copy `src` online into `dest`; returns the source's projection tables, read by the
+        same process (what `check_and_count` then expects to find in the copy)."""
+        arrays = _json_arrays(self._sqlite(src, ".timeout 5000", f"VACUUM INTO '{_sql_path(dest)}'", _TABLES_SQL,
+                                           json_out=True))
+        try:
+            (rows,) = arrays
+            return list(json.loads(rows[0]["names"]))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UserFileError(f"unexpected output from sqlite3 copying {src} ({exc}): {arrays!r}"[:500]) from None
 
     def inspect(self, db: Path) -> tuple[list[str], list[str]]:
-        """(problems, projection tables). No problems means integrity_check and quick_check said ok."""
-        arrays = _json_arrays(self._sqlite(db, "PRAGMA integrity_check", "PRAGMA quick_check", _TABLES_SQL,
-                                           readonly=True))
-        if len(arrays) != 3:
+        """(problems, projection tables). No problems means integrity_check said ok (it does all
+        that quick_check does and more: quick_check alone would only repeat part of it)."""
+        arrays = _json_arrays(self._sqlite(db, "PRAGMA integrity_check", _TABLES_SQL, readonly=True))
+        if len(arrays) != 2:
             raise UserFileError(f"unexpected output from sqlite3 checking {db}: {arrays!r}"[:500])
-        problems = []
-        for check, rows in zip(("integrity_check", "quick_check"), arrays):
-            answers = [str(v) for row in rows for v in row.values()]
-            if answers != ["ok"]:
-                problems.append(f"{check}: " + "; ".join(answers[:5]))
-        tables = json.loads(arrays[2][0]["names"])
-        return problems, tables
+        return _integrity_problems(arrays[0]), json.loads(arrays[1][0]["names"])
 
-    def counts(self, db: Path, tables: list[str]) -> dict[str, int]:
-        if not tables:
-            return {}
-        sql = " UNION ALL ".join(f'SELECT {i} AS i, count(*) AS n FROM "{t.replace(chr(34), chr(34) * 2)}"'
-                                 for i, t in enumerate(tables))
-        arrays = _json_arrays(self._sqlite(db, sql, readonly=True))
-        return {tables[row["i"]]: int(row["n"]) for row in arrays[0]}
+    def check_and_count(self, db: Path, tables: list[str]) -> tuple[list[str], dict[str, int]]:
+        """`inspect` and the row count of each of `tables` in one process: (problems, counts).
+        The copy's projection tables must be exactly `tables` (the source's), else a problem."""
+        commands = ["PRAGMA integrity_check", _TABLES_SQL] + ([_counts_sql(tables)] if tables else [])
+        arrays = _json_arrays(self._sqlite(db, *commands, readonly=True))
+        try:
+            if len(arrays) != len(commands):
+                raise ValueError("not one answer per statement")
+            problems = _integrity_problems(arrays[0])
+            found = json.loads(arrays[1][0]["names"])
+            counts = {tables[row["i"]]: int(row["n"]) for row in arrays[2]} if tables else {}
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UserFileError(f"unexpected output from sqlite3 checking {db} ({exc}): {arrays!r}"[:500]) from None
+        if found != tables:
+            problems.append(f"the copy's projection tables {found} are not the source's {tables}")
+        return problems, counts
 
     def dd(self, dest: Path, *, src: Path | None = None, data: bytes | None = None) -> None:
         argv = [self.programs["dd"], f"of={dest}", "bs=4M", "oflag=nofollow", "conv=excl,fsync", "status=none"]
@@ -78,6 +91,16 @@ class OwnerTools:
 
     def move(self, src: Path, dest: Path) -> None:
         self.run([self.programs["mv"], "-f", "-T", "--", str(src), str(dest)])
+
+
+def _integrity_problems(rows: list[dict]) -> list[str]:
+    answers = [str(v) for row in rows for v in row.values()]
+    return [] if answers == ["ok"] else ["integrity_check: " + "; ".join(answers[:5])]
+
+
+def _counts_sql(tables: list[str]) -> str:
+    return " UNION ALL ".join(f'SELECT {i} AS i, count(*) AS n FROM "{t.replace(chr(34), chr(34) * 2)}"'
+                              for i, t in enumerate(tables))
 
 
 def _json_arrays(text: str) -> list[list[dict]]:

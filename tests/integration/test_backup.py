@@ -297,10 +297,35 @@ def test_failed_copy_is_removed_and_named(t):
 def test_copy_failing_integrity_check_is_refused_and_removed(t):
     fake = _fake_sqlite3(t, """case "$*" in
   *integrity_check*) echo '[{"integrity_check":"*** in database main ***"},{"integrity_check":"Page 7: btree bad"}]'
-                     echo '[{"quick_check":"ok"}]'; echo '[{"names":"[]"}]';;
+                     /usr/bin/sqlite3 "$@" | tail -n +2;;  # the real answers after the first
   *) exec /usr/bin/sqlite3 "$@";;
 esac""")
     with pytest.raises(BackupError, match=r"alice: .*failed verification: integrity_check: .*btree bad"):
+        _backup(t, sqlite3=fake)
+    assert list(t.bdir.iterdir()) == []
+
+
+def test_copy_whose_tables_differ_from_the_source_is_refused_and_removed(t):
+    # The copy and the source's table list come from one process, the check and the counts
+    # from another: a copy that lacks a projection table the source has is not a backup.
+    fake = _fake_sqlite3(t, """case "$*" in
+  *integrity_check*) echo '[{"integrity_check":"ok"}]'; echo '[{"names":"[\\"projection_threads\\"]"}]'
+                     echo '[{"i":0,"n":4}]';;
+  *) exec /usr/bin/sqlite3 "$@";;
+esac""")
+    with pytest.raises(BackupError, match=r"failed verification: the copy's projection tables \['projection_threads'\]"
+                                          r" are not the source's \[.*'projection_thread_messages'"):
+        _backup(t, sqlite3=fake)
+    assert list(t.bdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("answer", ["[]", '[{"integrity_check":"ok"}]\n[{"other":1}]', "[{}]\n[]\n[]"])
+def test_unexpected_check_output_is_a_backup_error_not_a_crash(t, answer):
+    fake = _fake_sqlite3(t, f"""case "$*" in
+  *integrity_check*) printf '%s\\n' '{answer}';;
+  *) exec /usr/bin/sqlite3 "$@";;
+esac""")
+    with pytest.raises(BackupError, match=r"alice: .*failed verification: check failed: unexpected output"):
         _backup(t, sqlite3=fake)
     assert list(t.bdir.iterdir()) == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner.gaterun import run_gate
+from runner.phases.health import PYTEST_OPTIONS
 from tests.sim import builds, dbgen
 from tests.sim.world import GATE_UID
 
@@ -20,7 +21,7 @@ def seed_db(tmp_path_factory):
 
 def health(tmp_path, version, seed_db, *, host="0.0.0.0", ready_timeout=5, **extra):
     t3_bin = builds.install_layout(version, builds.profile_for(version), tmp_path / "release")
-    options = {"--t3-bin": t3_bin, "--seed-db": seed_db, "--scratch": tmp_path / "scratch", "--gate-user": GATE_UID,
+    options = {**PYTEST_OPTIONS, "--t3-bin": t3_bin, "--seed-db": seed_db, "--scratch": tmp_path / "scratch", "--gate-user": GATE_UID,
                "--serve-host": host, "--smoke-port": 0, "--ready-timeout": ready_timeout,
                "--cookie-name": "t3_session", **extra}
     (tmp_path / "scratch").mkdir()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -80,6 +81,17 @@ def test_resolve_sees_the_tag_and_its_publish_time(sim):
     young = decide(target, min_age=6 * 3600, now=T28 + timedelta(hours=1), **common)
     old = decide(target, min_age=6 * 3600, now=T28 + timedelta(hours=7), **common)
     assert (young.action, young.code, old.action, old.code) == ("hold", "too-young", "install", "newer")
+
+
+def test_resolving_starts_npm_without_the_sh_machinery(sim):
+    """npm view is the only command of a run with nothing to do: it must not pay for
+    importing `sh` (and asyncio with it), measured in bench/bench_noop.py."""
+    sim.publish("good-0.0.28", published_at=T28)
+    code = ("import sys; from pathlib import Path; from runner.resolve import resolve_target; "
+            f"t = resolve_target('npm', 't3', 'nightly', env={sim.env!r}, scratch_dir=Path({str(sim.scratch)!r})); "
+            "print(t.version, 'sh' in sys.modules)")
+    done = proc.run([sys.executable, "-c", code], env=sim.env, cwd=sim.root, timeout=60)
+    assert done.stdout.split() == [V28, "False"]
 
 
 @pytest.mark.parametrize("max_age", [None, 300])
