@@ -66,7 +66,7 @@ def cmd_status(cfg: Config, args, events: EventLog) -> int:
 
 def cmd_verify(cfg: Config, args, events: EventLog) -> int:
     from .gaterun import run_gate
-    from .rollout import canary_options
+    from .phases.canary import canary_options
     from .state import new_run_id
 
     run_dir = cfg.runs_dir / f"verify-{new_run_id()}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import activate, backup
 from .context import RunContext
 from .gaterun import run_gate
-from .rollout import busy_reason, canary_options, move_and_restart, roll_back_users
+from .phases.canary import busy_reason, canary_options, move_and_restart, roll_back_users
 from .services import unit_of
 from .recover import locked_and_recovered
 from .state import new_run_id, read_freeze, read_text_or_none

@@ -21,7 +21,7 @@ import sys
 
 from . import activate, backup
 from .context import RunContext
-from .rollout import roll_back_users
+from .phases.canary import roll_back_users
 from .recover import locked_and_recovered
 from .state import read_text_or_none, write_freeze
 from .versions import VersionError, compare, sort_versions, validate_version

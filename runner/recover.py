@@ -22,7 +22,7 @@ from . import activate, goodbuilds, release
 from .context import RunContext
 from .journal import Journal, clear_journal, load_journal
 from .phases.health import health_purpose
-from .rollout import roll_back_users
+from .phases.canary import roll_back_users
 from .scratch import remove_leftovers
 from .services import unit_of
 from .state import RunLock, write_freeze

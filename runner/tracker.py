@@ -14,7 +14,7 @@ from .context import RunContext
 from .journal import Journal, clear_journal
 from .phases.health import check_health
 from .recover import locked_and_recovered
-from .rollout import roll_back_users, roll_out
+from .phases.canary import roll_back_users, roll_out
 from .state import atomic_json, iso, new_run_id, read_freeze, read_text_or_none, write_freeze
 
 

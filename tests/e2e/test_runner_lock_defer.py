@@ -15,7 +15,7 @@ V24 = "0.0.24"
 V28 = builds.GOOD_VERSIONS["good-0.0.28"]
 
 # The real CLI, with the move's lock wait shortened from a minute to a second.
-SHORT_WAIT = "import sys, runner.rollout as r; r.MOVE_LOCK_WAIT = 1.0; from runner.cli import main; sys.exit(main())"
+SHORT_WAIT = "import sys, runner.phases.canary as r; r.MOVE_LOCK_WAIT = 1.0; from runner.cli import main; sys.exit(main())"
 
 
 def test_a_move_that_cannot_get_the_lock_defers_the_user(world):

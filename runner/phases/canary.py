@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import activate, activity, backup
-from .context import RunContext
-from .gaterun import run_gate
-from .journal import Journal
-from .mint import MINT_TIMEOUT
-from .services import unit_of, wait_serving
-from .userlock import UserLockTimeout, user_lock
+from .. import activate, activity, backup
+from ..context import RunContext
+from ..gaterun import run_gate
+from ..journal import Journal
+from ..mint import MINT_TIMEOUT
+from ..services import unit_of, wait_serving
+from ..userlock import UserLockTimeout, user_lock
 
 # How long a move waits for mints in flight to finish (the lock prefers the move: no new mint
 # starts meanwhile). Past it the user is deferred, never failed: a slow login is not a bad build.
