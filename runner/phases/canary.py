@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import activate, activity, backup
 from ..context import RunContext
-from ..gaterun import run_gate
+from ..gaterun import GateResult, start_gate
 from ..journal import Journal
 from ..mint import MINT_TIMEOUT
 from ..services import unit_of, wait_serving
@@ -63,6 +63,24 @@ def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int
     return serving
 
 
+def restart_and_gate(ctx: RunContext, os_user: str, release_dir: Path, port: int, version: str) -> GateResult:
+    """`move_and_restart`, then the user's canary gate through the real dispatch; the gate's
+    process is started before the stop and held at its start line until the instance serves,
+    so its start-up (most of a gate run's CPU) overlaps the restart instead of following it.
+    Every check still runs after the instance serves. A restart that fails (or a lock not
+    had) cancels the gate and raises."""
+    options = {**canary_options(ctx.cfg, version), "--users": ",".join(ctx.sso_names(os_user))}
+    gate = start_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env, timeout=ctx.cfg.gate_timeout,
+                      start_within=ctx.cfg.gate_timeout, label=f"canary-{os_user}")
+    try:
+        move_and_restart(ctx, os_user, release_dir, port)
+    except BaseException:
+        gate.cancel()
+        raise
+    gate.go()
+    return gate.result()
+
+
 def busy_reason(ctx: RunContext, os_user: str) -> str | None:
     """Why this user must not be restarted now, or None when idle. Unjudgeable counts as busy."""
     busy, reason = activity.assess_user(ctx.cfg.home_dir(os_user), ctx.cfg.userdata_dir(os_user),
@@ -99,7 +117,7 @@ def roll_out(ctx: RunContext, journal: Journal, release_dir: Path, *,
         journal.save(cfg.journal_path)  # recorded before the link moves: a crash here is undone
         failure = None
         try:
-            move_and_restart(ctx, os_user, release_dir, ports[os_user])
+            gate = restart_and_gate(ctx, os_user, release_dir, ports[os_user], journal.version)
         except UserLockTimeout as exc:  # raised before anything was stopped: nothing to undo
             journal.moving.remove(os_user)
             journal.save(cfg.journal_path)
@@ -108,9 +126,6 @@ def roll_out(ctx: RunContext, journal: Journal, release_dir: Path, *,
         except Exception as exc:  # noqa: BLE001 - any doubt is a failure
             failure = f"instance did not come back: {exc}; last log: {ctx.services.recent_log(unit_of(os_user))}"
         if failure is None:
-            options = {**canary_options(cfg, journal.version), "--users": ",".join(ctx.sso_names(os_user))}
-            gate = run_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env,
-                            timeout=cfg.gate_timeout, label=f"canary-{os_user}")
             result.reports.append(str(gate.report))
             if not gate.passed:
                 failure = f"canary gate failed: {gate.reason()}"
