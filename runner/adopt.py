@@ -18,7 +18,7 @@ from __future__ import annotations
 from . import activate
 from .context import RunContext
 from .gateuser import GateUserError, ensure_gate_user
-from .recover import locked_and_recovered
+from .phases.recover import locked_and_recovered
 from .stage import StageError, stage_for
 from .state import atomic_write, read_freeze, read_text_or_none
 from .takeover import legacy_restore_points, managed_by_project

@@ -65,15 +65,12 @@ def cmd_status(cfg: Config, args, events: EventLog) -> int:
 
 
 def cmd_verify(cfg: Config, args, events: EventLog) -> int:
-    from .gaterun import run_gate
-    from .phases.canary import canary_options
-    from .state import new_run_id
+    from .context import RunContext
+    from .phases.canary import canary_gate
 
-    run_dir = cfg.runs_dir / f"verify-{new_run_id()}"
-    options = canary_options(cfg)
-    if args.users:
-        options["--users"] = args.users
-    result = run_gate("canary", run_dir=run_dir, options=options, timeout=cfg.gate_timeout)
+    ctx = RunContext.build(cfg, events=events)
+    ctx.open_run_dir("verify")
+    result = canary_gate(ctx, users=args.users.split(",") if args.users else None)
     events("VERIFY " + ("PASSED" if result.passed else "FAILED"), tests=result.tests,
            reason=None if result.passed else result.reason(), report=str(result.report))
     return OK if result.passed else FAILED
@@ -135,7 +132,7 @@ def cmd_drain(cfg: Config, args, events: EventLog) -> int:
 
 def cmd_recover(cfg: Config, args, events: EventLog) -> int:
     from .context import RunContext
-    from .recover import locked_and_recovered
+    from .phases.recover import locked_and_recovered
 
     # What the tracker unit's ExecStopPost runs: a run killed mid-move is undone within
     # moments, not at the next night's run (a user would stay stopped until then).
@@ -331,7 +328,7 @@ def wire_outcomes(cfg: Config, command: str, events: EventLog):
 
 def dispatch_command(args, cfg: Config, events: EventLog) -> int:
     from .dispatchmap import DispatchMapError
-    from .recover import RecoveryFailed
+    from .phases.recover import RecoveryFailed
     from .state import LockBusy
     from .tracker import RunRefused
     from .versions import VersionError

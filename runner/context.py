@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config
 from .dispatchmap import load_ports
 from .events import EventLog
 from .services import Services
-from .state import utc_now
+from .state import new_run_id, utc_now
 
 
 @dataclass
@@ -22,7 +21,6 @@ class RunContext:
     run_id: str = ""
     run_dir: Path | None = None
     now: callable = utc_now
-    outcome: dict = field(default_factory=dict)
     port_map: dict[str, int] | None = None  # read once: see ports()
 
     @classmethod
@@ -40,5 +38,11 @@ class RunContext:
     def sso_names(self, os_user: str) -> list[str]:
         return sorted(sso for sso, user in self.cfg.users.items() if user == os_user)
 
-    def stamp(self) -> datetime:
-        return self.now()
+    def open_run_dir(self, kind: str = "") -> Path:
+        """This command's own directory under runs/ (`<kind>-<run id>`; a bump's is the bare run
+        id, the only kind `history` lists): its events.log, gate reports and details files."""
+        self.run_id = f"{kind}-{new_run_id(self.now())}" if kind else new_run_id(self.now())
+        self.run_dir = self.cfg.runs_dir / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.events.also_to(self.run_dir / "events.log")
+        return self.run_dir

@@ -2,19 +2,20 @@
 
 A deferred user owes a restart onto last-good, and so does a user whose running
 server is not on their link (after a takeover: still the old global `t3`). When they
-are idle now, the same safe routine as the canary runs for them alone: a fresh
-pre-bump backup, link switch, restart, canary gate; a failure puts them back with
+are idle now, the same per-user routine as the bump's canary runs for them alone: a
+fresh pre-bump backup, link switch, restart, canary gate; a failure puts them back with
 that backup.
 """
 from __future__ import annotations
 
 from . import activate, backup
 from .context import RunContext
-from .gaterun import run_gate
-from .phases.canary import busy_reason, canary_options, move_and_restart, roll_back_users
+from .phases.backup import back_up_user
+from .phases.canary import busy_reason, canary_user
+from .phases.recover import locked_and_recovered
+from .phases.resolve import frozen, installed_version
+from .phases.rollback import roll_back_users
 from .services import unit_of
-from .recover import locked_and_recovered
-from .state import new_run_id, read_freeze, read_text_or_none
 from .takeover import running_off_link
 from .userlock import UserLockTimeout
 
@@ -32,11 +33,9 @@ def off_link_users(ctx: RunContext, os_users) -> dict[str, str]:
 def drain_deferred(ctx: RunContext) -> int:
     cfg, events = ctx.cfg, ctx.events
     with locked_and_recovered(ctx):
-        freeze = read_freeze(cfg.freeze_file)
-        if freeze is not None:
-            events("FROZEN", reason=freeze.reason, freeze_file=str(cfg.freeze_file))
+        if frozen(ctx):
             return 0
-        good = read_text_or_none(cfg.last_good_path)
+        good = installed_version(ctx)
         if not good:
             return 0
         running = set(ctx.services.running_instances())
@@ -44,10 +43,7 @@ def drain_deferred(ctx: RunContext) -> int:
         pending = {**activate.deferred_users(cfg.deferred_dir), **off_link}
         if not pending:
             return 0
-        ctx.run_id = "drain-" + new_run_id(ctx.now())
-        ctx.run_dir = cfg.runs_dir / ctx.run_id
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        ports = ctx.ports()
+        ctx.open_run_dir("drain")
         failures = 0
         for os_user in sorted(pending):
             current = activate.release_of_link(cfg.active_link(os_user))
@@ -61,30 +57,20 @@ def drain_deferred(ctx: RunContext) -> int:
                 events("DEFERRED", user=os_user, version=good, reason=reason)
                 continue
             try:
-                records = backup.backup_user_databases(os_user, cfg.userdata_dir(os_user), cfg.backup_dest, good,
-                                                       sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
-                                                       keep=cfg.keep_backups, serving=current)
+                records = back_up_user(ctx, os_user, good)
             except backup.BackupError as exc:  # this user's problem: still owed, the others go on
                 events("DEFERRED", user=os_user, version=good, reason=f"backup failed: {exc}")
                 continue
-            failure = None
             try:
-                move_and_restart(ctx, os_user, cfg.release_dir(good), ports[os_user])
-                options = {**canary_options(cfg, good), "--users": ",".join(ctx.sso_names(os_user))}
-                gate = run_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env,
-                                timeout=cfg.gate_timeout, label=f"canary-{os_user}")
-                failure = None if gate.passed else gate.reason()
+                _report, failure = canary_user(ctx, os_user, cfg.release_dir(good), good)
             except UserLockTimeout as exc:  # nothing was stopped: still owed, try next time
                 events("DEFERRED", user=os_user, version=good, reason=f"logins kept the user lock: {exc}")
                 continue
-            except Exception as exc:  # noqa: BLE001 - any doubt is a failure
-                failure = str(exc)
             if failure is None:
                 activate.clear_deferred(cfg.deferred_dir, os_user)
                 events("DRAINED", user=os_user, version=good)
                 continue
             failures += 1
-            events("CANARY FAILED", user=os_user, version=good, reason=failure)
             roll_back_users(ctx, [os_user], good_release=cfg.release_dir(current), failed_version=good,
-                            backups={os_user: {r.db_name: str(r.path) for r in records}})
+                            backups={os_user: {r.db_name: str(r.path) for r in records}}, set_aside={})
         return 1 if failures else 0

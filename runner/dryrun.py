@@ -16,14 +16,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import backup, resolve
+from . import backup
 from .context import RunContext
 from .gatework import GateWork
-from .phases.health import check_health
 from .gateuser import GateUserError, gate_ids
+from .phases.health import check_health
+from .phases.resolve import installed_version, resolve_and_decide
+from .resolve import ResolveError
 from .scratch import ScratchError, private_scratch
 from .stage import StageError, stage_release
-from .state import new_run_id, read_text_or_none, read_freeze
+from .state import read_freeze
 
 
 def preview_seeds(cfg, version: str, seeds_dir: Path) -> dict[str, list]:
@@ -48,19 +50,13 @@ def preview_seeds(cfg, version: str, seeds_dir: Path) -> dict[str, list]:
 
 def dry_run(ctx: RunContext, *, stdout) -> int:
     cfg, events = ctx.cfg, ctx.events
-    installed = read_text_or_none(cfg.last_good_path)
     try:
-        target = None if cfg.pin else resolve.resolve_target(cfg.npm, cfg.package, cfg.track, env=ctx.env,
-                                                             scratch_dir=Path(cfg.tmpdir))
-    except resolve.ResolveError as exc:
+        _target, decision = resolve_and_decide(ctx, installed_version(ctx))
+    except ResolveError as exc:
         events("RESOLVE FAILED", track=cfg.track, reason=str(exc))
         return 1
-    version = cfg.pin or target.version
-    decision = resolve.decide(target, installed=installed, track=cfg.track, pin=cfg.pin, quarantined=set(),
-                              min_age=cfg.min_age, now=ctx.now())
-    ctx.run_id = "dry-run-" + new_run_id(ctx.now())
-    ctx.run_dir = cfg.runs_dir / ctx.run_id
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    version = decision.version  # the build a run would consider, even one it would hold
+    ctx.open_run_dir("dry-run")
     try:
         gate_user = gate_ids(cfg)
         with private_scratch(cfg, "dry-run", gate_user) as (work, gate_dir):

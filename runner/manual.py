@@ -21,8 +21,8 @@ import sys
 
 from . import activate, backup
 from .context import RunContext
-from .phases.canary import roll_back_users
-from .recover import locked_and_recovered
+from .phases.recover import locked_and_recovered
+from .phases.rollback import roll_back_users
 from .state import read_text_or_none, write_freeze
 from .versions import VersionError, compare, sort_versions, validate_version
 from .goodbuilds import record_last_good
@@ -84,6 +84,7 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
         write_freeze(cfg.freeze_file, f"manual rollback to {target}", by="t3-autoupdate rollback")
         events("FROZEN", reason=f"manual rollback to {target}", freeze_file=str(cfg.freeze_file))
         failed: set[str] = set()  # restore failed or impossible: not on the target, whatever the link says
+        set_aside: dict[str, list[str]] = {}
         for version, users in by_version.items():
             taken = {}
             for os_user in users:
@@ -100,7 +101,7 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
                 taken[os_user] = {record.db_name: str(record.path) for record in chosen}
             failed |= {u for u in users if u not in taken}
             failed |= set(roll_back_users(ctx, [u for u in users if u in taken], good_release=cfg.release_dir(target),
-                                          failed_version=version, backups=taken))
+                                          failed_version=version, backups=taken, set_aside=set_aside))
         moved = [u for us in by_version.values() for u in us]
         left = {u: v for u in moved if (v := activate.release_of_link(cfg.active_link(u))) != target or u in failed}
         if left:
@@ -115,7 +116,6 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
             return 1
         record_last_good(cfg, target)
         activate.point_bin_link(cfg.bin_link, cfg.release_dir(target))
-        set_aside = ctx.outcome.get("set_aside", {})
         events("ROLLED BACK", to=target, users=",".join(moved),
                set_aside=",".join(f"{u}:{p}" for u, ps in sorted(set_aside.items()) for p in ps) or None)
         return 0

@@ -5,34 +5,30 @@ only when that user is restarted, so a running server and its mints always
 agree on the build. Busy users are deferred, never killed. On the first canary
 failure every user moved in this run goes back to last-good *with* their
 databases restored from the pre-bump backup (an older binary on a migrated
-database breaks the next login: the 2026-06-09 failure).
+database breaks the next login: the 2026-06-09 failure; `phases/rollback.py`).
+
+`canary_user` is the one per-user routine (move, restart, gate) of the bump, the
+drainer and (its gate alone, on users as they are) `t3-autoupdate verify`.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import activate, activity, backup
+from .. import activate, activity
 from ..context import RunContext
-from ..gaterun import GateResult, start_gate
-from ..journal import Journal
+from ..gaterun import GateResult, run_gate, start_gate
+from ..journal import RunRecord, RunStopped, clear_journal
 from ..mint import MINT_TIMEOUT
 from ..services import unit_of, wait_serving
+from ..state import write_freeze
 from ..userlock import UserLockTimeout, user_lock
+from .rejection import count_rejection, quarantine
+from .rollback import roll_back_users
 
 # How long a move waits for mints in flight to finish (the lock prefers the move: no new mint
 # starts meanwhile). Past it the user is deferred, never failed: a slow login is not a bad build.
 MOVE_LOCK_WAIT = MINT_TIMEOUT
-
-
-@dataclass
-class RolloutResult:
-    moved: list[str] = field(default_factory=list)
-    deferred: dict[str, str] = field(default_factory=dict)
-    failed_user: str | None = None
-    failure: str = ""
-    reports: list[str] = field(default_factory=list)
 
 
 def canary_options(cfg, version: str | None = None) -> dict[str, str]:
@@ -63,24 +59,6 @@ def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int
     return serving
 
 
-def restart_and_gate(ctx: RunContext, os_user: str, release_dir: Path, port: int, version: str) -> GateResult:
-    """`move_and_restart`, then the user's canary gate through the real dispatch; the gate's
-    process is started before the stop and held at its start line until the instance serves,
-    so its start-up (most of a gate run's CPU) overlaps the restart instead of following it.
-    Every check still runs after the instance serves. A restart that fails (or a lock not
-    had) cancels the gate and raises."""
-    options = {**canary_options(ctx.cfg, version), "--users": ",".join(ctx.sso_names(os_user))}
-    gate = start_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env, timeout=ctx.cfg.gate_timeout,
-                      start_within=ctx.cfg.gate_timeout, label=f"canary-{os_user}")
-    try:
-        move_and_restart(ctx, os_user, release_dir, port)
-    except BaseException:
-        gate.cancel()
-        raise
-    gate.go()
-    return gate.result()
-
-
 def busy_reason(ctx: RunContext, os_user: str) -> str | None:
     """Why this user must not be restarted now, or None when idle. Unjudgeable counts as busy."""
     busy, reason = activity.assess_user(ctx.cfg.home_dir(os_user), ctx.cfg.userdata_dir(os_user),
@@ -88,122 +66,115 @@ def busy_reason(ctx: RunContext, os_user: str) -> str | None:
     return reason if busy else None
 
 
-def defer(ctx: RunContext, result: RolloutResult, os_user: str, version: str, reason: str) -> None:
-    activate.mark_deferred(ctx.cfg.deferred_dir, os_user, version=version, reason=reason)
-    result.deferred[os_user] = reason
-    ctx.events("DEFERRED", user=os_user, version=version, reason=reason)
+def canary_gate(ctx: RunContext, *, version: str | None = None, users: list[str] | None = None,
+                label: str = "canary") -> GateResult:
+    """`gates/test_canary.py` through the dispatch, on `users` (SSO names; all when None); with
+    `version`, every checked instance must run it. Reports go into the command's run dir."""
+    return run_gate("canary", run_dir=ctx.run_dir, options=_gate_options(ctx, version, users), env=ctx.env,
+                    timeout=ctx.cfg.gate_timeout, label=label)
 
 
-def roll_out(ctx: RunContext, journal: Journal, release_dir: Path, *,
-             not_backed_up: dict[str, str] | None = None) -> RolloutResult:
-    """Move every user through the canary; `not_backed_up` (user -> why) are deferred unmoved:
-    nobody moves without a pre-bump backup to come back to."""
+def _gate_options(ctx: RunContext, version: str | None, users: list[str] | None) -> dict[str, str]:
+    options = canary_options(ctx.cfg, version)
+    if users:
+        options["--users"] = ",".join(users)
+    return options
+
+
+def canary_user(ctx: RunContext, os_user: str, release_dir: Path, version: str) -> tuple[str | None, str | None]:
+    """Move one idle user onto `release_dir` and gate them: (the gate's junit report, or None
+    when it did not run; the failure, or None when they passed). Raises UserLockTimeout, before
+    anything was stopped, when logins kept the user lock (not a failure: try again later).
+
+    The gate's process starts before the stop and waits at its start line until the instance
+    serves, so its start-up (most of a gate run's CPU) overlaps the restart instead of following
+    it; every check still runs after the instance serves. A restart that fails cancels it."""
+    gate = start_gate("canary", run_dir=ctx.run_dir, options=_gate_options(ctx, version, ctx.sso_names(os_user)),
+                      env=ctx.env, timeout=ctx.cfg.gate_timeout, start_within=ctx.cfg.gate_timeout,
+                      label=f"canary-{os_user}")
+    try:
+        move_and_restart(ctx, os_user, release_dir, ctx.ports()[os_user])
+    except UserLockTimeout:
+        gate.cancel()
+        raise
+    except Exception as exc:  # noqa: BLE001 - any doubt is a failure
+        gate.cancel()
+        failure = f"instance did not come back: {exc}; last log: {ctx.services.recent_log(unit_of(os_user))}"
+        ctx.events("CANARY FAILED", user=os_user, version=version, reason=failure)
+        return None, failure
+    except BaseException:  # interrupted: the gate must not outlive the move it was to judge
+        gate.cancel()
+        raise
+    gate.go()
+    result = gate.result()
+    if not result.passed:
+        failure = f"canary gate failed: {result.reason()}"
+        ctx.events("CANARY FAILED", user=os_user, version=version, reason=failure)
+        return str(result.report), failure
+    ctx.events("CANARY PASSED", user=os_user, version=version)
+    return str(result.report), None
+
+
+def defer(ctx: RunContext, record: RunRecord, os_user: str, reason: str) -> None:
+    activate.mark_deferred(ctx.cfg.deferred_dir, os_user, version=record.version, reason=reason)
+    record.deferred[os_user] = reason
+    ctx.events("DEFERRED", user=os_user, version=record.version, reason=reason)
+
+
+def roll_out(ctx: RunContext, record: RunRecord, release_dir: Path) -> None:
+    """Move every user through the canary, into the run record (saved as the journal before each
+    link moves): who passed, who was deferred and why, and the first failure, which ends it.
+    The record's `unproven` users are deferred unmoved: nobody moves without a pre-bump backup
+    to come back to, or on data the health gate did not see."""
     cfg = ctx.cfg
-    result = RolloutResult()
-    ports = ctx.ports()  # as read at the run's start (RunContext.ports), before anyone moved
     running = set(ctx.services.running_instances())
     for os_user in cfg.os_users:
-        if os_user in (not_backed_up or {}):
-            defer(ctx, result, os_user, journal.version, not_backed_up[os_user])
-            continue
-        if os_user not in running:
-            defer(ctx, result, os_user, journal.version, "not running")
-            continue
-        reason = busy_reason(ctx, os_user)
+        reason = record.unproven.get(os_user) or ("not running" if os_user not in running
+                                                  else busy_reason(ctx, os_user))
         if reason:
-            defer(ctx, result, os_user, journal.version, reason)
+            defer(ctx, record, os_user, reason)
             continue
-        journal.moving.append(os_user)
-        journal.save(cfg.journal_path)  # recorded before the link moves: a crash here is undone
-        failure = None
+        record.moving.append(os_user)
+        record.save(cfg.journal_path)  # recorded before the link moves: a crash here is undone
         try:
-            gate = restart_and_gate(ctx, os_user, release_dir, ports[os_user], journal.version)
+            report, failure = canary_user(ctx, os_user, release_dir, record.version)
         except UserLockTimeout as exc:  # raised before anything was stopped: nothing to undo
-            journal.moving.remove(os_user)
-            journal.save(cfg.journal_path)
-            defer(ctx, result, os_user, journal.version, f"logins kept the user lock: {exc}")
+            record.moving.remove(os_user)
+            record.save(cfg.journal_path)
+            defer(ctx, record, os_user, f"logins kept the user lock: {exc}")
             continue
-        except Exception as exc:  # noqa: BLE001 - any doubt is a failure
-            failure = f"instance did not come back: {exc}; last log: {ctx.services.recent_log(unit_of(os_user))}"
-        if failure is None:
-            result.reports.append(str(gate.report))
-            if not gate.passed:
-                failure = f"canary gate failed: {gate.reason()}"
+        if report is not None:
+            record.canary_reports.append(report)
         if failure:
-            result.failed_user, result.failure = os_user, failure
-            ctx.events("CANARY FAILED", user=os_user, version=journal.version, reason=failure)
-            return result
-        journal.passed.append(os_user)
-        journal.save(cfg.journal_path)
+            record.failed_user, record.failure = os_user, failure
+            return
+        record.passed.append(os_user)
+        record.save(cfg.journal_path)
         activate.clear_deferred(cfg.deferred_dir, os_user)
-        result.moved.append(os_user)
-        ctx.events("CANARY PASSED", user=os_user, version=journal.version)
-    return result
 
 
-def backup_set(ctx: RunContext, os_user: str, taken: dict[str, str]) -> dict[str, backup.BackupRecord]:
-    """The records of a backup set named by paths (a journal's, or one `rollback --to` chose), each
-    read from its manifest; a path that is not a whole pre-bump backup of its database refuses."""
-    known = {str(r.path): r for r in backup.prebump_backups(ctx.cfg.backup_dest, os_user)} if taken else {}
-    records = {}
-    for db_name, path in sorted(taken.items()):
-        record = known.get(str(path))
-        if record is None or record.db_name != db_name:
-            raise backup.BackupError(f"{os_user}: {path} is not a whole pre-bump backup of {db_name} "
-                                     f"(missing, or no manifest); refusing to guess")
-        records[db_name] = record
-    return records
-
-
-def restore_databases(ctx: RunContext, os_user: str, failed_version: str,
-                      records: dict[str, backup.BackupRecord]) -> None:
-    """Make `records` (database name -> pre-bump backup, one backup set) the user's databases again:
-    restore every database in the set, and set aside every database that exists now but is not in
-    it (a `statev2.sqlite` when going back to a pre-V2 build: a pre-V2 build ignores it, and a later
-    re-upgrade must import the restored `state.sqlite` afresh). Replaced and set-aside files are
-    kept in the backup dir, named by `failed_version`; each is reported in an event and in the
-    run's outcome (`set_aside`)."""
+def undo_canary(ctx: RunContext, record: RunRecord) -> None:
+    """After a canary failure: quarantine and freeze, then every user moved in this run back on
+    last-good with their pre-bump databases. Always ends the run (RunStopped)."""
     cfg, events = ctx.cfg, ctx.events
-    userdata = cfg.userdata_dir(os_user)
-    for db_name, record in sorted(records.items()):
-        report = backup.restore_user_database(record, userdata, cfg.backup_dest, failed_version=failed_version,
-                                              sqlite3=cfg.sqlite3, timeout=cfg.backup_timeout,
-                                              keep=cfg.keep_backups)
-        events("RESTORED", user=os_user, database=db_name, backup=str(record.path),
-               kept_aside=str(report.kept_aside), rows_since_backup=report.rows_since_backup)
-    for db_name in backup.find_user_databases(userdata):
-        if db_name not in records:  # e.g. a statev2.sqlite the failed (or newer) build created
-            kept = backup.set_aside_database(os_user, userdata, cfg.backup_dest, db_name,
-                                             failed_version=failed_version, sqlite3=cfg.sqlite3,
-                                             timeout=cfg.backup_timeout, keep=cfg.keep_backups)
-            ctx.outcome.setdefault("set_aside", {}).setdefault(os_user, []).append(str(kept))
-            events("SET ASIDE", user=os_user, database=db_name, version=failed_version, kept_aside=str(kept),
-                   reason="not in the restored backup set")
-
-
-def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, failed_version: str,
-                    backups: dict[str, dict[str, str]]) -> list[str]:
-    """Put each user back on last-good with their pre-bump databases; returns the users that failed."""
-    cfg, events = ctx.cfg, ctx.events
-    ports = ctx.ports()
-    failed = []
-    for os_user in reversed(users):
-        unit = unit_of(os_user)
-        try:
-            # Refuse before stopping anything: a symlinked database, or a backup set that is not
-            # whole, would leave the user stopped with nothing restored.
-            backup.find_user_databases(cfg.userdata_dir(os_user))
-            records = backup_set(ctx, os_user, backups.get(os_user, {}))
-            # Mints wait while the database is replaced (they would open and migrate it).
-            with user_lock(cfg.state_dir, os_user, exclusive=True, timeout=MINT_TIMEOUT):
-                ctx.services.stop(unit)
-                # The link moves only once the databases are back: a failed restore never leaves
-                # the older build linked to data the newer one migrated.
-                restore_databases(ctx, os_user, failed_version, records)
-                activate.point_user(cfg.active_dir, os_user, good_release)
-                ctx.services.start(unit)
-                wait_serving(ports[os_user], cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
-        except Exception as exc:  # noqa: BLE001 - keep rolling back the others, then report loudly
-            failed.append(os_user)
-            events("ROLLBACK FAILED", user=os_user, version=failed_version, reason=str(exc))
-    return failed
+    users = list(record.moving)
+    reason = f"canary failed for {record.failed_user} on {record.version}: {record.failure}"
+    # Quarantine and freeze before the rollback: a run killed while rolling back is undone by
+    # the next run's recovery, which must then hold, not install the failed build again.
+    write_freeze(cfg.freeze_file, reason, by=f"t3-autoupdate run {ctx.run_id}")
+    quarantine(ctx, record.version, reason=reason, report=record.canary_reports[-1] if record.canary_reports else None)
+    record.rolling_back = users
+    record.save(cfg.journal_path)
+    failed = roll_back_users(ctx, users, good_release=cfg.release_dir(record.from_version),
+                             failed_version=record.version, backups=record.backups, set_aside=record.set_aside)
+    record.rolled_back = users
+    if failed:  # the journal keeps the record of who was moved: status shows it, the next command retries
+        record.rollback_failed, record.rolling_back = failed, []  # the others are back
+        record.save(cfg.journal_path)
+        events("ROLLBACK FAILED", version=record.version, users=",".join(failed), reason=reason)
+        raise RunStopped("rollback-failed", reason)
+    clear_journal(cfg.journal_path)  # before saying so: a run killed after this line is not undone twice
+    count_rejection(ctx, record.version, gate="canary", reason=record.failure)
+    events("ROLLED BACK", version=record.version, to=record.from_version, users=",".join(users), reason=reason)
+    events("FROZEN", reason=reason, freeze_file=str(cfg.freeze_file))
+    raise RunStopped("rolled-back", reason)

@@ -16,12 +16,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import goodbuilds
 from ..context import RunContext
 from ..gaterun import run_gate
 from ..gateuser import GateUserError
+from ..journal import RunRecord, RunStopped
 from ..livedb import V1_NAME, V2_NAME, live_database_name
 from ..scratch import ScratchError, private_scratch
 from ..userfiles import UserFileError, open_dir_at, open_file_at, open_trusted_dir
+from .rejection import count_rejection, quarantine
 
 NO_SEED = "no populated database to seed the health gate"
 
@@ -153,3 +156,24 @@ def check_health(ctx: RunContext, staged, records: dict[str, list]) -> HealthVer
     except (GateUserError, ScratchError, OSError) as exc:  # fail closed, never a hang or a follow
         return HealthVerdict(False, f"the health gate could not run: {exc}", None, build_judged=False)
     return HealthVerdict(gate.passed, gate.reason(), gate.report, unseeded=unseeded)
+
+
+def prove_candidate(ctx: RunContext, record: RunRecord, staged, taken: dict[str, list]) -> None:
+    """The health phase of a bump: the gate on this run's backups (`taken`). A failure stops the
+    run before anyone is touched: the build is quarantined when the gate judged it (a host
+    problem quarantines nothing) and its release removed. A user whose seed was refused joins
+    the record's `unproven`: deferred, never moved on data the gate did not see."""
+    verdict = check_health(ctx, staged, taken)
+    report = str(verdict.report) if verdict.report is not None else None
+    record.health_report = report
+    if verdict.failure:
+        if verdict.build_judged:
+            quarantine(ctx, record.version, reason=verdict.failure, report=report)
+        goodbuilds.remove_if_removable(ctx.cfg, record.version)  # never last-good's, the previous good's, or a user's
+        ctx.events("HEALTH-CHECK FAILED", version=record.version, reason=verdict.failure, report=report,
+                   quarantined="yes" if verdict.build_judged else "no")
+        if verdict.build_judged:
+            count_rejection(ctx, record.version, gate="health", reason=verdict.failure)
+        raise RunStopped("health-check-failed", verdict.failure)
+    ctx.events("HEALTH-CHECK PASSED", version=record.version, report=report)
+    record.unproven.update({u: f"health gate seed refused: {r}" for u, r in verdict.unseeded.items()})

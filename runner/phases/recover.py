@@ -18,14 +18,16 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
-from . import activate, goodbuilds, release
-from .context import RunContext
-from .journal import Journal, clear_journal, load_journal
-from .phases.health import health_purpose
-from .phases.canary import roll_back_users
-from .scratch import remove_leftovers
-from .services import unit_of
-from .state import RunLock, write_freeze
+from .. import activate, goodbuilds
+from ..context import RunContext
+from ..journal import RunRecord, clear_journal, load_journal
+from ..scratch import remove_leftovers
+from ..services import unit_of
+from ..stage import clean_staging
+from ..state import RunLock, write_freeze
+from .commit import commit
+from .health import health_purpose
+from .rollback import roll_back_users
 
 
 class RecoveryFailed(RuntimeError):
@@ -51,14 +53,12 @@ def still_on(ctx: RunContext, os_user: str, version: str) -> bool:
         return True
 
 
-def recover_unfinished_run(ctx: RunContext) -> Journal | None:
+def recover_unfinished_run(ctx: RunContext) -> RunRecord | None:
     cfg, events = ctx.cfg, ctx.events
     journal = load_journal(cfg.journal_path)
     if journal is None:
         return None
     if journal.phase == "commit":
-        from .tracker import commit
-
         commit(ctx, journal)
         events("RECOVERED", run=journal.run_id, phase=journal.phase, action="finished")
         return journal
@@ -76,7 +76,8 @@ def recover_unfinished_run(ctx: RunContext) -> Journal | None:
         journal.rolling_back = back
         journal.save(cfg.journal_path)
         failed = roll_back_users(ctx, back, good_release=cfg.release_dir(journal.from_version),
-                                 failed_version=journal.version, backups=journal.backups)
+                                 failed_version=journal.version, backups=journal.backups,
+                                 set_aside=journal.set_aside)
         if failed:
             reason = f"recovery of run {journal.run_id} could not roll back {','.join(failed)}"
             journal.rollback_failed, journal.rolling_back = failed, []  # the others are back
@@ -92,7 +93,7 @@ def recover_unfinished_run(ctx: RunContext) -> Journal | None:
         action = "discarded stage"
     if journal.release is not None or journal.phase in ("stage", "health", "canary"):
         goodbuilds.remove_if_removable(cfg, journal.version)  # never a good build's or a user's release
-    release.clean_staging(cfg.releases_dir)
+    clean_staging(cfg.releases_dir)
     # A health gate killed with the run leaves its private scratch (copies of users' databases)
     # behind: only `health-<run id>-*` directly below the root-owned scratch root is removed.
     if re.fullmatch(r"[0-9A-Za-z-]+", journal.run_id):
