@@ -107,6 +107,7 @@ class Run:
     phases: list[tuple[str, float]] = field(default_factory=list)  # journal phase, first seen at
     peak_rss_kb: int = 0
     stderr: list[str] = field(default_factory=list)
+    load: tuple[str, str] = ("", "")  # the machine's 1-minute load average at the start and the end
 
     def first(self, event: str) -> Line | None:
         return next((line for line in self.lines if line.event == event), None)
@@ -119,6 +120,14 @@ class Run:
 
     def phase_at(self, phase: str) -> float | None:
         return next((at for name, at in self.phases if name == phase), None)
+
+
+def load_average() -> str:
+    """The 1-minute load average: every figure here scales with it on a shared machine."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
 
 
 def _peak_rss_kb(pid: int) -> int | None:
@@ -136,7 +145,7 @@ def run_tracker(world: World) -> Run:
     """One real `t3-autoupdate` run: each stderr line stamped on arrival, the journal's phase
     and the tracker's peak RSS (VmHWM) sampled every 20 ms while it runs."""
     journal = world.state_dir / "journal"
-    run = Run(started=time.time())
+    run = Run(started=time.time(), load=(load_average(), ""))
     child = subprocess.Popen([sys.executable, "-m", "runner.cli"], env=world.runner_env(), cwd=world.root,
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -165,6 +174,7 @@ def run_tracker(world: World) -> Run:
             child.kill()
         tick.wait(0.02)
     run.ended, run.exit_code = time.time(), child.returncode
+    run.load = (run.load[0], load_average())
     reader.join(10)
     return run
 
@@ -263,8 +273,8 @@ def phase_rows(run: Run) -> list[tuple[str, float | None]]:
           "health_passed": health_passed.at if health_passed else None, "done": done.at if done else None}
     return [
         ("start, resolve (npm view)", span(run.started, at["update"])),
-        ("backups", span(at["update"], at["backed"])),
-        ("stage (npm pack, install, --version)", span(stage_at, health_at)),
+        ("backups (staging runs beside them)", span(at["update"], at["backed"])),
+        ("staging left after the backups", span(stage_at, health_at)),
         ("health gate", span(health_at, at["health_passed"])),
         ("canary, every user", span(at["health_passed"], at["done"])),
         ("commit, exit", span(at["done"], run.ended)),
@@ -307,7 +317,8 @@ class Case:
 def print_case(case: Case) -> None:
     run, floor = case.run, case.floor
     print(f"\n=== good bump 0.0.24 -> {TARGET}, {case.users} users, ready delay {case.delay:g} s: "
-          f"exit {run.exit_code}, {case.wall:.2f} s wall, tracker peak RSS {run.peak_rss_kb / 1024:.1f} MB")
+          f"exit {run.exit_code}, {case.wall:.2f} s wall, tracker peak RSS {run.peak_rss_kb / 1024:.1f} MB, "
+          f"load {run.load[0]} -> {run.load[1]} on {os.cpu_count()} CPUs")
     print(f"{'phase':<40} {'s':>7}")
     for name, seconds in phase_rows(run):
         print(f"{name:<40} {fmt(seconds)}")
