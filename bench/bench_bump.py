@@ -107,6 +107,7 @@ class Run:
     phases: list[tuple[str, float]] = field(default_factory=list)  # journal phase, first seen at
     peak_rss_kb: int = 0
     stderr: list[str] = field(default_factory=list)
+    cpu: float = 0.0  # CPU seconds of the run and every process it waited for
     load: tuple[str, str] = ("", "")  # the machine's 1-minute load average at the start and the end
 
     def first(self, event: str) -> Line | None:
@@ -160,7 +161,14 @@ def run_tracker(world: World) -> Run:
     reader.start()
     deadline = time.monotonic() + RUN_TIMEOUT
     tick = threading.Event()
-    while child.poll() is None:
+    while True:
+        # wait4, not poll: its rusage is the run's CPU time (the tracker and every process it
+        # waited for: npm, pytest, sqlite3, systemctl), which load hardly moves, unlike wall time.
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            run.cpu = usage.ru_utime + usage.ru_stime
+            break
         peak = _peak_rss_kb(child.pid)
         if peak:
             run.peak_rss_kb = max(run.peak_rss_kb, peak)
@@ -317,7 +325,7 @@ class Case:
 def print_case(case: Case) -> None:
     run, floor = case.run, case.floor
     print(f"\n=== good bump 0.0.24 -> {TARGET}, {case.users} users, ready delay {case.delay:g} s: "
-          f"exit {run.exit_code}, {case.wall:.2f} s wall, tracker peak RSS {run.peak_rss_kb / 1024:.1f} MB, "
+          f"exit {run.exit_code}, {case.wall:.2f} s wall, {run.cpu:.2f} CPU s, tracker peak RSS {run.peak_rss_kb / 1024:.1f} MB, "
           f"load {run.load[0]} -> {run.load[1]} on {os.cpu_count()} CPUs")
     print(f"{'phase':<40} {'s':>7}")
     for name, seconds in phase_rows(run):
@@ -348,14 +356,15 @@ def print_case(case: Case) -> None:
 def print_summary(cases: list[Case]) -> None:
     print(f"\n=== every case: wall vs floor; canary per user vs restart+readiness (target: excess <= 0.5 s)")
     print(f"{'users':>5} {'delay':>5} {'wall s':>7} {'floor s':>7} {'ratio':>6} {'canary s':>8} {'per user':>8} "
-          f"{'restart':>7} {'excess':>7} {'RSS MB':>7}")
+          f"{'restart':>7} {'excess':>7} {'RSS MB':>7} {'CPU s':>7} {'load':>11}")
     for case in cases:
         canary = next(s for name, s in phase_rows(case.run) if name.startswith("canary"))
         per_user = canary / case.users if canary is not None else None
         restart = statistics.median(case.floor.restarts.values())
         print(f"{case.users:>5} {case.delay:>5g} {case.wall:>7.2f} {case.floor.total:>7.2f} "
               f"{case.wall / case.floor.total:>6.2f} {fmt(canary, 8)} {fmt(per_user, 8)} {restart:>7.2f} "
-              f"{fmt(per_user - restart if per_user is not None else None)} {case.run.peak_rss_kb / 1024:>7.1f}")
+              f"{fmt(per_user - restart if per_user is not None else None)} {case.run.peak_rss_kb / 1024:>7.1f} "
+              f"{case.run.cpu:>7.2f} {case.run.load[0] + '->' + case.run.load[1]:>11}")
     for delay in sorted({c.delay for c in cases}):
         same = sorted((c for c in cases if c.delay == delay), key=lambda c: c.users)
         if len(same) >= 2:
