@@ -10,7 +10,9 @@ exits non-zero, and one summary line says PASS or FAIL.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,9 @@ OPTIONS = [
     ("--backup-dest", "backup_dest", "pre-bump backups (default: T3_BACKUP_DEST)"),
     ("--users", None, "comma-separated SSO users the canary checks (default: everyone in the user map)"),
     ("--canary-version", None, "version every canary instance must run (default: the release its link points to)"),
+    ("--start-when", None, "run no test until this file exists (the runner starts a gate early, so its start-up "
+     "overlaps the restart it waits for; default: start at once)"),
+    ("--start-within", None, "seconds --start-when may hold the gate; then it fails (default: 900)"),
 ]
 
 
@@ -128,6 +133,25 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("sso_user", users, ids=users, scope="module")
 
 
+def pytest_collection_finish(session):
+    """Hold a gate started early at its start line: imports and collection are done, no check
+    has run. A gate never told to start fails (it proved nothing)."""
+    go_file = session.config._t3_gate.get("--start-when")
+    if go_file is None:
+        return
+    within = float(session.config._t3_gate.get("--start-within") or 900)
+    deadline = time.monotonic() + within
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # what a reader of the gate's log (or a test) sees while it waits
+        reporter.write_line(f"T3-GATE HELD until {go_file} exists ({len(session.items)} tests collected)")
+        reporter.flush()
+    while not os.path.exists(go_file):
+        if time.monotonic() >= deadline:
+            pytest.exit(f"T3-GATE not started: {go_file} did not appear within {within:g}s", returncode=1)
+        time.sleep(START_POLL)
+
+
+START_POLL = 0.02  # the gate's start after go costs at most this
 _COUNTS = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
 
 

@@ -6,7 +6,10 @@ shows at least one test, every test passed, and a zero exit code.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +43,9 @@ class GateResult:
 
 def gate_argv(python: str, gate: str, *, junit: Path, options: Mapping[str, str], keyword: str | None = None,
               gates_dir: Path = GATES_DIR) -> list[str]:
-    argv = [python, "-m", "pytest", str(gates_dir / GATE_FILES[gate]), "--junitxml", str(junit), "-q"]
+    # pytest-timeout by name: the gate's environment turns plugin autoloading off (_gate_env).
+    argv = [python, "-m", "pytest", str(gates_dir / GATE_FILES[gate]), "--junitxml", str(junit), "-q",
+            "-p", "pytest_timeout"]
     for option, value in sorted(options.items()):
         argv += [option, str(value)]
     if keyword:
@@ -81,16 +86,89 @@ def run_gate(gate: str, *, run_dir: Path, options: Mapping[str, str], keyword: s
              env: Mapping[str, str] | None = None, timeout: float = 900.0, python: str = sys.executable,
              label: str | None = None) -> GateResult:
     label = label or (f"{gate}-{keyword}" if keyword else gate)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    junit = run_dir / f"junit-{label}.xml"
-    log = run_dir / f"gate-{label}.log"
+    junit, log = _report_paths(run_dir, label)
     argv = gate_argv(python, gate, junit=junit, options=options, keyword=keyword)
     try:
-        done = proc.run(argv, env=env, timeout=timeout, ok_codes=range(256), cwd=run_dir)
+        done = proc.run(argv, env=_gate_env(env), timeout=timeout, ok_codes=range(256), cwd=run_dir)
         exit_code, output = done.exit_code, done.stdout + done.stderr
     except proc.CommandError as exc:  # timed out or could not start: a failure, never a pass
         exit_code, output = exc.exit_code if exc.exit_code else 1, f"{exc}\n{exc.stdout}{exc.stderr}"
     log.write_text(output)
+    return gate_verdict(gate, exit_code, output, junit, log)
+
+
+class PendingGate:
+    """A gate process started ahead of its moment (`start_gate`): it has imported pytest and
+    the gate suite and collected its tests, and waits at its start line until `go()`. The
+    canary's gate is started before the user's stop, so its start-up (most of a gate run's
+    CPU) overlaps the restart instead of following it. Every check still runs after `go()`.
+
+    `result()` waits for the verdict (at most `timeout` seconds after `go()`, then it is
+    killed: a failure); `cancel()` ends a gate that will not be needed. A runner that dies
+    takes its pending gates with it (proc.spawn: they die with their parent)."""
+
+    def __init__(self, gate: str, popen, *, junit: Path, log: Path, go_file: Path, timeout: float):
+        self.gate, self._popen, self.junit, self.log = gate, popen, junit, log
+        self._go_file, self._timeout = go_file, timeout
+        self._went: float | None = None
+
+    def go(self) -> None:
+        fd = os.open(self._go_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        self._went = time.monotonic()
+
+    def cancel(self) -> None:
+        proc.terminate(self._popen, timeout=5)
+
+    def result(self) -> GateResult:
+        if self._went is None:
+            raise RuntimeError("result() of a gate never told to go")
+        left = self._timeout - (time.monotonic() - self._went)
+        try:
+            exit_code = self._popen.wait(max(0.0, left))
+            prefix = ""
+        except subprocess.TimeoutExpired:
+            proc.terminate(self._popen, timeout=5)
+            exit_code, prefix = 1, f"gate timed out after {self._timeout:g}s\n"
+        output = prefix + self.log.read_text(errors="replace")
+        return gate_verdict(self.gate, exit_code, output, self.junit, self.log)
+
+
+def start_gate(gate: str, *, run_dir: Path, options: Mapping[str, str], env: Mapping[str, str] | None = None,
+               timeout: float = 900.0, start_within: float = 900.0, python: str = sys.executable,
+               label: str | None = None) -> PendingGate:
+    """`run_gate`, started now and held at its start line until `.go()` (then `.result()`);
+    `start_within` bounds the hold, after which the gate gives up by itself (a failure)."""
+    label = label or gate
+    junit, log = _report_paths(run_dir, label)
+    go_file = run_dir / f"go-{label}"
+    options = {**options, "--start-when": str(go_file), "--start-within": f"{start_within:g}"}
+    argv = gate_argv(python, gate, junit=junit, options=options)
+    popen = proc.spawn(argv, log_path=log, env=_gate_env(env), cwd=run_dir)
+    return PendingGate(gate, popen, junit=junit, log=log, go_file=go_file, timeout=timeout)
+
+
+def _report_paths(run_dir: Path, label: str) -> tuple[Path, Path]:
+    """(junit report, output log) of one gate run; neither may exist yet (a gate's verdict is
+    read from its own files only)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    junit, log = run_dir / f"junit-{label}.xml", run_dir / f"gate-{label}.log"
+    for path in (junit, log, run_dir / f"go-{label}"):
+        if os.path.lexists(path):
+            path.unlink()
+    return junit, log
+
+
+def _gate_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """The gate's environment: pytest loads only the plugins the gates name (gate_argv,
+    gates/pytest.ini), never whatever else is installed beside it (autoloading them is
+    start-up cost, and a plugin the gates did not ask for has no business in a verdict)."""
+    return {**(proc.child_env() if env is None else env), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def gate_verdict(gate: str, exit_code: int, output: str, junit: Path, log: Path) -> GateResult:
+    """Fail closed: a pass needs exit code 0, a readable junit report with at least one test and
+    no failure, error or skip, and the gate's own `T3-GATE PASS` summary line."""
     summary = next((line for line in reversed(output.splitlines()) if line.startswith("T3-GATE ")), "")
     result = GateResult(gate, False, exit_code, report=junit, log=log, summary=summary)
     try:

@@ -31,7 +31,7 @@ __all__ = [
     "ServiceError", "NotServing", "Services", "unit_of", "user_of_unit",
     "start_argv", "stop_argv", "restart_argv", "is_active_argv", "show_argv", "list_running_argv",
     "systemctl_env", "parse_main_pid", "parse_timestamp", "parse_running_instances",
-    "environment_url", "wait_serving", "POLL_INTERVAL",
+    "environment_url", "wait_serving", "POLL_INTERVAL", "process_start",
 ]
 
 POLL_INTERVAL = 0.05
@@ -220,21 +220,47 @@ class Services:
     def liveness(self, unit: str) -> Callable[[], bool]:
         """An `is_alive` for `wait_serving`: the unit is active with the main process it has now.
 
-        A unit that went inactive, failed, is waiting to auto-restart, or came back with a
-        different main process (Restart=on-failure) counts as dead.
+        systemctl is asked once, here (ActiveState and MainPID in one call); each poll then only
+        reads that process's `/proc/<pid>/stat` (running, not a zombie, same start time, so a
+        reused pid is not mistaken for it). A systemctl call per poll cost a process start each
+        (seconds on a loaded host), and readiness is polled every 50 ms while the user's mints
+        wait on their lock, so a slow poll lengthened the restart window. A unit that went
+        inactive, failed, is waiting to auto-restart, or came back with a different main
+        process (Restart=on-failure) has lost that process: dead. Without a readable /proc,
+        every poll asks systemctl as before.
         """
         unit = _unit(unit)
-        pid = self.main_pid(unit)
+        state, pid = parse_liveness(self._call(liveness_argv(self.systemctl, unit)).stdout)
+        if pid is None or state not in ("active", "reloading"):
+            return lambda: False
+        started = process_start(pid)
+        if started is None and os.path.isdir("/proc/self"):
+            return lambda: False  # gone between systemctl's answer and this read
 
         def is_alive() -> bool:
-            # One systemctl call per poll, not two: readiness is polled every 50 ms while the
-            # user's mints wait on their lock, so a slow poll lengthens their restart window.
-            if pid is None:
-                return False
-            state = parse_liveness(self._call(liveness_argv(self.systemctl, unit)).stdout)
-            return state == ("active", pid) or state == ("reloading", pid)
+            if started is not None:
+                return process_start(pid) == started
+            state_now = parse_liveness(self._call(liveness_argv(self.systemctl, unit)).stdout)
+            return state_now == ("active", pid) or state_now == ("reloading", pid)
 
         return is_alive
+
+
+def process_start(pid: int) -> int | None:
+    """The start time (clock ticks after boot) of process `pid` while it runs; None when it
+    does not exist, is a zombie, or /proc cannot tell. With the pid it names one process."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as stat:
+            raw = stat.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()  # the command name may hold spaces and ")"
+    if len(fields) < 20 or fields[0] in ("Z", "X", "x"):
+        return None
+    try:
+        return int(fields[19])
+    except ValueError:
+        return None
 
 
 # ------------------------------------------------------------------ readiness

@@ -10,6 +10,9 @@ run was refused) and was handled; 2 and 3 are the CLI's.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+from . import goodbuilds
 from .context import RunContext
 from .journal import RunRecord, RunStopped, clear_journal
 from .phases.backup import back_up_everyone
@@ -51,14 +54,36 @@ def tracker_run(ctx: RunContext) -> int:
                                    decision=decision.code))
 
 
+def back_up_while_staging(ctx: RunContext, record: RunRecord):
+    """Phases 3 and 4 at once: staging needs nothing from the backups (it installs as the gate
+    user in its own scratch, touching nothing a user runs), so the candidate is staged while
+    every user is backed up, and the run waits for the longer of the two instead of their sum.
+    Nobody backed up: the staged release is removed again (nothing installed), then the run
+    stops. The journal says "backup" until the backups are done, then "stage"; recovery
+    discards a stage from either."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage") as pool:
+        staging = pool.submit(stage_candidate, ctx, record)
+        try:
+            taken = back_up_everyone(ctx, record)
+        except RunStopped:
+            try:
+                staging.result()
+            except RunStopped:
+                pass  # its own STAGE FAILED was logged; the run stops for the backups
+            else:
+                goodbuilds.remove_if_removable(ctx.cfg, record.version)
+                record.release = None
+            raise
+        record.enter(ctx.cfg.journal_path, "stage")
+        return taken, staging.result()
+
+
 def bump(ctx: RunContext, record: RunRecord) -> int:
     """Phases 3-8 on the chosen build; the record says how the run ended (summary.json)."""
     journal = ctx.cfg.journal_path
     try:
         record.enter(journal, "backup")
-        taken = back_up_everyone(ctx, record)
-        record.enter(journal, "stage")
-        staged = stage_candidate(ctx, record)
+        taken, staged = back_up_while_staging(ctx, record)
         record.enter(journal, "health")
         prove_candidate(ctx, record, staged, taken)
         record.enter(journal, "canary")

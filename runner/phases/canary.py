@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import activate, activity
 from ..context import RunContext
-from ..gaterun import GateResult, run_gate
+from ..gaterun import GateResult, run_gate, start_gate
 from ..journal import RunRecord, RunStopped, clear_journal
 from ..mint import MINT_TIMEOUT
 from ..services import unit_of, wait_serving
@@ -70,32 +70,49 @@ def canary_gate(ctx: RunContext, *, version: str | None = None, users: list[str]
                 label: str = "canary") -> GateResult:
     """`gates/test_canary.py` through the dispatch, on `users` (SSO names; all when None); with
     `version`, every checked instance must run it. Reports go into the command's run dir."""
+    return run_gate("canary", run_dir=ctx.run_dir, options=_gate_options(ctx, version, users), env=ctx.env,
+                    timeout=ctx.cfg.gate_timeout, label=label)
+
+
+def _gate_options(ctx: RunContext, version: str | None, users: list[str] | None) -> dict[str, str]:
     options = canary_options(ctx.cfg, version)
     if users:
         options["--users"] = ",".join(users)
-    return run_gate("canary", run_dir=ctx.run_dir, options=options, env=ctx.env, timeout=ctx.cfg.gate_timeout,
-                    label=label)
+    return options
 
 
 def canary_user(ctx: RunContext, os_user: str, release_dir: Path, version: str) -> tuple[str | None, str | None]:
     """Move one idle user onto `release_dir` and gate them: (the gate's junit report, or None
     when it did not run; the failure, or None when they passed). Raises UserLockTimeout, before
-    anything was stopped, when logins kept the user lock (not a failure: try again later)."""
+    anything was stopped, when logins kept the user lock (not a failure: try again later).
+
+    The gate's process starts before the stop and waits at its start line until the instance
+    serves, so its start-up (most of a gate run's CPU) overlaps the restart instead of following
+    it; every check still runs after the instance serves. A restart that fails cancels it."""
+    gate = start_gate("canary", run_dir=ctx.run_dir, options=_gate_options(ctx, version, ctx.sso_names(os_user)),
+                      env=ctx.env, timeout=ctx.cfg.gate_timeout, start_within=ctx.cfg.gate_timeout,
+                      label=f"canary-{os_user}")
     try:
         move_and_restart(ctx, os_user, release_dir, ctx.ports()[os_user])
     except UserLockTimeout:
+        gate.cancel()
         raise
     except Exception as exc:  # noqa: BLE001 - any doubt is a failure
+        gate.cancel()
         failure = f"instance did not come back: {exc}; last log: {ctx.services.recent_log(unit_of(os_user))}"
         ctx.events("CANARY FAILED", user=os_user, version=version, reason=failure)
         return None, failure
-    gate = canary_gate(ctx, version=version, users=ctx.sso_names(os_user), label=f"canary-{os_user}")
-    if not gate.passed:
-        failure = f"canary gate failed: {gate.reason()}"
+    except BaseException:  # interrupted: the gate must not outlive the move it was to judge
+        gate.cancel()
+        raise
+    gate.go()
+    result = gate.result()
+    if not result.passed:
+        failure = f"canary gate failed: {result.reason()}"
         ctx.events("CANARY FAILED", user=os_user, version=version, reason=failure)
-        return str(gate.report), failure
+        return str(result.report), failure
     ctx.events("CANARY PASSED", user=os_user, version=version)
-    return str(gate.report), None
+    return str(result.report), None
 
 
 def defer(ctx: RunContext, record: RunRecord, os_user: str, reason: str) -> None:

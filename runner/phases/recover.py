@@ -91,7 +91,9 @@ def recover_unfinished_run(ctx: RunContext) -> RunRecord | None:
             action += "; left alone " + ",".join(left)
     else:
         action = "discarded stage"
-    if journal.release is not None or journal.phase in ("stage", "health", "canary"):
+    # Staging runs beside the backups (tracker.back_up_while_staging): a run killed in "backup"
+    # may have staged already.
+    if journal.release is not None or journal.phase in ("backup", "stage", "health", "canary"):
         goodbuilds.remove_if_removable(cfg, journal.version)  # never a good build's or a user's release
     clean_staging(cfg.releases_dir)
     # A health gate killed with the run leaves its private scratch (copies of users' databases)

@@ -60,3 +60,24 @@ def test_a_users_bad_files_defer_that_user_and_everyone_else_moves_on(world):
     assert summary["per_user"]["wizard"].startswith("deferred: backup failed")
     assert summary["per_user"]["emo"].startswith("deferred: backup failed")
     assert _sha(Path("/etc/passwd")) == passwd and notes.is_symlink()
+
+
+def test_nobody_backed_up_stops_the_run_with_nothing_installed(world):
+    """Staging runs beside the backups (tracker.back_up_while_staging): when every user's backup
+    fails, the release it staged meanwhile is removed again, so nothing is installed."""
+    for user in world.users:
+        notes = world.userdata(user.os_user) / "notes.db"
+        notes.symlink_to("/etc/passwd")
+        world.give_to_user(user.os_user, notes)
+    world.registry.set_tag("nightly", V28)
+    done = world.run_tracker()
+    assert done.exit_code == 1, done.stderr
+    lines = events(done)
+    assert any(line.startswith("BACKUP FAILED") for line in lines), lines
+    assert not any(line.startswith(("STAGE FAILED", "HEALTH-CHECK", "RESTARTED")) for line in lines), lines
+    assert not (world.releases_dir / V28).exists()
+    assert not list(world.releases_dir.glob(".staging-*"))
+    assert not (world.state_dir / "journal").exists()
+    for user in world.users:
+        assert link_version(world, user.os_user) == V24
+    assert summary_of(world)["result"] == "backup-failed"

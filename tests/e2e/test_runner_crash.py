@@ -165,6 +165,10 @@ def test_killed_mid_backup_after_one_user_was_backed_up(world):
     stop.wait_stopped(tracker)
     journal = read_journal(world)
     assert journal["phase"] == "backup", journal
+    # Staging runs beside the backups: let it finish, so recovery must remove a staged release
+    # the journal (still "backup") never named.
+    wait_until(lambda: (world.releases_dir / V28 / "bin" / "t3").exists(), PHASE_DEADLINE,
+               "the candidate staged beside the backups", interval=POLL)
     killed_backup = list((world.backup_dest / "ancamilea").glob(f"state-prebump-{V28}-*.sqlite"))
     assert len(killed_backup) == 1 and not list((world.backup_dest / "emo").glob("state-prebump-*"))
     tracker.kill()

@@ -147,21 +147,32 @@ def test_daily_copies_are_pruned_among_themselves_never_a_prebump_restore_point(
         take.backup_user_databases("alice", userdata, dest, "0.0.24", kind="weekly")
 
 
-def test_liveness_is_one_systemctl_call_per_poll():
+def test_liveness_asks_systemctl_once_then_polls_the_process():
     from runner import services
 
     calls = []
+    answer = {"pid": os.getpid()}
 
     def fake_run(argv, **kwargs):
         calls.append(list(argv))
-        if "-p" in argv and "ActiveState" in argv:
-            return proc.Completed(tuple(argv), 0, "ActiveState=active\nMainPID=42\n", "", 0.0)
-        return proc.Completed(tuple(argv), 0, "42\n", "", 0.0)
+        return proc.Completed(tuple(argv), 0, f"ActiveState=active\nMainPID={answer['pid']}\n", "", 0.0)
 
-    alive = services.Services("/sim/systemctl", run=fake_run).liveness("t3-serve@wizard.service")
-    calls.clear()
-    assert alive() is True and len(calls) == 1
-    assert calls[0] == ["/sim/systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "t3-serve@wizard.service"]
+    svc = services.Services("/sim/systemctl", run=fake_run)
+    alive = svc.liveness("t3-serve@wizard.service")
+    assert calls == [["/sim/systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "t3-serve@wizard.service"]]
+    # Polls read /proc only: a process start per poll lengthened every user's restart window.
+    assert all(alive() for _ in range(20)) and len(calls) == 1
+    # A main process that has exited (here reaped) is dead; so is a unit not active.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    answer["pid"] = child.pid
+    gone = svc.liveness("t3-serve@wizard.service")
+    child.wait()
+    assert gone() is False
+    assert services.process_start(child.pid) is None
+    assert services.process_start(os.getpid()) is not None
+    inactive = services.Services("/sim/systemctl", run=lambda argv, **kw: proc.Completed(
+        tuple(argv), 3, "ActiveState=failed\nMainPID=0\n", "", 0.0)).liveness("t3-serve@wizard.service")
+    assert inactive() is False
     assert services.parse_liveness("ActiveState=activating\nMainPID=0\n") == ("activating", None)
     with pytest.raises(services.ServiceError):
         services.parse_liveness("garbage")
