@@ -47,7 +47,7 @@ from runner.userfiles import (NotFound, UserFileError, close_quietly, describe, 
 __all__ = ["BackupError", "BackupRecord", "RestoreReport", "find_user_databases", "check_free_space",
            "backup_user_databases", "restore_user_database", "set_aside_database", "latest_backup",
            "backup_file_name", "prebump_backups", "copy_backup_out", "discard_backup",
-           "remove_backup_dir_if_empty", "BACKUP_KINDS"]
+           "remove_backup_dir_if_empty", "backup_bytes_needed", "BACKUP_KINDS"]
 
 log = logging.getLogger("t3-autoupdate.backup")
 
@@ -469,6 +469,18 @@ def find_user_databases(userdata_dir, *, home_dir=None) -> list[str]:
         return _scan_databases(tree)
 
 
+def _bytes_needed(tree: _Dir, names: list[str]) -> int:
+    return sum(_database_bytes_at(tree.fd, n, tree.path / n) + _size_at(tree.fd, n + "-wal") for n in names)
+
+
+def backup_bytes_needed(userdata_dir, *, home_dir=None) -> int:
+    """What one backup set of a user's databases needs (page count x page size, plus each WAL),
+    read no-follow as `backup_user_databases` reads it (`t3-autoupdate doctor` asks ahead)."""
+    with contextlib.ExitStack() as stack, _errors(None, f"sizing {userdata_dir}"):
+        tree, _ = _open_user_tree(stack, "", userdata_dir, home_dir)
+        return _bytes_needed(tree, _scan_databases(tree))
+
+
 def _default_free(path) -> int:
     if isinstance(path, int):
         return free_bytes_fd(path)
@@ -519,7 +531,7 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
         if not names:
             log.info("backup none user=%s userdata=%s (no database)", os_user, tree.path)
             return []
-        needed = sum(_database_bytes_at(tree.fd, n, tree.path / n) + _size_at(tree.fd, n + "-wal") for n in names)
+        needed = _bytes_needed(tree, names)
         bdir = _open_backup_dir(stack, backup_root, os_user, owner)
         _remove_stale(bdir, TMP_PREFIX)
         while any(lstat_at(bdir.fd, backup_file_name(n, kind, version, ts)) is not None for n in names):

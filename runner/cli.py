@@ -104,6 +104,14 @@ def cmd_history(cfg: Config, args, events: EventLog) -> int:
     return OK
 
 
+def cmd_doctor(cfg: Config, args, events: EventLog) -> int:
+    from .doctor import exit_code, report, run_doctor
+
+    checks = run_doctor(cfg)
+    print(report(checks, as_json=args.json))
+    return exit_code(checks)
+
+
 def cmd_mint(cfg: Config, args, events: EventLog) -> int:
     from .mint import mint_main
 
@@ -241,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=20, metavar="N", help="the last N runs (default 20; 0 for all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+    p = sub.add_parser("doctor", help="can this host be updated safely: one line per check, and what to fix")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("rollback", help="manual rollback to last-good (or --to VERSION) with database restore")
     p.add_argument("--to", default=None)
     p.set_defaults(func=cmd_rollback)
@@ -275,7 +286,7 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
         return USAGE
-    private = args.command not in ("config", "mint", "status")
+    private = args.command not in ("config", "mint", "status", "doctor")
     # Everything a run writes is root's alone unless opened up on purpose (the unit sets
     # UMask=0077 too; a run by hand must be as private). Restored after: main() is also
     # called in-process (tests).

@@ -18,7 +18,7 @@ from .takeover import running_off_link
 from .state import read_freeze, read_text_or_none
 
 
-def _server_version(port: int | None) -> str | None:
+def server_version(port: int | None) -> str | None:
     if port is None:
         return None
     try:
@@ -37,7 +37,7 @@ def collect_status(cfg) -> dict:
     users = {}
     for os_user in cfg.os_users:
         linked = activate.release_of_link(cfg.active_link(os_user))
-        running = _server_version(ports.get(os_user))
+        running = server_version(ports.get(os_user))
         try:
             off_link = running_off_link(services, unit_of(os_user), cfg.active_link(os_user))
         except Exception as exc:  # noqa: BLE001 - status reports what it cannot tell, never fails on it
