@@ -115,7 +115,11 @@ def check_maps(cfg) -> tuple[Check, dict[str, int]]:
     try:
         ports = load_ports(cfg.dispatch_map, cfg.os_users)
     except DispatchMapError as exc:
-        return Check("maps", False, str(exc).replace("\n", "; "), f"fix {cfg.dispatch_map}"), {}
+        try:  # the users it does give a port to are still checked
+            ports = load_ports(cfg.dispatch_map)
+        except DispatchMapError:
+            ports = {}
+        return Check("maps", False, str(exc).replace("\n", "; "), f"fix {cfg.dispatch_map}"), ports
     return Check("maps", True, f"{cfg.dispatch_map} gives every user of {cfg.user_map} a port"), ports
 
 
@@ -166,6 +170,8 @@ def check_instance(cfg, os_user: str, port: int | None, *, is_active: Callable[[
         return Check(name, False, str(exc), "t3-autoupdate adopt <the version running now> (first install)")
     if linked is None:
         return Check(name, False, f"no release link {link}", "t3-autoupdate adopt <the version running now>")
+    if port is None:
+        return Check(name, False, f"no port in {cfg.dispatch_map}", "see maps")
     if not is_active(unit):
         return Check(name, False, f"{unit} is not running", f"systemctl start {unit}; journalctl -u {unit}")
     why = off_link(unit, link)
