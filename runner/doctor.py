@@ -15,8 +15,6 @@ running server of another build (the 2026-06-09 outage).
 """
 from __future__ import annotations
 
-import ipaddress
-import re
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,12 +31,11 @@ from .services import unit_of
 from .state import read_freeze
 from .takeover import running_off_link
 from .units import TIMERS
+from .unitshow import ENV_FILE, env_assignments, exec_argv, is_loopback, parse_show, unit_variables
 
 SERVE_PROPS = ("LoadState", "NeedDaemonReload", "FragmentPath", "DropInPaths", "ExecStart", "Environment",
                "EnvironmentFiles")
 GOOD_RESULTS = ("updated", "health-check-failed")  # a stopped build touched nobody (it is quarantined)
-_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
-_ENV_FILE = re.compile(r"(\S+) \(ignore_errors=(yes|no)\)")
 
 
 @dataclass(frozen=True)
@@ -56,49 +53,6 @@ def _problem(check: str, problems: list[tuple[str, str]], ok_text: str) -> Check
     if not problems:
         return Check(check, True, ok_text)
     return Check(check, False, "; ".join(p for p, _ in problems), "; ".join(dict.fromkeys(f for _, f in problems)))
-
-
-# ------------------------------------------------------------------ parsers (pure)
-
-def parse_show(text: str) -> dict[str, list[str]]:
-    """`systemctl show -p A -p B unit` output: key -> every value (systemd repeats some keys)."""
-    found: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            found.setdefault(key, []).append(value)
-    return found
-
-
-def exec_argv(value: str) -> list[str]:
-    """The argv of one `ExecStart={ path=... ; argv[]=... ; ... }` value (systemd's show form)."""
-    match = re.search(r"argv\[\]=(.*?)(?: ; | ?\}$)", value.strip())
-    return match.group(1).split() if match else []
-
-
-def unit_variables(argv: list[str]) -> set[str]:
-    return {a or b for word in argv for a, b in _VARIABLE.findall(word)}
-
-
-def env_assignments(text: str) -> dict[str, str]:
-    """KEY=VALUE lines of an Environment= value or an EnvironmentFile (# and ; comments)."""
-    found = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and line[0] not in "#;":
-            try:
-                words = shlex.split(line)
-            except ValueError:
-                continue
-            found.update(w.split("=", 1) for w in words if "=" in w)
-    return found
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host.lower().rstrip(".") in ("localhost", "localhost.localdomain")
 
 
 # ------------------------------------------------------------------ the checks
@@ -144,7 +98,7 @@ def check_serve_unit(cfg, os_user: str, port: int | None, *, show: Callable[[str
                          "set serve_host to the production bind (0.0.0.0), then " + fix_units))
     defined = env_assignments("\n".join(shlex.split(props.get("Environment", ""))))
     env_file = "an EnvironmentFile= of the unit"
-    for path, ignore_errors in _ENV_FILE.findall(props.get("EnvironmentFiles", "")):
+    for path, ignore_errors in ENV_FILE.findall(props.get("EnvironmentFiles", "")):
         if Path(path).is_relative_to(cfg.home_root):
             continue  # a user's own file: never read as root, and never counted on
         env_file = path if ignore_errors == "no" else env_file
