@@ -313,6 +313,8 @@ def main(argv=None) -> int:
                 return USAGE
         notifier = wire_outcomes(cfg, args.command, events)
         code = dispatch_command(args, cfg, events)
+        if args.command in ("run", "drain-deferred") and not cfg.dry_run:
+            tell_long_deferrals(cfg, events)
         if notifier is not None:
             notifier.finish(events)
         if args.command in COUNTED_COMMANDS:
@@ -338,6 +340,15 @@ def wire_outcomes(cfg: Config, command: str, events: EventLog):
     from .notify import attach_notifier
 
     return attach_notifier(cfg, events)
+
+
+def tell_long_deferrals(cfg: Config, events: EventLog) -> None:
+    from .longdefer import report_long_deferrals
+
+    try:
+        report_long_deferrals(cfg, events)
+    except OSError as exc:  # telling must never turn a handled outcome into a crash
+        print(f"t3-autoupdate: warning: could not check long deferrals: {exc}", file=sys.stderr)
 
 
 def dispatch_command(args, cfg: Config, events: EventLog) -> int:

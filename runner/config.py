@@ -232,6 +232,7 @@ _KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "notify_urls": (notify.notify_urls, ""),
     "notify_events": (notify.notify_events, ",".join(notify.DEFAULT_EVENTS)),
     "notify_timeout": (_seconds(allow_zero=False), 10),
+    "notify_deferral_after": (_seconds(allow_zero=False), "3d"),  # LONG DEFERRAL (runner/longdefer.py)
 }
 _DERIVED = {"releases_dir": "releases", "active_dir": "active", "tmpdir": "scratch"}
 ENV_NAMES = {f"T3_{key.upper()}": key for key in _KEYS}
@@ -279,6 +280,7 @@ class Config:
     notify_urls: tuple[str, ...]
     notify_events: tuple[str, ...]
     notify_timeout: float
+    notify_deferral_after: float
     users: Mapping[str, str]              # SSO name -> OS user
     config_file: Path | None              # the TOML file actually read, if any
     sources: Mapping[str, str]            # key -> "default" | "file" | "environment"
