@@ -264,31 +264,43 @@ def run_doctor(cfg) -> list[Check]:
     def systemctl(*args: str) -> str:
         return proc.run([cfg.systemctl, *args], timeout=60, ok_codes=range(256)).stdout
 
-    checks = [check_config(cfg, url_problems=url_problems)]
+    checks = [guarded("config", check_config, cfg, url_problems=url_problems)]
     maps, ports = check_maps(cfg)
     checks.append(maps)
-    mint = check_mint_helper(cfg, executable=lambda p: bool(p) and os.access(p, os.X_OK))
+    mint = guarded("mint-helper", check_mint_helper, cfg, executable=lambda p: bool(p) and os.access(p, os.X_OK))
     instances = {}
     for os_user in cfg.os_users:
-        checks.append(check_serve_unit(cfg, os_user, ports.get(os_user), read_env_file=_read_root_file,
-                                       show=lambda unit, props: systemctl("show", *(f"-p{p}" for p in props), unit)))
-        instances[os_user] = check_instance(
-            cfg, os_user, ports.get(os_user), is_active=services.is_active, server_version=server_version,
-            off_link=lambda unit, link: running_off_link(services, unit, link))
+        checks.append(guarded(f"serve-unit {os_user}", check_serve_unit, cfg, os_user, ports.get(os_user),
+                              read_env_file=_read_root_file,
+                              show=lambda unit, props: systemctl("show", *(f"-p{p}" for p in props), unit)))
+        instances[os_user] = guarded(
+            f"instance {os_user}", check_instance, cfg, os_user, ports.get(os_user), is_active=services.is_active,
+            server_version=server_version, off_link=lambda unit, link: running_off_link(services, unit, link))
         checks.append(instances[os_user])
     checks.append(mint)
     dispatch = DispatchClient(cfg.dispatch)
     for sso, os_user in sorted(cfg.users.items()):
         blocker = (None if mint.ok else "the mint helper is not the project's") or \
                   (None if instances[os_user].ok else f"{os_user}'s instance: {instances[os_user].what}")
-        checks.append(check_dispatch(cfg, sso, visit=dispatch.visit, cookies_of=set_cookies, not_tried=blocker))
-    checks.append(check_gate_user(cfg, run_as=lambda ids: proc.run(["true"], as_user=ids, timeout=30)))
-    checks.append(check_backup_space(
-        cfg, margin=DEFAULT_MARGIN, free_bytes=_free_bytes,
-        bytes_needed=lambda u: backup_bytes_needed(cfg.userdata_dir(u), home_dir=cfg.home_dir(u))))
-    checks.append(check_timers(is_enabled=lambda unit: systemctl("is-enabled", unit).strip()))
-    checks.append(check_last_run(cfg))
+        checks.append(guarded(f"dispatch {sso}", check_dispatch, cfg, sso, visit=dispatch.visit,
+                              cookies_of=set_cookies, not_tried=blocker))
+    checks.append(guarded("gate-user", check_gate_user, cfg,
+                          run_as=lambda ids: proc.run(["true"], as_user=ids, timeout=30)))
+    checks.append(guarded("backup-space", check_backup_space, cfg, margin=DEFAULT_MARGIN, free_bytes=_free_bytes,
+                          bytes_needed=lambda u: backup_bytes_needed(cfg.userdata_dir(u), home_dir=cfg.home_dir(u))))
+    checks.append(guarded("timers", check_timers, is_enabled=lambda unit: systemctl("is-enabled", unit).strip()))
+    checks.append(guarded("last-run", check_last_run, cfg))
     return checks
+
+
+def guarded(name: str, check: Callable[..., Check], *args, **kwargs) -> Check:
+    """A check that could not be done is a problem (fail closed), never a crash of the others."""
+    try:
+        return check(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong is what the line says
+        first = (str(exc).splitlines() or [""])[0][:200]
+        return Check(name, False, f"could not check: {type(exc).__name__}: {first}",
+                     "run it again; if it stays, the error names what to look at")
 
 
 def _free_bytes(path: Path) -> int:

@@ -150,3 +150,11 @@ def test_lines_and_exit_codes():
     assert doctor.exit_code([good, bad]) == 1
     assert doctor.exit_code([bad, Check("maps", False, "no entry", "fix it")]) == 2
     assert '"ok": false' in doctor.report([good, bad], as_json=True)
+
+
+def test_a_check_that_cannot_be_done_is_a_problem_not_a_crash():
+    def broken(cfg):
+        raise RuntimeError("systemctl answered nonsense\nmore")
+
+    check = doctor.guarded("instance wizard", broken, CFG)
+    assert not check.ok and check.what == "could not check: RuntimeError: systemctl answered nonsense"
