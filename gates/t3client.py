@@ -13,7 +13,6 @@ from pathlib import Path
 import requests
 
 from runner import proc
-from runner.mint import pairing_argv
 
 # Newest first: a client tries the current path and falls back on 404 (docs/t3-contract.md).
 PAIRING_ENDPOINTS = ("/api/auth/browser-session", "/api/auth/bootstrap")
@@ -95,10 +94,9 @@ class Instance:
 
 
 def mint_credential(t3_bin: str, base_dir: Path, *, env=None, as_user=None, cwd=None, timeout=60.0) -> str:
-    """`t3 auth pairing create --json` (it migrates the database itself: run it only on the build under
-    test), with exactly the command line of a login's mint (runner.mint)."""
+    """`t3 auth pairing create --json` (it migrates the database itself: run it only on the build under test)."""
     __tracebackhide__ = True
-    argv = pairing_argv(t3_bin, base_dir)
+    argv = [t3_bin, "auth", "pairing", "create", "--base-dir", str(base_dir), "--ttl", "5m", "--json"]
     try:
         done = proc.run(argv, env=env, timeout=timeout, as_user=as_user, cwd=cwd)
     except proc.CommandError as exc:
