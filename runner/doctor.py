@@ -90,7 +90,8 @@ def check_serve_unit(cfg, os_user: str, port: int | None, *, show: Callable[[str
     argv, link = exec_argv(props.get("ExecStart", "")), cfg.active_link(os_user)
     if argv[:1] != [f"{link}/bin/t3"]:
         problems.append((f"runs {' '.join(argv[:2]) or '(no ExecStart)'}, not the user's link {link}/bin/t3 "
-                         "(the project's drop-in is not applied)", fix_units))
+                         f"(the project's drop-in is not applied; unit {props.get('FragmentPath') or '?'}, "
+                         f"drop-ins: {props.get('DropInPaths') or 'none'})", fix_units))
     host = argv[argv.index("--host") + 1] if "--host" in argv[:-1] else None
     if host is None or is_loopback(host) or host != cfg.serve_host:
         problems.append((f"binds {host or '(no --host)'}, not {cfg.serve_host} as production (a loopback bind "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -35,13 +36,22 @@ def original_host(machine_guard, tmp_path):
         host.stop()
 
 
+def project_copy(root: Path) -> Path:
+    """The project's source as a release would ship it: pip builds in the tree it installs from,
+    so it gets a copy under the test's root, never the checkout itself."""
+    source = root / "src" / "t3-autoupdate"
+    shutil.copytree(PROJECT_ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "demo-out", ".tox"))
+    return source
+
+
 def inventory(host, root: Path) -> Path:
     venv = root / "opt" / "t3-autoupdate"
     config = tomllib.loads(host.config_path.read_text())
     env = {**host.registry.npm_env(host.npm_cache), "PATH": os.environ["PATH"], "LANG": "C.UTF-8"}
     hosts = {"replica": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-        "t3_autoupdate_pip_spec": str(PROJECT_ROOT), "t3_autoupdate_venv": str(venv),
+        "t3_autoupdate_pip_spec": str(project_copy(root)), "t3_autoupdate_venv": str(venv),
         "t3_autoupdate_python": sys.executable,
         "t3_autoupdate_config_file": str(host.etc / "t3-autoupdate" / "from-ansible.toml"),
         "t3_autoupdate_config": config, "t3_autoupdate_env": env,
