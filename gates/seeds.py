@@ -29,7 +29,7 @@ from runner.dbfacts import layout_of_database, precious_fingerprint
 from runner.livedb import LIVE_NAMES, V1_NAME, V2_NAME, live_database_name
 from runner.usermap import OS_USER
 
-from .t3client import GateFailure
+from runner.t3client import GateFailure
 from .throwaway import copy_database
 
 FRESH_CASE = "fresh-empty"

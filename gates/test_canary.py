@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from gates.t3client import DispatchClient, GateFailure, Instance, package_version_of, set_cookies
+from runner.t3client import DispatchClient, GateFailure, Instance, package_version_of, set_cookies
 
 
 @pytest.fixture(scope="module")

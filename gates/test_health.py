@@ -31,7 +31,7 @@ from runner.livedb import V1_NAME, V2_NAME
 from runner.versions import VersionError, parse_t3_version_output
 from gates.seeds import (FRESH_CASE, Seed, backed_up_files, default_seeds, parse_seed_option, place_seed,
                          scrub_credentials)
-from gates.t3client import GateFailure, mint_credential, package_version_of
+from runner.t3client import GateFailure, mint_credential, package_version_of
 from gates.throwaway import ServerPool, ThrowawayServer
 
 MIGRATION_FAILED = re.compile(r'Migration "\d+_[^"]*" failed')

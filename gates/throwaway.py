@@ -30,7 +30,7 @@ from runner import proc
 from runner.dbfacts import live_database_in
 from runner.livedb import V1_NAME, V2_NAME
 
-from .t3client import GateFailure, Instance
+from runner.t3client import GateFailure, Instance
 
 POLL_SECONDS = 0.05
 PROBE_TIMEOUT = 0.5  # one readiness probe; short, so one hung server never stalls the others' polls

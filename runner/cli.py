@@ -20,6 +20,7 @@ from .commands import BUG, FAILED, OK, USAGE, hold, inspect, install, run, users
 from .config import Config, ConfigError, load_config
 from .dispatchmap import DispatchMapError, load_ports
 from .events import EventLog
+from .longdefer import report_long_deferrals
 from .metrics import record_run
 from .notify import attach_notifier
 from .phases.recover import RecoveryFailed
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="versions, links, running builds, deferrals, freeze, quarantine")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=inspect.cmd_status)
-    # `doctor` (the host's readiness checks) goes here: its parser, func=inspect.cmd_doctor.
+    p = sub.add_parser("doctor", help="can this host be updated safely: one line per check, and what to fix")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=inspect.cmd_doctor)
     p = sub.add_parser("verify", help="run the canary gate for every user (or --users a,b)")
     p.add_argument("--users", default=None)
     p.set_defaults(func=users.cmd_verify)
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"t3-autoupdate: configuration error:\n{exc}", file=sys.stderr)
         return USAGE
-    private = args.command not in ("config", "mint", "status")
+    private = args.command not in ("config", "mint", "status", "doctor")
     # Everything a run writes is root's alone unless opened up on purpose (the unit sets
     # UMask=0077 too; a run by hand must be as private). Restored after: main() is also
     # called in-process (tests).
@@ -151,6 +154,8 @@ def main(argv=None) -> int:
                 return USAGE
         notifier = wire_outcomes(cfg, args.command, events)
         code = dispatch_command(args, cfg, events)
+        if args.command in ("run", "drain-deferred") and not cfg.dry_run:
+            tell_long_deferrals(cfg, events)
         if notifier is not None:
             notifier.finish(events)
         if args.command in COUNTED_COMMANDS:
@@ -174,6 +179,13 @@ def wire_outcomes(cfg: Config, command: str, events: EventLog):
     if command not in COUNTED_COMMANDS | {"verify"}:
         return None
     return attach_notifier(cfg, events)
+
+
+def tell_long_deferrals(cfg: Config, events: EventLog) -> None:
+    try:
+        report_long_deferrals(cfg, events)
+    except OSError as exc:  # telling must never turn a handled outcome into a crash
+        print(f"t3-autoupdate: warning: could not check long deferrals: {exc}", file=sys.stderr)
 
 
 def dispatch_command(args, cfg: Config, events: EventLog) -> int:

@@ -97,6 +97,7 @@ class Config:
     notify_urls: tuple[str, ...]
     notify_events: tuple[str, ...]
     notify_timeout: float
+    notify_deferral_after: float
     users: Mapping[str, str]              # SSO name -> OS user
     config_file: Path | None              # the TOML file actually read, if any
     sources: Mapping[str, str]            # key -> "default" | "file" | "environment"

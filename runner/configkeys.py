@@ -191,6 +191,7 @@ KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "notify_urls": (notify_urls, ""),
     "notify_events": (notify_events, ",".join(DEFAULT_EVENTS)),
     "notify_timeout": (_seconds(allow_zero=False), 10),
+    "notify_deferral_after": (_seconds(allow_zero=False), "3d"),  # LONG DEFERRAL (runner/longdefer.py)
 }
 DERIVED = {"releases_dir": "releases", "active_dir": "active", "tmpdir": "scratch"}
 ENV_NAMES = {f"T3_{key.upper()}": key for key in KEYS}

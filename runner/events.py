@@ -27,7 +27,7 @@ _BARE = re.compile(r"^[A-Za-z0-9_.:/@+=-]+$")
 REASON_CAP = 240
 # A gate's reason lists failed checks as `test_name[param]: message; test_other: ...`.
 _NEXT_CHECK = re.compile(r"; (?=test\w*(?:\[[^\]]*\])?: )")
-# pytest's `failed on setup with "gates.t3client.GateFailure: ...`: the class path is noise.
+# pytest's `failed on setup with "runner.t3client.GateFailure: ...`: the class path is noise.
 _EXCEPTION_PATH = re.compile(r'"?\b(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*(?:Error|Failure|Exception): ')
 _ERROR_WORDS = re.compile(r"error|fail|fatal|exception|panic|refused|denied|killed", re.I)
 # Where a long text may be cut, best first: between failed checks, then inside one.

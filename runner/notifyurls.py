@@ -13,7 +13,7 @@ from typing import Any
 DEFAULT_EVENTS = ("FROZEN", "ROLLED BACK", "ROLLBACK FAILED", "REPEATED REJECTIONS", "HEALTH-CHECK FAILED")
 # Every event that may be asked for (notify_events is validated against this).
 NOTIFIABLE = DEFAULT_EVENTS + ("update complete", "DEFERRED", "CANARY FAILED", "BACKUP FAILED", "STAGE FAILED",
-                               "RESOLVE FAILED", "RECOVERED", "CRASHED")
+                               "RESOLVE FAILED", "RECOVERED", "CRASHED", "LONG DEFERRAL")
 _URL_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\x00-\x20\x7f]+")
 
 

@@ -18,7 +18,7 @@ from .takeover import running_off_link
 from .state import read_freeze, read_text_or_none
 
 
-def _server_version(port: int | None) -> str | None:
+def server_version(port: int | None) -> str | None:
     if port is None:
         return None
     try:
@@ -37,7 +37,7 @@ def collect_status(cfg) -> dict:
     users = {}
     for os_user in cfg.os_users:
         linked = activate.release_of_link(cfg.active_link(os_user))
-        running = _server_version(ports.get(os_user))
+        running = server_version(ports.get(os_user))
         try:
             off_link = running_off_link(services, unit_of(os_user), cfg.active_link(os_user))
         except Exception as exc:  # noqa: BLE001 - status reports what it cannot tell, never fails on it
@@ -60,27 +60,56 @@ def collect_status(cfg) -> dict:
     }
 
 
+def _deferral(marker: dict) -> str:
+    """A deferral marker in words (the old tracker's one-line markers have no time or version)."""
+    if marker.get("error"):
+        return f"deferred: its marker cannot be read ({marker['error']}); it still owes a restart"
+    owes = f"owes a restart onto {marker['version']}" if marker.get("version") else "owes a restart"
+    since = f"since {marker['since']}, " if marker.get("since") else ""
+    return f"deferred: {since}{owes} ({marker.get('reason') or 'no reason recorded'})"
+
+
+def _unfinished(run: dict) -> list[str]:
+    if run.get("error"):
+        return [f"unfinished run: its journal cannot be read ({run['error']}); t3-autoupdate recover says what it needs"]
+    moved = ", ".join(run.get("moving") or []) or "nobody yet"
+    lines = [f"unfinished run {run.get('run_id')}: {run.get('from_version') or '?'} -> {run.get('version')}, "
+             f"stopped in its {run.get('phase')} phase; moved so far: {moved} "
+             "(the next command finishes or undoes it; now: t3-autoupdate recover)"]
+    if run.get("rollback_failed"):
+        lines.append(f"ROLLBACK FAILED, still on {run['version']}: {', '.join(run['rollback_failed'])} "
+                     "(the next run retries)")
+    return lines
+
+
 def format_status(status: dict) -> str:
+    """Plain sentences an operator reads: no dicts, no Python reprs (`--json` has the data)."""
     lines = [f"last-good: {status['last_good'] or '(none)'}"
              + (f" (previous: {status['previous_good']})" if status.get("previous_good") else "")]
     frozen = status["frozen"]
-    lines.append(f"frozen: {'yes: ' + frozen['reason'] if frozen else 'no'}")
+    if frozen:
+        who = " ".join(filter(None, (f"by {frozen['by']}" if frozen.get("by") else "",
+                                     f"at {frozen['at']}" if frozen.get("at") else "")))
+        lines.append(f"frozen: yes: {frozen['reason']}" + (f" ({who})" if who else "")
+                     + "; t3-autoupdate unfreeze resumes tracking")
+    else:
+        lines.append("frozen: no")
     lines.append(f"quarantined: {', '.join(status['quarantined']) or 'none'}")
     if status["unfinished_run"]:
-        lines.append(f"unfinished run: {status['unfinished_run']}")
-        if status["unfinished_run"].get("rollback_failed"):
-            lines.append(f"ROLLBACK FAILED, still on {status['unfinished_run']['version']}: "
-                         f"{', '.join(status['unfinished_run']['rollback_failed'])} (the next run retries)")
+        lines += _unfinished(status["unfinished_run"])
     for user, info in sorted(status["users"].items()):
         flags = []
         if info["stale"]:
-            flags.append("STALE: serving differs from link")
-        if info.get("off_link"):
-            flags.append(f"NOT ON LINK: {info['off_link']} (drain-deferred moves it once idle)")
+            flags.append("STALE: serving differs from link (restart it when idle)")
+        off_link = info.get("off_link")
+        if off_link and off_link.startswith("unknown: "):
+            flags.append(f"which binary its server runs is unknown ({off_link.removeprefix('unknown: ')})")
+        elif off_link:
+            flags.append(f"NOT ON LINK: {off_link} (drain-deferred moves it once idle)")
         if info["deferred"]:
-            flags.append(f"deferred: {info['deferred']}")
+            flags.append(_deferral(info["deferred"]))
         elif info.get("off_last_good"):  # e.g. a partial manual rollback: who is where
             flags.append(f"not on last-good {status['last_good']}")
-        lines.append(f"  {user}: link={info['link'] or '-'} serving={info['serving'] or 'down'}"
+        lines.append(f"  {user}: link={info['link'] or '(none)'} serving={info['serving'] or 'down'}"
                      + (f"  [{'; '.join(flags)}]" if flags else ""))
     return "\n".join(lines)

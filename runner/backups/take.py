@@ -151,6 +151,18 @@ def copy_into_backup_dir(tools: OwnerTools, src: Path, bdir: OpenDir, final: str
         close_quietly(fd)
 
 
+def _bytes_needed(tree: OpenDir, names: list[str]) -> int:
+    return sum(_database_bytes_at(tree.fd, n, tree.path / n) + size_at(tree.fd, n + "-wal") for n in names)
+
+
+def backup_bytes_needed(userdata_dir, *, home_dir=None) -> int:
+    """What one backup set of a user's databases needs (page count x page size, plus each WAL),
+    read no-follow as `backup_user_databases` reads it (`t3-autoupdate doctor` asks ahead)."""
+    with contextlib.ExitStack() as stack, backup_errors(None, f"sizing {userdata_dir}"):
+        tree, _ = open_user_tree(stack, "", userdata_dir, home_dir)
+        return _bytes_needed(tree, scan_databases(tree))
+
+
 def _default_free(path) -> int:
     if isinstance(path, int):
         return free_bytes_fd(path)
@@ -201,7 +213,7 @@ def backup_user_databases(os_user: str, userdata_dir, backup_root, version: str,
         if not names:
             log.info("backup none user=%s userdata=%s (no database)", os_user, tree.path)
             return []
-        needed = sum(_database_bytes_at(tree.fd, n, tree.path / n) + size_at(tree.fd, n + "-wal") for n in names)
+        needed = _bytes_needed(tree, names)
         bdir = open_backup_dir(stack, backup_root, os_user, owner)
         remove_stale(bdir, TMP_PREFIX)
         while any(lstat_at(bdir.fd, backup_file_name(n, kind, version, ts)) is not None for n in names):

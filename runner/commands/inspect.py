@@ -1,8 +1,5 @@
-"""What is there, read-only: `status`, `history`, `config check`.
-
-(`doctor`, the host's readiness checks, belongs here too: a `cmd_doctor` in this module
-and one `sub.add_parser("doctor", ...)` line in `runner.cli.build_parser`.)
-"""
+"""What is there, read-only: `status`, `history`, `config check`, and `doctor` (whether
+this host can be updated safely, one line per check)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +7,7 @@ import sys
 
 from runner.commands import OK, USAGE
 from runner.config import Config
+from runner.doctor import exit_code, report, run_doctor
 from runner.events import EventLog
 from runner.history import format_history, read_history
 from runner.notifyurls import url_problems
@@ -26,6 +24,12 @@ def cmd_history(cfg: Config, args, events: EventLog) -> int:
     runs = read_history(cfg.runs_dir, limit=args.n)
     print(json.dumps(runs, indent=2) if args.json else format_history(runs))
     return OK
+
+
+def cmd_doctor(cfg: Config, args, events: EventLog) -> int:
+    checks = run_doctor(cfg)
+    print(report(checks, as_json=args.json))
+    return exit_code(checks)
 
 
 def cmd_config_check(cfg: Config, args, events: EventLog) -> int:

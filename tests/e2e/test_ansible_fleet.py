@@ -1,7 +1,10 @@
 """deploy/ansible/update.yml with ansible-core on three simulated hosts (local connection,
 each its own world: registry, systemctl and dispatch stand-ins, config, state): one good build
-goes to every host, one at a time; then a build that fails on the second host stops the
-rollout there, and the third host is left untouched. Reports are fetched to the controller."""
+goes to every host, one at a time (each checked by `doctor` first); then a build that fails on
+the second host stops the rollout there, and the third host is left untouched; then a frozen
+first host fails its doctor and nothing runs anywhere. Reports are fetched to the controller.
+
+tests/e2e/test_ansible_install.py: the role that installs the tracker (install.yml)."""
 from __future__ import annotations
 
 import json
@@ -37,6 +40,10 @@ def fleet(world_template, tmp_path_factory):
     try:
         for host in HOSTS:  # one user per host keeps three hosts' runs short
             worlds[host] = World(root / host, users=DEPLOYMENT_USERS[:1], template=world_template).build()
+            installed = worlds[host].run_tracker(  # units and timers, as a host set up by install.yml
+                "install-units", "--dest", str(worlds[host].unit_dir), "--serve-env-dir",
+                str(worlds[host].serve_env_dir), "--bin", worlds[host].tracker_bin)
+            assert installed.exit_code == 0, installed.stderr
         yield root, worlds
     finally:
         for world in worlds.values():
@@ -102,10 +109,10 @@ def test_a_good_build_reaches_every_host_and_a_failing_host_stops_the_rollout(fl
     assert (summary["to"], summary["result"]) == (BAD, "health-check-failed")  # fetched although it failed
     assert (root / "reports" / "h2" / failed_run / "junit-health.xml").is_file()
 
-    # A frozen host exits 0 (a hold is not an error) but still stops the rollout: its FROZEN line.
+    # A frozen host (a hold is not an error for `run`) stops the rollout before its run: doctor.
     assert worlds["h1"].run_tracker("freeze", "--reason", "investigating").exit_code == 0
     before = {host: run_dirs(world) for host, world in worlds.items()}
     done = run_playbook(root, worlds)
-    assert done.exit_code != 0 and "FROZEN" in done.stdout, done.stdout
+    assert done.exit_code != 0 and "PROBLEM last-run: the tracker is frozen: investigating" in done.stdout, done.stdout
     assert {host: run_dirs(world) for host, world in worlds.items()} == before
     assert "h2" not in done.stdout.split("PLAY RECAP")[0], done.stdout

@@ -154,11 +154,11 @@ def test_truncated_junit_messages_are_read_from_the_full_report(tmp_path):
     report.write_text(
         '<testsuites><testsuite tests="1" failures="1" errors="0" skipped="0">'
         '<testcase name="test_x"><failure message="GateFailure: long...&#10;[truncated; full report in element text]">'
-        'def test_x():\nE   gates.t3client.GateFailure: `t3 auth pairing create` failed (exit code 1):\n'
+        'def test_x():\nE   runner.t3client.GateFailure: `t3 auth pairing create` failed (exit code 1):\n'
         'E   Error: table auth_pairing_links has no column named role\n</failure></testcase></testsuite></testsuites>')
     totals, problems = read_junit(report)
     assert totals["failures"] == 1
-    assert problems == ["test_x: gates.t3client.GateFailure: `t3 auth pairing create` failed (exit code 1): "
+    assert problems == ["test_x: runner.t3client.GateFailure: `t3 auth pairing create` failed (exit code 1): "
                         "Error: table auth_pairing_links has no column named role"]
 
 

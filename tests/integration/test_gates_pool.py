@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gates.t3client import GateFailure
+from runner.t3client import GateFailure
 from gates.throwaway import ServerPool
 
 

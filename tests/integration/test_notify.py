@@ -164,3 +164,45 @@ def test_mint_and_status_never_import_apprise(site):  # noqa: F811
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr
     json.dumps(done.returncode)
+
+
+# LONG DEFERRAL (runner/longdefer.py): after a run, once per streak, through the real CLI.
+
+def test_a_user_deferred_longer_than_the_limit_is_told_once_per_streak(site, monkeypatch, capsys):  # noqa: F811
+    from datetime import timedelta
+
+    from runner.activate import clear_deferred, mark_deferred
+    from runner.state import utc_now, write_freeze
+
+    cfg = config_mod.load_config()
+    assert cfg.notify_deferral_after == 3 * 86400  # the default: 3 days
+    deferred_dir = site / "state" / "deferred"
+    mark_deferred(deferred_dir, "wizard", version="0.0.25", reason="turn in flight", now=utc_now() - timedelta(days=4))
+    mark_deferred(deferred_dir, "emo", version="0.0.25", reason="recent activity", now=utc_now() - timedelta(days=1))
+    write_freeze(site / "freeze", "operator hold", by="ops")  # a run that holds at once: no instance needed
+    monkeypatch.setenv("T3_NOTIFY_EVENTS", "LONG DEFERRAL")
+
+    def run_and_receive() -> tuple[list[dict], str]:
+        with Webhook() as hook:
+            monkeypatch.setenv("T3_NOTIFY_URLS", hook.url)
+            assert cli.main(["run"]) == 0
+            return list(hook.received), capsys.readouterr().err
+
+    received, err = run_and_receive()
+    assert [m["title"].split(": ", 1)[1] for m in received] == ["LONG DEFERRAL 0.0.25"], err
+    assert "user: wizard" in received[0]["message"] and "deferred_for: 4d0h" in received[0]["message"]
+    assert "LONG DEFERRAL user=wizard deferred_for=4d0h" in err and "user=emo" not in err
+    # The same streak is told once; a later run says nothing about it.
+    received, err = run_and_receive()
+    assert received == [] and "LONG DEFERRAL" not in err, err
+    # Moved, then deferred again for long: a new streak, told again.
+    clear_deferred(deferred_dir, "wizard")
+    assert cli.main(["run"]) == 0
+    mark_deferred(deferred_dir, "wizard", version="0.0.26", reason="turn in flight", now=utc_now() - timedelta(days=5))
+    received, err = run_and_receive()
+    assert [m["title"].split(": ", 1)[1] for m in received] == ["LONG DEFERRAL 0.0.26"], err
+
+
+def test_the_deferral_limit_is_a_config_key(site, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("T3_NOTIFY_DEFERRAL_AFTER", "36h")
+    assert config_mod.load_config().notify_deferral_after == 36 * 3600

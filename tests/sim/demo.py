@@ -16,6 +16,10 @@ npm registry, the systemctl and dispatch stand-ins) and runs the real
 4. the operator unfreezes, and the first orchestration V2 nightly (0.0.46) arrives: every
    user's `state.sqlite` is imported into `statev2.sqlite`, which is their live database
    from then on (the tracker backs up, gates and judges that file; `state.sqlite` stays, frozen).
+
+Every run sends its outcomes (the default events, and `update complete`) through apprise to a
+local JSON webhook (tests/webhook.py, on loopback); the demo prints each notification as it
+arrived there.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from pathlib import Path
 from tests.runner_checks import archives_a_thread_when_stopped, events, probing_logins, restart_windows
 from tests.sim import builds
 from tests.sim.world import PROJECT_ROOT, World
+from tests.webhook import Webhook
 
 SCENARIOS = [
     ("good nightly bump", builds.GOOD_VERSIONS["good-0.0.25"]),
@@ -38,17 +43,25 @@ SCENARIOS = [
      builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]),
 ]
 UNFREEZE_BEFORE = {builds.V2_GOOD_VERSIONS["good-v2-0.0.46"]}
+NOTIFY_EVENTS = "FROZEN,ROLLED BACK,ROLLBACK FAILED,REPEATED REJECTIONS,HEALTH-CHECK FAILED,update complete"
 # Runs whose systemctl makes a user write as their server stops (see archives_a_thread_when_stopped).
 ARCHIVES_WHEN_STOPPED = {builds.BAD_VERSIONS["migration-fails-archived"]: "emo"}
 
 
-def run_scenario(world: World, title: str, version: str, out) -> int:
+def print_notifications(received: list[dict], url: str, out) -> None:
+    for message in received:
+        print(f"  notification received at {url}:\n    title: {message['title']}", file=out)
+        print("\n".join(f"    | {line}" for line in message["message"].splitlines()), file=out)
+
+
+def run_scenario(world: World, title: str, version: str, out, hook: Webhook) -> int:
     print(f"\n=== {title}: nightly -> {version}", file=out)
     if version in UNFREEZE_BEFORE:
         print(f"  t3-autoupdate unfreeze: exit {world.run_tracker('unfreeze').exit_code}", file=out)
     world.registry.set_tag("nightly", version)
     started = time.monotonic()
-    env = {}
+    env = {"T3_NOTIFY_URLS": hook.url, "T3_NOTIFY_EVENTS": NOTIFY_EVENTS}
+    already = len(hook.received)
     if version in ARCHIVES_WHEN_STOPPED:
         env["T3_SYSTEMCTL"] = str(archives_a_thread_when_stopped(world, ARCHIVES_WHEN_STOPPED[version]))
     with probing_logins(world) as logins:
@@ -57,6 +70,7 @@ def run_scenario(world: World, title: str, version: str, out) -> int:
     print(f"exit code {done.exit_code} after {time.monotonic() - started:.1f}s", file=out)
     for line in events(done):
         print(f"  {line}", file=out)
+    print_notifications(hook.received[already:], hook.url, out)
     windows = restart_windows(done)
     for sso, report in logins.items():
         own = windows.get(world.user(sso).os_user, [])
@@ -86,8 +100,10 @@ def main(argv=None) -> int:
     try:
         world.build()
         print("users: " + ", ".join(f"{u.sso}={u.os_user}" for u in world.users) + "; all on 0.0.24", file=out)
-        for title, version in SCENARIOS:
-            codes.append(run_scenario(world, title, version, out))
+        with Webhook() as hook:
+            print(f"notifications go to a local JSON webhook: {hook.url}", file=out)
+            for title, version in SCENARIOS:
+                codes.append(run_scenario(world, title, version, out, hook))
         status = world.run_tracker("status")
         print("\n=== t3-autoupdate status\n" + status.stdout, file=out)
         reports = sorted((world.state_dir / "runs").glob("*/junit-*.xml"))

@@ -68,7 +68,7 @@ def test_a_gate_log_excerpt_keeps_its_verdict(tmp_path):
     tail = " | ".join([f"2026-11-30T04:00:0{i}Z INFO starting fiber {i}" for i in range(6)]
                       + ['Error: MigrationError: Migration "33_ThreadPinned" failed: NOT NULL constraint failed'])
     reason = (f'test_server_becomes_ready_bound_like_production[populated-copy]: failed on setup with '
-              f'"gates.t3client.GateFailure: t3 serve exited with code 1 before becoming ready; log: {tail}"; '
+              f'"runner.t3client.GateFailure: t3 serve exited with code 1 before becoming ready; log: {tail}"; '
               f'test_server_becomes_ready_bound_like_production[empty]: failed on setup with "other"')
     short = fields_of(run_log(tmp_path)("HEALTH-CHECK FAILED", version="0.0.25", reason=reason))["reason"]
     assert len(short) <= REASON_CAP

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from gates import t3client
+from runner import t3client
 from runner.mint import mint_argv
 
 

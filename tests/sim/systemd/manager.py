@@ -126,8 +126,12 @@ class Manager:
             return Unit(u, fragments, need_reload, bad_setting=str(e))
 
     def daemon_reload(self) -> None:
+        """Every loaded unit reads its files again now (as systemd does): a unit file changed
+        after the reload shows NeedDaemonReload=yes, whether or not the unit was asked about."""
         for p in self.loaded_dir.glob("*.json"):
             p.unlink(missing_ok=True)
+        for name in self.known_units():
+            self.load(name)
 
     def require(self, name: str, verb: str) -> Unit:
         name = parse_unit_name(name).name

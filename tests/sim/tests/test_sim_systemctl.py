@@ -494,6 +494,18 @@ def test_an_active_unit_keeps_its_definition_until_daemon_reload(world):
     assert world.prop(unit, "Description") == "renamed wizard"
 
 
+def test_daemon_reload_loads_every_unit_at_once(world):
+    """A file changed after a reload needs another, even if nobody asked about the unit in
+    between (systemd loads every unit at the reload; it does not wait to be asked)."""
+    world.add_user("wizard")
+    world.start("wizard")
+    unit = "t3-serve@wizard.service"
+    assert world.ctl("daemon-reload").returncode == 0
+    world.dropin("t3-serve@.service", "[Unit]\nDescription=renamed %i\n")
+    assert world.prop(unit, "NeedDaemonReload") == "yes"
+    assert world.prop(unit, "Description") == "t3 serve for wizard"
+
+
 def test_enable_and_disable_are_recorded(world):
     world.add_user("wizard")
     unit = "t3-serve@wizard.service"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import requests
 
-from runner import proc
-from runner.mint import pairing_argv
+from . import proc
+from .mint import pairing_argv
 
 # Newest first: a client tries the current path and falls back on 404 (docs/t3-contract.md).
 PAIRING_ENDPOINTS = ("/api/auth/browser-session", "/api/auth/bootstrap")
