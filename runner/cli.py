@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 import traceback
-from importlib.metadata import PackageNotFoundError, version
 
 from .commands import BUG, FAILED, OK, USAGE, hold, inspect, install, run, users
 from .config import Config, ConfigError, load_config
@@ -31,6 +30,10 @@ from .versions import VersionError
 __all__ = ["main", "build_parser", "OK", "FAILED", "USAGE", "BUG"]
 
 def project_version() -> str:
+    # Imported here: importlib.metadata is ~30 ms of every command's start-up, and only
+    # `--version` asks.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("t3-autoupdate")
     except PackageNotFoundError:

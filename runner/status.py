@@ -7,8 +7,6 @@ API) is a finding, not something to ignore.
 from __future__ import annotations
 
 
-import requests
-
 from . import activate, quarantine
 from .dispatchmap import load_ports
 from .goodbuilds import previous_good_path
@@ -19,6 +17,7 @@ from .state import read_freeze, read_text_or_none
 
 
 def server_version(port: int | None) -> str | None:
+    import requests  # here: every command loads this module (the CLI's parser), few ask a server
     if port is None:
         return None
     try:
