@@ -47,7 +47,7 @@ class _Guard:
         if text in ("/dev/null", ":memory:", "") or text.startswith("file::memory:"):
             return True
         full = os.path.abspath(text)
-        if "/__pycache__/" in full:
+        if "/__pycache__/" in full or full.endswith("/__pycache__"):  # Python's own bytecode cache
             return True
         return any(full == r or full.startswith(r + os.sep) for r in self.roots)
 

@@ -160,7 +160,8 @@ def test_killed_mid_backup_after_one_user_was_backed_up(world):
     before = fingerprints(world)
     world.registry.set_tag("nightly", V28)
     source = os.path.realpath(world.database("emo"))
-    stop = StopAt(world, "sqlite3", "/usr/bin/sqlite3", ["-bail", "-nofollow", "-init", "/dev/null", source])
+    # The copy's command line (runner/backups/tools.py `vacuum_into`): JSON out, the source first.
+    stop = StopAt(world, "sqlite3", "/usr/bin/sqlite3", ["-bail", "-nofollow", "-init", "/dev/null", "-json", source])
     tracker = Tracker(world, "killed", T3_SQLITE3=str(stop.path))
     stop.wait_stopped(tracker)
     journal = read_journal(world)
@@ -357,8 +358,9 @@ def test_a_second_run_while_one_holds_the_lock_exits_at_once_without_side_effect
     npm = StopAt(world, "npm", proc_which("npm"), ["pack"])  # the first run waits at its stage
     first = Tracker(world, "first", T3_NPM=str(npm.path))
     npm.wait_stopped(first)
-    journal = read_journal(world)
-    assert journal is not None and journal["phase"] == "stage"
+    # Staging runs beside the backups: once they are done the journal says "stage", and nothing
+    # of the first run moves any more while npm is held.
+    wait_for_journal(world, first, lambda j: j["phase"] == "stage", "the first run's backups to finish")
     snapshot = _snapshot(world)
     started = time.monotonic()
     second = world.run_tracker(timeout=60)

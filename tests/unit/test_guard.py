@@ -43,6 +43,19 @@ def test_guard_allows_writes_inside_the_test_root(pytester):
     result.assert_outcomes(passed=1)
 
 
+def test_python_may_cache_bytecode_of_a_module_outside_the_test_root(pytester):
+    """Importing a module of the checkout for the first time inside a test writes its
+    `__pycache__` beside it (where PYTHONDONTWRITEBYTECODE is unset: ./dev unsets it): Python's
+    own cache, never the machine's state. The package sits outside the inner run's test root."""
+    pkg = pytester.mkpydir("probe_pkg_outside_root")
+    (pkg / "mod.py").write_text("VALUE = 1\n")
+    body = ("import sys, importlib; sys.dont_write_bytecode = False; sys.path.insert(0, %r); "
+            "assert importlib.import_module('probe_pkg_outside_root.mod').VALUE == 1" % str(pytester.path))
+    result = _run_inner(pytester, body)
+    result.assert_outcomes(passed=1)
+    assert (pkg / "__pycache__").is_dir()
+
+
 def test_child_process_reaching_systemctl_by_path_is_trapped(pytester):
     result = _run_inner(pytester, "import subprocess; assert subprocess.run(['systemctl', 'status']).returncode == 97")
     result.assert_outcomes(passed=1, errors=1)
