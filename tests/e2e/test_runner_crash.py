@@ -59,6 +59,23 @@ os.execv({real!r}, [{real!r}, *args])
 '''
 
 
+HELD: list["StopAt"] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_stopped_stand_in_outlives_its_test():
+    """A stopped stand-in runs as the user or gate user, in a session of its own: killing the
+    tracker's process group does not reach it, so a test that ends before `release()` ends it."""
+    yield
+    while HELD:
+        stand_in = HELD.pop()
+        if stand_in.marker.exists() and not stand_in.released:
+            try:
+                os.kill(int(stand_in.marker.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+
+
 class StopAt:
     """A program stand-in that stops at one chosen call (until `release()` or death)."""
 
@@ -75,6 +92,8 @@ class StopAt:
         self.path.write_text(STOP_AT.format(python=python, real=real, want=want, n_want=len(want), nth=nth,
                                             count=str(d / f"{name}.count"), marker=str(self.marker)))
         self.path.chmod(0o755)
+        self.released = False
+        HELD.append(self)
 
     def wait_stopped(self, tracker: Tracker, timeout: float = PHASE_DEADLINE) -> int:
         def stopped():
@@ -86,6 +105,7 @@ class StopAt:
 
     def release(self) -> None:
         os.kill(int(self.marker.read_text()), signal.SIGUSR1)
+        self.released = True  # it goes on as the real program: never killed at teardown
 
 
 def throwaway_servers(world) -> dict[int, str]:
