@@ -25,7 +25,7 @@ from .activate import ActivationError, release_of_link
 from .dispatchmap import DispatchMapError, load_ports
 from .gateuser import GateUserError, gate_ids
 from .history import read_history
-from .install import RETIRED_TIMERS, _is_own_wrapper, mint_wrapper_text
+from .install import RETIRED_TIMERS, is_own_wrapper, mint_wrapper_text
 from .journal import JournalError, load_journal
 from .services import unit_of
 from .state import read_freeze
@@ -166,13 +166,14 @@ def check_dispatch(cfg, sso: str, *, visit: Callable, cookies_of: Callable, not_
 def check_mint_helper(cfg, *, executable: Callable[[str], bool]) -> Check:
     helper = Path(cfg.mint_helper)
     fix = "t3-autoupdate install-mint"
-    if not _is_own_wrapper(helper):
+    if not is_own_wrapper(helper):
         what = "is missing" if not (helper.exists() or helper.is_symlink()) else "is not the project's (the host's own helper?)"
         return Check("mint-helper", False, f"{helper} {what}: the dispatch's logins would not run each user's link", fix)
-    exec_line = next((ln for ln in helper.read_text().splitlines() if ln.startswith("exec ")), "")
+    text = helper.read_text()
+    exec_line = next((ln for ln in text.splitlines() if ln.startswith("exec ")), "")
     words = shlex.split(exec_line)
     program = words[1] if len(words) > 2 else ""
-    if helper.read_text() != mint_wrapper_text(program, cfg.config_file):
+    if text != mint_wrapper_text(program, cfg.config_file):
         return Check("mint-helper", False, f"{helper} mints with another config than {cfg.config_file}", fix)
     if not executable(program):
         return Check("mint-helper", False, f"{helper} runs {program}, which is not an executable", fix)

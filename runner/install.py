@@ -158,7 +158,8 @@ def mint_wrapper_text(bin_path: str, config_file: Path | None) -> str:
             f"{config}exec {shlex.quote(bin_path)} mint \"$1\"\n")
 
 
-def _is_own_wrapper(path: Path) -> bool:
+def is_own_wrapper(path: Path) -> bool:
+    """Whether `path` is a mint wrapper this project installed (a regular file with its marker)."""
     if path.is_symlink() or not path.is_file():
         return False
     with open(path, "rb") as f:
@@ -182,7 +183,7 @@ def install_mint(cfg, *, bin_path: str | None = None, events) -> Path:
     helper = Path(cfg.mint_helper)
     kept = kept_mint_path(helper)
     bin_path = bin_path or shutil.which("t3-autoupdate") or str(Path(sys.argv[0]).resolve())
-    host_helper = (helper.exists() or helper.is_symlink()) and not _is_own_wrapper(helper)
+    host_helper = (helper.exists() or helper.is_symlink()) and not is_own_wrapper(helper)
     if host_helper:
         if kept.exists() or kept.is_symlink():
             raise MintInstallError(f"{helper} is not ours and {kept} already exists: refusing to overwrite "
@@ -200,7 +201,7 @@ def uninstall_mint(cfg, *, events) -> Path | None:
 
     helper = Path(cfg.mint_helper)
     kept = kept_mint_path(helper)
-    if not _is_own_wrapper(helper):
+    if not is_own_wrapper(helper):
         raise MintInstallError(f"{helper} is not the t3-autoupdate wrapper: nothing to uninstall")
     if kept.exists() or kept.is_symlink():
         os.rename(kept, helper)
