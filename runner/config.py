@@ -10,15 +10,13 @@ reaches npm untouched through the environment.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import stat
 import tomllib
 import types
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from .configkeys import DERIVED, ENV_NAMES, KEYS, absolute_path
 from .notifyurls import private_url
@@ -55,14 +53,23 @@ def _check_scratch_root(path: Path) -> str | None:
     return None
 
 
+def _close_match(word: str, known) -> list[str]:
+    """The "did you mean" hint of an unknown key. difflib is imported here, on the error path:
+    it costs 13 ms, paid on every login by the mint if imported at the top."""
+    import difflib
+
+    return difflib.get_close_matches(word, known, n=1)
+
+
 def _user(os_user: str) -> str:
     if not isinstance(os_user, str) or not OS_USER_RE.fullmatch(os_user):
         raise ValueError(f"invalid OS user name {os_user!r}")
     return os_user
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
+    """Frozen by being a tuple (not a dataclass: importing dataclasses costs the mint 15 ms
+    on every login). Built by keyword only, by `load_config`."""
     track: str
     pin: str | None
     dry_run: bool
@@ -201,7 +208,7 @@ def _read_file(env: Mapping[str, str], errors: list[str]) -> tuple[dict[str, Any
         errors.append(problem)
     for key in data:
         if key not in KEYS:
-            hint = difflib.get_close_matches(key, KEYS, n=1)
+            hint = _close_match(key, KEYS)
             errors.append(f"{path}: {key}: unknown key" + (f" (did you mean {hint[0]}?)" if hint else ""))
     return {k: v for k, v in data.items() if k in KEYS}, path
 
@@ -255,7 +262,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     # (T3_PORT is the serve unit's own variable, inherited by shells inside a t3 session.)
     for name in sorted(env):
         if name.startswith("T3_") and name not in ENV_NAMES and name not in ("T3_CONFIG", "T3_PORT"):
-            hint = difflib.get_close_matches(name, [*ENV_NAMES, "T3_CONFIG"], n=1)
+            hint = _close_match(name, [*ENV_NAMES, "T3_CONFIG"])
             errors.append(f"{name} (environment): unknown variable" + (f" (did you mean {hint[0]}?)" if hint else ""))
     if errors:
         raise ConfigError(errors)

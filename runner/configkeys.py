@@ -7,13 +7,11 @@ name is `T3_<KEY>`.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from .notifyurls import DEFAULT_EVENTS, notify_events, notify_urls
 from .usermap import OS_USER_RE
@@ -124,6 +122,8 @@ def _version(raw: Any) -> str:
 
 
 def _url(raw: Any) -> str:
+    from urllib.parse import urlsplit  # here, not at the top: the mint's start-up skips it
+
     parts = urlsplit(_text(raw))
     try:  # .port raises ValueError on a malformed port
         ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0 \
@@ -136,6 +136,8 @@ def _url(raw: Any) -> str:
 
 
 def _host(raw: Any) -> str:
+    import ipaddress  # here, not at the top: the mint's start-up skips it
+
     try:
         return str(ipaddress.ip_address(_text(raw)))
     except ValueError:

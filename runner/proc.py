@@ -13,19 +13,26 @@ TZ of the runner's, plus whatever the caller names. Nothing else of root's envir
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
+import sys
 import time
-from dataclasses import dataclass
-from typing import Mapping, Sequence
-
-log = logging.getLogger("t3-autoupdate.proc")
+from typing import Mapping, NamedTuple, Sequence
 
 
-@dataclass(frozen=True)
-class UserIds:
+
+def _debug(message: str, argv: Sequence[str], *detail) -> None:
+    """A debug record of a command. `logging` is looked up, not imported: a process that
+    never imported it (the mint, on every login) has no handler a record could reach, and
+    the import would cost it 8 ms."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("t3-autoupdate.proc").debug(message, format_argv(argv), *detail)
+
+
+# NamedTuples, not dataclasses: importing dataclasses costs the mint 15 ms on every login.
+class UserIds(NamedTuple):
     uid: int
     gid: int
     name: str = ""
@@ -35,8 +42,7 @@ class UserIds:
         return cls(st.st_uid, st.st_gid)
 
 
-@dataclass(frozen=True)
-class Completed:
+class Completed(NamedTuple):
     argv: tuple[str, ...]
     exit_code: int
     stdout: str
@@ -78,8 +84,20 @@ def child_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | 
     return env
 
 
+def _dropping(user: UserIds | None) -> bool:
+    return user is not None and os.geteuid() == 0 and user.uid != 0
+
+
+def _drop_privileges_kwargs(user: UserIds | None) -> dict:
+    """Popen's own privilege drop (setgroups, setgid, setuid in the child, the same order as
+    `_drop_privileges`), done in C: no Python runs between fork and exec."""
+    if not _dropping(user):
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": [user.gid]}
+
+
 def _drop_privileges(user: UserIds | None):
-    if user is None or os.geteuid() != 0 or user.uid == 0:
+    if not _dropping(user):
         return None
 
     def preexec():
@@ -149,7 +167,7 @@ def run(
     argv = tuple(str(a) for a in argv)
     if not argv or not argv[0]:
         raise ValueError("run: empty command")
-    log.debug("run: %s%s", format_argv(argv), f" (as uid {as_user.uid})" if as_user else "")
+    _debug("run: %s%s", argv, f" (as uid {as_user.uid})" if as_user else "")
     if isinstance(input, str):
         input = input.encode()
     started = time.monotonic()
@@ -157,7 +175,7 @@ def run(
         popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  env=dict(env) if env is not None else child_env(), cwd=cwd,
-                                 start_new_session=True, preexec_fn=_drop_privileges(as_user))
+                                 start_new_session=True, **_drop_privileges_kwargs(as_user))
     except FileNotFoundError as exc:
         if cwd is not None and exc.filename is not None and os.fspath(exc.filename) == os.fspath(cwd):
             raise CommandError(argv, 126, reason=f"could not start: no directory {cwd}") from exc
@@ -179,7 +197,7 @@ def run(
             _kill_group(popen)
             raise
     done = Completed(argv, popen.returncode, _decode(out), _decode(err), time.monotonic() - started)
-    log.debug("exit %d after %.2fs: %s", done.exit_code, done.seconds, argv[0])
+    _debug("%s: exit %d after %.2fs", argv[:1], done.exit_code, done.seconds)
     if done.exit_code < 0:
         raise CommandError(argv, done.exit_code, done.stdout, done.stderr,
                            reason=f"killed by signal {-done.exit_code}")
@@ -202,7 +220,7 @@ def spawn(
     with `terminate`. It is SIGKILLed by the kernel if this process dies first.
     """
     argv = tuple(str(a) for a in argv)
-    log.debug("spawn: %s", format_argv(argv))
+    _debug("spawn: %s", argv)
     with open(log_path, "ab") as out:
         try:
             return subprocess.Popen(

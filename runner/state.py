@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -128,8 +128,7 @@ class RunLock:
             self.fd = None
 
 
-@dataclass
-class Freeze:
+class Freeze(NamedTuple):  # not a dataclass: the mint imports this module on every login
     reason: str
     by: str = ""
     at: str = ""
@@ -153,7 +152,7 @@ def read_freeze(path: Path) -> Freeze | None:
 
 def write_freeze(path: Path, reason: str, by: str) -> Freeze:
     freeze = Freeze(reason=reason, by=by, at=iso(utc_now()))
-    atomic_json(path, freeze.__dict__)
+    atomic_json(path, freeze._asdict())
     return freeze
 
 

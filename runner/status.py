@@ -52,7 +52,7 @@ def collect_status(cfg) -> dict:
     return {
         "last_good": last_good,
         "previous_good": read_text_or_none(previous_good_path(cfg)),
-        "frozen": freeze.__dict__ if freeze else None,
+        "frozen": freeze._asdict() if freeze else None,
         "quarantined": sorted(quarantine.quarantined_versions(cfg.quarantine_dir)),
         "unfinished_run": unfinished,
         "users": users,

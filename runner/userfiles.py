@@ -18,7 +18,6 @@ their users can change at any moment. The rules these helpers encode:
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -136,6 +135,8 @@ def same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 def sha256_fd(fd: int) -> str:
     """SHA-256 of the whole file behind `fd` (positional reads; the offset is untouched)."""
+    import hashlib  # here, not at the top: the mint imports this module on every login
+
     digest, offset = hashlib.sha256(), 0
     while chunk := os.pread(fd, _CHUNK, offset):
         digest.update(chunk)

@@ -17,7 +17,6 @@ these wrong (it once "upgraded" 0.0.26 to 0.0.26-nightly.20260609.498), and
 """
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import re
 from typing import Iterable
@@ -116,9 +115,11 @@ def is_nightly(version: str) -> bool:
     match = _NIGHTLY_RE.fullmatch(_prerelease(version) or "")
     if match is None:
         return False
+    import datetime  # here, not at the top: validation alone (the mint) does not need it
+
     day = match.group(1)
     try:
-        _dt.date(int(day[:4]), int(day[4:6]), int(day[6:]))
+        datetime.date(int(day[:4]), int(day[4:6]), int(day[6:]))
     except ValueError:
         return False
     return True

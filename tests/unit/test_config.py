@@ -1,5 +1,4 @@
 """runner.config: defaults, TOML then environment, every error at once, the user map."""
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -325,7 +324,7 @@ def test_unknown_t3_environment_variable_is_an_error(tmp_site):
 
 def test_config_is_frozen(tmp_site):
     cfg = load_config(env_for(tmp_site))
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         cfg.track = "latest"
     with pytest.raises(TypeError):
         cfg.users["eve"] = "root"
@@ -350,7 +349,7 @@ def test_as_dict_and_check_lines(tmp_site):
 
 
 def test_config_class_fields_match_the_key_table():
-    fields = {f.name for f in dataclasses.fields(Config)}
+    fields = set(Config._fields)
     assert set(KEYS) <= fields
     assert set(ENV_NAMES) == {f"T3_{k.upper()}" for k in KEYS}
 
