@@ -15,19 +15,36 @@ import os
 import sys
 import traceback
 
-from .commands import BUG, FAILED, OK, USAGE, hold, inspect, install, run, users
+from .commands import BUG, FAILED, OK, USAGE
 from .config import Config, ConfigError, load_config
 from .dispatchmap import DispatchMapError, load_ports
 from .events import EventLog
 from .longdefer import report_long_deferrals
 from .metrics import record_run
 from .notify import attach_notifier
-from .phases.recover import RecoveryFailed
+from .refusals import RecoveryFailed, RunRefused
 from .state import RUN_UMASK, LockBusy, atomic_write, new_run_id, read_freeze, read_text_or_none, secure_state_dirs
-from .tracker import RunRefused
 from .versions import VersionError
 
 __all__ = ["main", "build_parser", "OK", "FAILED", "USAGE", "BUG"]
+
+
+class Command:
+    """`runner.commands.<module>.cmd_<name>`, imported when the command runs: a command's start-up
+    pays only for its own modules (a timer run with nothing to do never loads status, doctor,
+    the dry run or the installers)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self, cfg, args, events) -> int:
+        from importlib import import_module
+
+        return getattr(import_module(f"runner.commands.{self.module}"), self.name)(cfg, args, events)
+
+    def __repr__(self) -> str:
+        return f"Command({self.module!r}, {self.name!r})"
+
 
 def project_version() -> str:
     # Imported here: importlib.metadata is ~30 ms of every command's start-up, and only
@@ -56,56 +73,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t3-autoupdate", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action=_VersionAction, help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="one gated tracker run (the default; what the timer runs)").set_defaults(func=run.cmd_run)
+    sub.add_parser("run", help="one gated tracker run (the default; what the timer runs)").set_defaults(func=Command("run", "cmd_run"))
     sub.add_parser("dry-run", help="resolve, stage in a temp prefix, health gate; change nothing").set_defaults(
-        func=run.cmd_dry_run)
+        func=Command("run", "cmd_dry_run"))
     p = sub.add_parser("freeze", help="hold the current build until unfrozen")
     p.add_argument("--reason", required=True)
-    p.set_defaults(func=hold.cmd_freeze)
-    sub.add_parser("unfreeze", help="resume tracking").set_defaults(func=hold.cmd_unfreeze)
+    p.set_defaults(func=Command("hold", "cmd_freeze"))
+    sub.add_parser("unfreeze", help="resume tracking").set_defaults(func=Command("hold", "cmd_unfreeze"))
     p = sub.add_parser("status", help="versions, links, running builds, deferrals, freeze, quarantine")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=inspect.cmd_status)
+    p.set_defaults(func=Command("inspect", "cmd_status"))
     p = sub.add_parser("doctor", help="can this host be updated safely: one line per check, and what to fix")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=inspect.cmd_doctor)
+    p.set_defaults(func=Command("inspect", "cmd_doctor"))
     p = sub.add_parser("verify", help="run the canary gate for every user (or --users a,b)")
     p.add_argument("--users", default=None)
-    p.set_defaults(func=users.cmd_verify)
+    p.set_defaults(func=Command("users", "cmd_verify"))
     p = sub.add_parser("config", help="config check: print the effective config")
     p.add_argument("action", choices=["check"])
-    p.set_defaults(func=inspect.cmd_config_check)
+    p.set_defaults(func=Command("inspect", "cmd_config_check"))
     p = sub.add_parser("mint", help="mint a pairing credential for OS_USER with their own linked build")
     p.add_argument("os_user")
-    p.set_defaults(func=users.cmd_mint)
+    p.set_defaults(func=Command("users", "cmd_mint"))
     p = sub.add_parser("quarantine", help="list quarantined builds, or --clear VERSION")
     p.add_argument("--clear", metavar="VERSION")
-    p.set_defaults(func=hold.cmd_quarantine)
-    sub.add_parser("drain-deferred", help="restart deferred users who are idle now").set_defaults(func=users.cmd_drain)
+    p.set_defaults(func=Command("hold", "cmd_quarantine"))
+    sub.add_parser("drain-deferred", help="restart deferred users who are idle now").set_defaults(func=Command("users", "cmd_drain"))
     sub.add_parser("recover", help="finish or undo a killed run now (the tracker unit's ExecStopPost)").set_defaults(
-        func=users.cmd_recover)
+        func=Command("users", "cmd_recover"))
     p = sub.add_parser("adopt", help="first install: stage VERSION, link every user to it, record last-good")
     p.add_argument("version")
-    p.set_defaults(func=users.cmd_adopt)
+    p.set_defaults(func=Command("users", "cmd_adopt"))
     p = sub.add_parser("install-units", help="install the units and enable (never start) the daily timer")
     p.add_argument("--dest", default="/etc/systemd/system")
     p.add_argument("--serve-env-dir", default="/etc/t3-serve", help="holds <os_user>.env with T3_PORT")
     p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
-    p.set_defaults(func=install.cmd_install_units)
+    p.set_defaults(func=Command("install", "cmd_install_units"))
     sub.add_parser("backup", help="the daily verified backup of every user's databases (what "
-                                  "t3-autoupdate-backup.timer runs)").set_defaults(func=install.cmd_backup)
+                                  "t3-autoupdate-backup.timer runs)").set_defaults(func=Command("install", "cmd_backup"))
     p = sub.add_parser("install-mint", help="install the mint wrapper at the dispatch's helper path (mint_helper), "
                                             "keeping the host's helper aside; --uninstall puts it back")
     p.add_argument("--bin", default=None, help="path of t3-autoupdate (default: as found on PATH)")
     p.add_argument("--uninstall", action="store_true")
-    p.set_defaults(func=install.cmd_install_mint)
+    p.set_defaults(func=Command("install", "cmd_install_mint"))
     p = sub.add_parser("history", help="one line per run: when, from -> to, result, duration, users, report")
     p.add_argument("-n", type=int, default=20, metavar="N", help="the last N runs (default 20; 0 for all)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=inspect.cmd_history)
+    p.set_defaults(func=Command("inspect", "cmd_history"))
     p = sub.add_parser("rollback", help="manual rollback to last-good (or --to VERSION) with database restore")
     p.add_argument("--to", default=None)
-    p.set_defaults(func=users.cmd_rollback)
+    p.set_defaults(func=Command("users", "cmd_rollback"))
     return parser
 
 
@@ -128,7 +145,7 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # argparse exits on --help (0) and bad usage (2); main returns its code
         return exc.code if isinstance(exc.code, int) else USAGE
     if args.command is None:
-        args.func, args.command = run.cmd_run, "run"
+        args.func, args.command = Command("run", "cmd_run"), "run"
     events = EventLog()
     try:
         cfg = load_config()
@@ -148,7 +165,7 @@ def main(argv=None) -> int:
                 print(f"t3-autoupdate: state directories: {exc}", file=sys.stderr)
                 return USAGE
         if args.command == "mint":  # on every login: none of the run machinery (tracker, requests)
-            return users.cmd_mint(cfg, args, events)
+            return args.func(cfg, args, events)
         if args.command in DISPATCH_MAP_COMMANDS and not (args.command == "run" and cfg.dry_run):
             try:
                 load_ports(cfg.dispatch_map, cfg.os_users)

@@ -10,24 +10,15 @@ run was refused) and was handled; 2 and 3 are the CLI's.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
-from . import goodbuilds
 from .context import RunContext
 from .journal import RunRecord, RunStopped, clear_journal
-from .phases.backup import back_up_everyone
-from .phases.canary import roll_out, undo_canary
-from .phases.commit import commit
-from .phases.health import prove_candidate
 from .phases.recover import locked_and_recovered
 from .phases.resolve import frozen, installed_version, resolve_and_decide
-from .phases.stage import stage_candidate
+from .refusals import RunRefused
 from .resolve import ResolveError
 from .state import atomic_json, iso
 
-
-class RunRefused(Exception):
-    """Stopped before touching anything a user runs (exit 1)."""
+__all__ = ["RunRefused", "tracker_run", "bump", "back_up_while_staging"]
 
 
 def tracker_run(ctx: RunContext) -> int:
@@ -61,6 +52,12 @@ def back_up_while_staging(ctx: RunContext, record: RunRecord):
     Nobody backed up: the staged release is removed again (nothing installed), then the run
     stops. The journal says "backup" until the backups are done, then "stage"; recovery
     discards a stage from either."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from . import goodbuilds
+    from .phases.backup import back_up_everyone
+    from .phases.stage import stage_candidate
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage") as pool:
         staging = pool.submit(stage_candidate, ctx, record)
         try:
@@ -80,6 +77,12 @@ def back_up_while_staging(ctx: RunContext, record: RunRecord):
 
 def bump(ctx: RunContext, record: RunRecord) -> int:
     """Phases 3-8 on the chosen build; the record says how the run ended (summary.json)."""
+    # The bump's phases are imported here, not at the top: most runs have nothing to do, and
+    # their start-up is part of the no-op run's cost (issue 12: npm view + 0.2 s).
+    from .phases.canary import roll_out, undo_canary
+    from .phases.commit import commit
+    from .phases.health import prove_candidate
+
     journal = ctx.cfg.journal_path
     try:
         record.enter(journal, "backup")

@@ -5,7 +5,6 @@ import sys
 
 from runner.config import Config
 from runner.context import RunContext
-from runner.dryrun import dry_run
 from runner.events import EventLog
 from runner.tracker import tracker_run
 
@@ -17,4 +16,6 @@ def cmd_run(cfg: Config, args, events: EventLog) -> int:
 
 
 def cmd_dry_run(cfg: Config, args, events: EventLog) -> int:
+    from runner.dryrun import dry_run  # here: a timer's run never needs the dry run's modules
+
     return dry_run(RunContext.build(cfg, events=events), stdout=sys.stdout)

@@ -18,20 +18,14 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
-from .. import activate, goodbuilds
+from .. import activate
 from ..context import RunContext
 from ..journal import RunRecord, clear_journal, load_journal
-from ..scratch import remove_leftovers
+from ..refusals import RecoveryFailed
 from ..services import unit_of
-from ..staging.releases import clean_staging
 from ..state import RunLock, write_freeze
-from .commit import commit
-from .health import health_purpose
-from .rollback import roll_back_users
 
-
-class RecoveryFailed(RuntimeError):
-    """An unfinished run could not be undone; nothing else may run until a person looks."""
+__all__ = ["RecoveryFailed", "locked_and_recovered", "recover_unfinished_run", "still_on"]
 
 
 @contextmanager
@@ -58,6 +52,16 @@ def recover_unfinished_run(ctx: RunContext) -> RunRecord | None:
     journal = load_journal(cfg.journal_path)
     if journal is None:
         return None
+    # Imported here: every command starts with this phase, and almost always finds no journal;
+    # the repair's modules (rollback, commit, staging, the health gate's names) are ~0.1 s of
+    # start-up a run with nothing to do would pay.
+    from .. import goodbuilds
+    from ..scratch import remove_leftovers
+    from ..staging.releases import clean_staging
+    from .commit import commit
+    from .health import health_purpose
+    from .rollback import roll_back_users
+
     if journal.phase == "commit":
         commit(ctx, journal)
         events("RECOVERED", run=journal.run_id, phase=journal.phase, action="finished")
