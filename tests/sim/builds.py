@@ -1,6 +1,6 @@
 """The build factory: real npm tarballs of the simulated t3, one per version and profile.
 
-Every simulated build carries the same code (t3pkg/t3sim.py) and differs only in
+Every simulated build carries the same code (t3pkg/t3sim.py and t3serve.py) and differs only in
 its package.json version and its profile.json behaviour profile. CATALOGUE is the
 standard set of builds the tests, the registry and the demo publish: the good
 builds the contract's history describes, then one bad nightly per failure the
@@ -185,6 +185,7 @@ def package_files(version: str, profile: str | Profile, *, scripts: dict[str, st
         "profile.json": ((json.dumps(profile.to_json(), indent=2) + "\n").encode(), 0o644),
         "bin/t3": ((PAYLOAD_DIR / "bin_t3").read_bytes(), 0o755),
         "lib/t3sim.py": ((PAYLOAD_DIR / "t3sim.py").read_bytes(), 0o644),
+        "lib/t3serve.py": ((PAYLOAD_DIR / "t3serve.py").read_bytes(), 0o644),
     }
 
 
@@ -221,7 +222,9 @@ def unpack_package(tarball: Path, dest_dir: Path) -> Path:
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball, "r:gz") as tar:
-        tar.extractall(dest_dir, filter="data")
+        # The "data" filter where tarfile has it (3.11.4 on; the project supports 3.11): the
+        # tarball is our own, built just above from plain files, so older ones extract it as is.
+        tar.extractall(dest_dir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return dest_dir / "package"
 
 
