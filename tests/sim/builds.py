@@ -1,6 +1,6 @@
 """The build factory: real npm tarballs of the simulated t3, one per version and profile.
 
-Every simulated build carries the same code (t3pkg/t3sim.py) and differs only in
+Every simulated build carries the same code (t3pkg/t3sim.py and t3serve.py) and differs only in
 its package.json version and its profile.json behaviour profile. CATALOGUE is the
 standard set of builds the tests, the registry and the demo publish: the good
 builds the contract's history describes, then one bad nightly per failure the
@@ -15,11 +15,15 @@ their own groups so tests written for the V1 groups keep their meaning.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import io
 import json
 import os
+import py_compile
+import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,8 +188,33 @@ def package_files(version: str, profile: str | Profile, *, scripts: dict[str, st
         "package.json": ((json.dumps(manifest, indent=2) + "\n").encode(), 0o644),
         "profile.json": ((json.dumps(profile.to_json(), indent=2) + "\n").encode(), 0o644),
         "bin/t3": ((PAYLOAD_DIR / "bin_t3").read_bytes(), 0o755),
-        "lib/t3sim.py": ((PAYLOAD_DIR / "t3sim.py").read_bytes(), 0o644),
+        **{f"lib/{name}": ((PAYLOAD_DIR / name).read_bytes(), 0o644) for name in PAYLOAD_MODULES},
+        **{f"lib/__pycache__/{pyc}": (content, 0o644) for pyc, content in compiled_payload().items()},
     }
+
+
+#: The payload's Python modules, under lib/ in every package.
+PAYLOAD_MODULES = ("t3sim.py", "t3serve.py")
+
+
+@functools.cache
+def compiled_payload() -> dict[str, bytes]:
+    """`<module>.<cache tag>.pyc` of each payload module: hash-checked bytecode for this
+    interpreter, shipped beside the source as a release ships compiled code. A build run
+    as `bin/t3` (every login's mint, every server start) writes no bytecode into its
+    installed release, so without these each start compiled the modules again; another
+    Python version ignores them, and a changed source fails the hash check (then the
+    source is compiled, as without them)."""
+    compiled = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in PAYLOAD_MODULES:
+            pyc = f"{name[:-3]}.{sys.implementation.cache_tag}.pyc"
+            # dfile: tracebacks name the module as installed (lib/<name>), not this checkout
+            py_compile.compile(str(PAYLOAD_DIR / name), cfile=os.path.join(scratch, pyc), dfile=name,
+                               doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+            with open(os.path.join(scratch, pyc), "rb") as fh:
+                compiled[pyc] = fh.read()
+    return compiled
 
 
 def build_tarball(version: str, profile: str | Profile, dest_dir: Path, **hostile) -> Path:
@@ -221,7 +250,9 @@ def unpack_package(tarball: Path, dest_dir: Path) -> Path:
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball, "r:gz") as tar:
-        tar.extractall(dest_dir, filter="data")
+        # The "data" filter where tarfile has it (3.11.4 on; the project supports 3.11): the
+        # tarball is our own, built just above from plain files, so older ones extract it as is.
+        tar.extractall(dest_dir, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return dest_dir / "package"
 
 

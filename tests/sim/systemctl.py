@@ -8,7 +8,6 @@ or, with no environment needed, the wrapper ``install_systemctl(root, unit_dir)`
 """
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ def install_systemctl(root: Path, unit_dir: Path, *, host_users: bool = False,
 
     `host_users`: let User= name the machine's real accounts; `user_map_file`: the world's
     own accounts (see tests/sim/systemd/__init__.py)."""
+    import shlex  # here: the program itself (every stand-in call) never needs it
+
     root, unit_dir = Path(root).resolve(), Path(unit_dir).resolve()
     bindir = root / "bin"
     bindir.mkdir(parents=True, exist_ok=True)

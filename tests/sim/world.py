@@ -309,10 +309,9 @@ class World:
             dbgen.make_user(self.userdata(user.os_user), SCHEMA_OF[version], builds.profile_for(version).layout,
                             **options)
             self._own_home(user.os_user)
-        for user in self.users:
-            self.systemctl_run("start", serve_unit_name(user.os_user))
-        for user in self.users:
-            self.wait_instance_ready(user.sso)
+        # One stand-in call for all (each call is a Python start); it starts them in order.
+        self.systemctl_run("start", *(serve_unit_name(user.os_user) for user in self.users))
+        self.wait_instances_ready([user.sso for user in self.users])
         # Like production: no retry, so a login inside a user's restart window fails.
         self.dispatch = Dispatch(self.dispatch_map, self.mint_helper, port=self.dispatch_port).start()
         return self
@@ -414,25 +413,37 @@ class World:
         return response.json() if response.status_code == 200 else None
 
     def wait_instance_ready(self, sso: str, timeout: float = 30.0) -> dict:
-        """The user's environment once their unit is active and their server answers.
+        """The user's environment once their unit is active and their server answers (see
+        wait_instances_ready)."""
+        return self.wait_instances_ready([sso], timeout)[sso]
 
-        The server is asked at every poll; the unit (a stand-in call: a Python start) at the
-        first poll, then at most every UNIT_CHECK_INTERVAL and once more when the server
-        answers: a unit that died still fails the wait within that interval, not at the
-        deadline, without a Python start per poll."""
-        unit = serve_unit_name(self.user(sso).os_user)
+    def wait_instances_ready(self, ssos, timeout: float = 30.0) -> dict[str, dict]:
+        """Each user's environment once all their units are active and their servers answer.
+
+        The servers are asked at every poll; the units (one stand-in call for all: a Python
+        start) at the first poll, then at most every UNIT_CHECK_INTERVAL and once more when
+        every server answers: a unit that died still fails the wait within that interval, not
+        at the deadline, without a Python start per poll."""
+        units = {sso: serve_unit_name(self.user(sso).os_user) for sso in ssos}
+        answers: dict[str, dict] = {}
         checked_at = None
 
         def ready():
             nonlocal checked_at
-            answer = self.environment_of(sso)
-            if answer is not None or checked_at is None or time.monotonic() - checked_at >= UNIT_CHECK_INTERVAL:
+            for sso in units.keys() - answers.keys():
+                answer = self.environment_of(sso)
+                if answer is not None:
+                    answers[sso] = answer
+            every = len(answers) == len(units)
+            if every or checked_at is None or time.monotonic() - checked_at >= UNIT_CHECK_INTERVAL:
                 checked_at = time.monotonic()
-                if self.systemctl_run("is-active", unit, ok_codes=range(256)).exit_code != 0:
-                    raise RuntimeError(f"{unit} is not active: {self.unit_log(unit)[-600:]}")
-            return answer
+                states = self.systemctl_run("is-active", *units.values(), ok_codes=range(256)).stdout.split()
+                for unit, state in zip(units.values(), states + ["?"] * (len(units) - len(states))):
+                    if state not in ("active", "reloading"):
+                        raise RuntimeError(f"{unit} is not active ({state}): {self.unit_log(unit)[-600:]}")
+            return answers if every else None
 
-        return wait_until(ready, timeout, f"{unit} to answer")
+        return wait_until(ready, timeout, f"{', '.join(units.values())} to answer")
 
     def unit_log(self, unit: str) -> str:
         path = self.root / "sim" / "run" / "simctl" / f"{unit}.log"

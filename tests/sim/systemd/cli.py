@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fnmatch
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import (EXIT_FAILURE, EXIT_NO_SUCH_UNIT, EXIT_NOT_ACTIVE, EXIT_OK, SimError, format_timestamp)
@@ -79,18 +78,18 @@ def cmd_cat(manager: Manager, names: list[str]) -> int:
     return EXIT_OK
 
 
-@dataclass
 class Options:
-    properties: list[str] = field(default_factory=list)
-    value: bool = False
-    all: bool = False
-    quiet: bool = False
-    legend: bool = True
-    plain: bool = False
-    now: bool = False
-    types: list[str] = field(default_factory=list)
-    states: list[str] = field(default_factory=list)
-    lines: int = 10
+    """systemctl's options as parsed (plain classes in this package, no dataclasses: every
+    call of the stand-in is a Python start, and importing dataclasses costs more than the
+    rest of the stand-in)."""
+
+    def __init__(self) -> None:
+        self.properties: list[str] = []
+        self.value = self.all = self.quiet = self.plain = self.now = False
+        self.legend = True
+        self.types: list[str] = []
+        self.states: list[str] = []
+        self.lines = 10
 
 
 _FLAGS = {"--value": "value", "-a": "all", "--all": "all", "-q": "quiet", "--quiet": "quiet", "--plain": "plain",

@@ -5,7 +5,6 @@ a StartError where systemd would refuse to start it."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from .common import DEFAULT_PATH, PASS_ENV, StartError, new_id
@@ -13,14 +12,12 @@ from .syntax import expand_argument, parse_env_file
 from .units import Account, Command, Unit, host_account
 
 
-@dataclass
 class ExecSpec:
-    path: str
-    argv: list[str]
-    env: dict[str, str]
-    cwd: str | None
-    user: tuple[int, int, list[int]] | None
-    notes: list[str]
+    """How to exec one command line of a unit (a plain class: see cli.Options)."""
+
+    def __init__(self, path: str, argv: list[str], env: dict[str, str], cwd: str | None,
+                 user: tuple[int, int, list[int]] | None, notes: list[str]) -> None:
+        self.path, self.argv, self.env, self.cwd, self.user, self.notes = path, argv, env, cwd, user, notes
 
 
 def exec_spec(unit: Unit, cmd: Command, *, host_users: bool, user_map: dict) -> ExecSpec:

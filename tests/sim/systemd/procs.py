@@ -6,18 +6,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 from .common import CLD_DUMPED, CLD_EXITED, SIGKILL_WAIT, poll_until
 
 
-@dataclass(frozen=True)
 class ProcStat:
-    state: str
-    pgrp: int
-    session: int
-    start: int  # clock ticks since boot: with the pid, names one process for good
+    """A process's /proc/<pid>/stat fields that the stand-in uses (a plain class: see cli.Options).
+    `start`: clock ticks since boot; with the pid, it names one process for good."""
+
+    __slots__ = ("state", "pgrp", "session", "start")
+
+    def __init__(self, state: str, pgrp: int, session: int, start: int) -> None:
+        self.state, self.pgrp, self.session, self.start = state, pgrp, session, start
 
 
 def proc_stat(pid: int) -> ProcStat | None:

@@ -7,7 +7,6 @@ import os
 import pwd
 import re
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import DEFAULT_RESTART_SEC, DEFAULT_TIMEOUT_STOP, SimError, UnitSettingError
@@ -17,12 +16,11 @@ SUFFIXES = ("service", "timer", "socket", "target", "path", "mount", "slice", "s
 _UNIT_NAME = re.compile(r"^([A-Za-z0-9:_.\\-]+?)(?:@([A-Za-z0-9:_.\\-]*))?\.(" + "|".join(SUFFIXES) + r")$")
 
 
-@dataclass
 class UnitName:
-    name: str
-    prefix: str
-    instance: str | None
-    suffix: str
+    """A parsed unit name (plain classes in this package: see cli.Options)."""
+
+    def __init__(self, name: str, prefix: str, instance: str | None, suffix: str) -> None:
+        self.name, self.prefix, self.instance, self.suffix = name, prefix, instance, suffix
 
     @property
     def template(self) -> str | None:
@@ -37,38 +35,40 @@ def parse_unit_name(text: str) -> UnitName:
     return UnitName(name, m.group(1), m.group(2), m.group(3))
 
 
-@dataclass
 class Command:
-    path: str
-    argv: list[str]  # unexpanded words; argv[0] may differ from path ("@" prefix)
-    ignore_failure: bool = False
-    expand: bool = True
-    privileged: bool = False
+    """One Exec*= line; `argv`: unexpanded words, argv[0] may differ from path ("@" prefix)."""
+
+    def __init__(self, path: str, argv: list[str], ignore_failure: bool = False, expand: bool = True,
+                 privileged: bool = False) -> None:
+        self.path, self.argv = path, argv
+        self.ignore_failure, self.expand, self.privileged = ignore_failure, expand, privileged
 
 
-@dataclass
 class Unit:
-    uname: UnitName
-    fragments: list[tuple[str, str]]
-    need_reload: bool
-    description: str = ""
-    type: str = "simple"
-    exec_start: list[Command] = field(default_factory=list)
-    environment: list[tuple[str, str]] = field(default_factory=list)
-    environment_files: list[tuple[str, bool]] = field(default_factory=list)
-    working_directory: tuple[str, bool] | None = None
-    user: str | None = None
-    restart: str = "no"
-    restart_sec: float = DEFAULT_RESTART_SEC
-    timeout_stop: float | None = DEFAULT_TIMEOUT_STOP
-    timeout_start: float | None = None
-    kill_mode: str = "control-group"
-    kill_signal: int = int(signal.SIGTERM)
-    remain_after_exit: bool = False
-    start_limit_burst: int = 5
-    start_limit_interval: float = 10.0
-    install: bool = False
-    bad_setting: str | None = None  # why the unit cannot be used (LoadState=bad-setting)
+    """A loaded unit: its files and the settings the stand-in implements, at their defaults
+    until a file sets them."""
+
+    def __init__(self, uname: UnitName, fragments: list[tuple[str, str]], need_reload: bool,
+                 bad_setting: str | None = None) -> None:
+        self.uname, self.fragments, self.need_reload = uname, fragments, need_reload
+        self.bad_setting = bad_setting  # why the unit cannot be used (LoadState=bad-setting)
+        self.description = ""
+        self.type = "simple"
+        self.exec_start: list[Command] = []
+        self.environment: list[tuple[str, str]] = []
+        self.environment_files: list[tuple[str, bool]] = []
+        self.working_directory: tuple[str, bool] | None = None
+        self.user: str | None = None
+        self.restart = "no"
+        self.restart_sec = DEFAULT_RESTART_SEC
+        self.timeout_stop: float | None = DEFAULT_TIMEOUT_STOP
+        self.timeout_start: float | None = None
+        self.kill_mode = "control-group"
+        self.kill_signal = int(signal.SIGTERM)
+        self.remain_after_exit = False
+        self.start_limit_burst = 5
+        self.start_limit_interval = 10.0
+        self.install = False
 
     @property
     def name(self) -> str:
@@ -91,15 +91,15 @@ def _specifiers(value: str, table: dict[str, str], where: str) -> str:
     return re.sub(r"%(.)", sub, value)
 
 
-@dataclass(frozen=True)
 class Account:
     """What User= resolves to: a passwd entry's fields (the machine's, or a world's own)."""
-    pw_name: str
-    pw_uid: int
-    pw_gid: int
-    pw_dir: str
-    pw_shell: str = "/bin/sh"
-    groups: tuple[int, ...] = ()
+
+    __slots__ = ("pw_name", "pw_uid", "pw_gid", "pw_dir", "pw_shell", "groups")
+
+    def __init__(self, pw_name: str, pw_uid: int, pw_gid: int, pw_dir: str, pw_shell: str = "/bin/sh",
+                 groups: tuple[int, ...] = ()) -> None:
+        self.pw_name, self.pw_uid, self.pw_gid, self.pw_dir = pw_name, pw_uid, pw_gid, pw_dir
+        self.pw_shell, self.groups = pw_shell, groups
 
 
 def read_user_map(path: str | os.PathLike | None) -> dict[str, Account]:

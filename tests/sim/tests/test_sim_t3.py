@@ -49,7 +49,8 @@ def test_tarball_is_an_npm_package(tmp_path):
     with tarfile.open(tgz, "r:gz") as tar:
         members = {m.name: m for m in tar.getmembers()}
         assert set(members) == {"package/package.json", "package/profile.json", "package/bin/t3",
-                                "package/lib/t3sim.py"}
+                                "package/lib/t3sim.py", "package/lib/t3serve.py",
+                                *(f"package/lib/__pycache__/{pyc}" for pyc in builds.compiled_payload())}
         assert all(m.isfile() and m.uid == 0 and not m.name.startswith("/") for m in members.values())
         assert members["package/bin/t3"].mode == 0o755
         manifest = json.load(tar.extractfile("package/package.json"))
