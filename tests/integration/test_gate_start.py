@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from runner import proc
-from runner.gaterun import gate_argv, start_gate
+from runner.gaterun import gate_argv, start_gate, wait_exit
 
 DEADLINE = 60.0
 
@@ -100,3 +101,15 @@ def test_a_cancelled_gate_ends_without_checking(tmp_path, dispatch):
     assert handler.hits == 0
     with pytest.raises(RuntimeError, match="never told to go"):
         gate.result()
+
+
+def test_wait_exit_returns_the_exit_code_and_times_out_on_a_running_process(tmp_path):
+    done = proc.spawn([sys.executable, "-c", "raise SystemExit(3)"], log_path=tmp_path / "exits.log")
+    assert wait_exit(done, DEADLINE) == 3
+    assert wait_exit(done, DEADLINE) == 3  # already reaped: asked again, same answer
+    running = proc.spawn([sys.executable, "-c", "import time; time.sleep(60)"], log_path=tmp_path / "runs.log")
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exit(running, 0.1)
+    finally:
+        proc.terminate(running, timeout=5)
