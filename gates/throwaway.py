@@ -169,15 +169,18 @@ class ServerPool:
     once ready, or raises its verdict; `release(key)` stops it, which lets the next case
     start. A case asked for out of order is started at once, whatever the bound: the pool
     never waits on itself. The first server gets `first_port` (the configured smoke port,
-    if any), every other a free port of its own.
+    if any), every other a free port of its own. `on_ready(value)` is called once per case,
+    when its server is first seen ready (the health gate starts the case's mint then, so
+    the cases' mints run beside each other, not one after another).
     """
 
     def __init__(self, keys: list[Hashable], launch: Callable[[Hashable, int], object], *, bound: int,
-                 first_port: int = 0):
+                 first_port: int = 0, on_ready: Callable[[object], None] | None = None):
         if bound < 1:
             raise ValueError(f"at most {bound} throwaway servers at once: need at least 1")
         self._pending = list(keys)
         self._launch = launch
+        self._on_ready = on_ready
         self._bound = bound
         self._first_port = first_port
         self._ports: set[int] = set()
@@ -214,6 +217,8 @@ class ServerPool:
                 continue
             try:
                 entry.ready = entry.value.server.check_ready()
+                if entry.ready and self._on_ready is not None:
+                    self._on_ready(entry.value)
             except Exception as exc:  # noqa: BLE001 (exited, timed out, or unreadable: the verdict)
                 entry.error = exc
                 entry.value.server.stop()

@@ -32,7 +32,7 @@ class Launched:
         self.server = server
 
 
-def make_pool(keys, *, bound, first_port=0, failures=(), launch_errors=(), polls=1):
+def make_pool(keys, *, bound, first_port=0, failures=(), launch_errors=(), polls=1, on_ready=None):
     log, servers = [], {}
 
     def launch(key, port):
@@ -43,7 +43,7 @@ def make_pool(keys, *, bound, first_port=0, failures=(), launch_errors=(), polls
                                   failure=f"{key} exited" if key in failures else None)
         return Launched(servers[key])
 
-    return ServerPool(keys, launch, bound=bound, first_port=first_port), log, servers
+    return ServerPool(keys, launch, bound=bound, first_port=first_port, on_ready=on_ready), log, servers
 
 
 def alive(log):
@@ -116,3 +116,14 @@ def test_no_database_after_start_is_named(tmp_path):
     (server.userdata / "settings.json").write_text("{}")
     with pytest.raises(GateFailure, match="after start, no statev2.sqlite or state.sqlite in the base dir"):
         server.live_db()
+
+
+def test_on_ready_is_called_once_per_case_when_its_server_is_first_seen_ready():
+    seen = []
+    pool, log, servers = make_pool(["fresh", "a", "b"], bound=3, polls=2, failures={"b"},
+                                   on_ready=lambda launched: seen.append(launched.server.key))
+    pool.get("fresh")
+    assert sorted(seen) == ["a", "fresh"]  # polled together: "a" was ready too; "b" failed, never ready
+    pool.get("a")
+    pool.release("fresh")
+    assert sorted(seen) == ["a", "fresh"]  # never twice
