@@ -22,9 +22,16 @@ class FakeServer:
         self.polls_left -= 1
         return self.polls_left <= 0
 
-    def stop(self):
+    waited = False
+
+    def stop_soon(self):
+        if not self.stopped:
+            self.log.append(("stop", self.key))
         self.stopped = True
-        self.log.append(("stop", self.key))
+
+    def stop(self):
+        self.stop_soon()
+        self.waited = True
 
 
 class Launched:
@@ -127,3 +134,13 @@ def test_on_ready_is_called_once_per_case_when_its_server_is_first_seen_ready():
     pool.get("a")
     pool.release("fresh")
     assert sorted(seen) == ["a", "fresh"]  # never twice
+
+
+def test_release_does_not_wait_for_the_server_to_exit_and_close_waits_for_every_one():
+    pool, log, servers = make_pool(["fresh", "a"], bound=1)
+    pool.get("fresh")
+    pool.release("fresh")
+    assert servers["fresh"].stopped and not servers["fresh"].waited  # the next case's checks go on
+    assert pool.get("a").server.key == "a"
+    pool.close()
+    assert all(s.waited for s in servers.values())
