@@ -33,6 +33,7 @@ from runner.livedb import V1_NAME, V2_NAME
 from runner.t3client import GateFailure, Instance
 
 POLL_SECONDS = 0.05
+STOP_SECONDS = 10.0  # a server's graceful stop, before it is killed
 PROBE_TIMEOUT = 0.5  # one readiness probe; short, so one hung server never stalls the others' polls
 
 
@@ -152,9 +153,10 @@ class ThrowawayServer:
         if self.popen is not None:
             proc.ask_to_stop(self.popen)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Stop the server and wait for it: SIGTERM, SIGKILL after `timeout`."""
         if self.popen is not None:
-            proc.terminate(self.popen, timeout=10)
+            proc.terminate(self.popen, timeout=timeout)
 
 
 class _Entry:
@@ -259,6 +261,9 @@ class ServerPool:
         self._pending.clear()
         for key in list(self._entries):
             self.release(key)
+        # One deadline for all: they were all asked to stop already, so a build that ignores
+        # SIGTERM costs one graceful-stop wait, not one per case.
+        deadline = time.monotonic() + STOP_SECONDS
         for entry in self._entries.values():
             if entry.value is not None:
-                entry.value.server.stop()
+                entry.value.server.stop(timeout=max(0.1, deadline - time.monotonic()))
