@@ -13,7 +13,8 @@ process's peak RSS. Then the FLOOR, the work no tracker can skip, on the same wo
 - one throwaway server's readiness: the build started on a copy of a user's pre-bump
   database (its migration included) until it answers;
 - per user: `systemctl stop`, `systemctl start`, readiness (polled every 50 ms) of the
-  user's own instance on the new build.
+  user's own instance on the new build, migrating the user's pre-bump databases (put back
+  after the stop, untimed) as the run's restart did.
 
 Targets (issue 12): run <= 1.25 x floor; 50 users: wall time linear in users, per user <= its
 restart + readiness + 0.5 s, memory flat. The last table puts every case side by side.
@@ -212,12 +213,29 @@ def floor_throwaway(world: World, work: Path, os_user: str) -> float:
     return took
 
 
+def restore_prebump(world: World, user: SimUser) -> None:
+    """The user's pre-bump databases back in place while the instance is stopped, so the start
+    migrates them as the bump's own restart had to (the run left them migrated)."""
+    userdata = world.userdata(user.os_user)
+    for backup in (world.backup_dest / user.os_user).glob(f"*-prebump-{TARGET}-*.sqlite"):
+        name = backup.name.split("-prebump-", 1)[0] + ".sqlite"
+        for side in ("-wal", "-shm", "-journal"):
+            (userdata / (name + side)).unlink(missing_ok=True)
+        with open(backup, "rb") as src, open(userdata / name, "r+b") as dst:  # the same file: its owner stays
+            dst.truncate(0)
+            shutil.copyfileobj(src, dst)
+
+
 def floor_restart(world: World, user: SimUser) -> float:
-    """`systemctl stop`, `systemctl start`, then the instance's environment answering 200."""
+    """`systemctl stop`, `systemctl start`, then the instance's environment answering 200, on the
+    user's pre-bump databases (put back between the two, untimed): the migration is included."""
     unit = serve_unit_name(user.os_user)
     url = f"http://127.0.0.1:{world.port_of(user.sso)}/.well-known/t3/environment"
     started = time.monotonic()
     world.systemctl_run("stop", unit)
+    stopping = time.monotonic() - started
+    restore_prebump(world, user)
+    started = time.monotonic() - stopping
     world.systemctl_run("start", unit)
     deadline = started + 120
     with requests.Session() as session:

@@ -33,6 +33,7 @@ from runner.livedb import V1_NAME, V2_NAME
 from runner.t3client import GateFailure, Instance
 
 POLL_SECONDS = 0.05
+STOP_SECONDS = 10.0  # a server's graceful stop, before it is killed
 PROBE_TIMEOUT = 0.5  # one readiness probe; short, so one hung server never stalls the others' polls
 
 
@@ -147,9 +148,15 @@ class ThrowawayServer:
         tail = self.log_text().strip().splitlines()[-lines:]
         return " | ".join(tail) if tail else "(empty)"
 
-    def stop(self) -> None:
+    def stop_soon(self) -> None:
+        """Ask the server to stop and go on: `stop` later waits for it (and kills it if need be)."""
         if self.popen is not None:
-            proc.terminate(self.popen, timeout=10)
+            proc.ask_to_stop(self.popen)
+
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
+        """Stop the server and wait for it: SIGTERM, SIGKILL after `timeout`."""
+        if self.popen is not None:
+            proc.terminate(self.popen, timeout=timeout)
 
 
 class _Entry:
@@ -166,18 +173,22 @@ class ServerPool:
 
     `launch(key, port)` prepares a case and returns an object whose `.server` is a started
     ThrowawayServer (or raises: that error is the case's verdict). `get(key)` returns it
-    once ready, or raises its verdict; `release(key)` stops it, which lets the next case
-    start. A case asked for out of order is started at once, whatever the bound: the pool
+    once ready, or raises its verdict; `release(key)` asks it to stop, which lets the next case
+    start (the checks go on while it exits: a server's graceful stop took ~0.17 s, one after
+    each case); `close()` waits until every server has exited. A case asked for out of order is started at once, whatever the bound: the pool
     never waits on itself. The first server gets `first_port` (the configured smoke port,
-    if any), every other a free port of its own.
+    if any), every other a free port of its own. `on_ready(value)` is called once per case,
+    when its server is first seen ready (the health gate starts the case's mint then, so
+    the cases' mints run beside each other, not one after another).
     """
 
     def __init__(self, keys: list[Hashable], launch: Callable[[Hashable, int], object], *, bound: int,
-                 first_port: int = 0):
+                 first_port: int = 0, on_ready: Callable[[object], None] | None = None):
         if bound < 1:
             raise ValueError(f"at most {bound} throwaway servers at once: need at least 1")
         self._pending = list(keys)
         self._launch = launch
+        self._on_ready = on_ready
         self._bound = bound
         self._first_port = first_port
         self._ports: set[int] = set()
@@ -214,6 +225,8 @@ class ServerPool:
                 continue
             try:
                 entry.ready = entry.value.server.check_ready()
+                if entry.ready and self._on_ready is not None:
+                    self._on_ready(entry.value)
             except Exception as exc:  # noqa: BLE001 (exited, timed out, or unreadable: the verdict)
                 entry.error = exc
                 entry.value.server.stop()
@@ -241,10 +254,16 @@ class ServerPool:
             return
         entry.released = True
         if entry.value is not None:
-            entry.value.server.stop()
+            entry.value.server.stop_soon()
         self._fill()
 
     def close(self) -> None:
         self._pending.clear()
         for key in list(self._entries):
             self.release(key)
+        # One deadline for all: they were all asked to stop already, so a build that ignores
+        # SIGTERM costs one graceful-stop wait, not one per case.
+        deadline = time.monotonic() + STOP_SECONDS
+        for entry in self._entries.values():
+            if entry.value is not None:
+                entry.value.server.stop(timeout=max(0.1, deadline - time.monotonic()))

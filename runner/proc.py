@@ -232,13 +232,19 @@ def spawn(
             raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc
 
 
-def terminate(popen, timeout: float = 10.0) -> int:
-    """SIGTERM the process group, SIGKILL after `timeout`; returns the exit code."""
+def ask_to_stop(popen) -> None:
+    """SIGTERM the process group of a `spawn`ed process still running; no wait (`terminate` waits)."""
     if popen.poll() is None:
         try:
             os.killpg(popen.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def terminate(popen, timeout: float = 10.0) -> int:
+    """SIGTERM the process group, SIGKILL after `timeout`; returns the exit code."""
+    if popen.poll() is None:
+        ask_to_stop(popen)
         try:
             popen.wait(timeout)
         except subprocess.TimeoutExpired:

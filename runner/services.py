@@ -13,12 +13,13 @@ systemctl runs with `TZ=UTC`, so `ActiveEnterTimestamp` comes back as
 `wait_serving` is the readiness check: it polls the instance's
 `/.well-known/t3/environment` every 50 ms until it answers 200 and returns the JSON;
 the moment `is_alive()` says the unit died it raises (a dead unit is a verdict, never
-something to keep polling).
+something to keep polling), and no answer counts before `is_alive()` has said True.
 """
 from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Callable, Mapping
@@ -245,6 +246,32 @@ class Services:
 
         return is_alive
 
+    def liveness_ahead(self, unit: str) -> Callable[[], bool | None]:
+        """`liveness(unit)`, asked in a thread from now on, so that readiness polls start at once
+        instead of after a systemctl process (the instance's own start-up runs meanwhile, and the
+        user's outage is that long). Its `is_alive()` is None until systemctl has answered (then
+        `wait_serving` keeps polling but accepts no answer), then what `liveness`'s would say;
+        if asking raised, every call raises that."""
+        answer: dict = {}
+
+        def ask() -> None:
+            try:
+                answer["is_alive"] = self.liveness(unit)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, on its thread
+                answer["error"] = exc
+
+        asking = threading.Thread(target=ask, name="liveness", daemon=True)  # bounded: systemctl's timeout
+        asking.start()
+
+        def is_alive() -> bool | None:
+            if asking.is_alive():
+                return None
+            if "error" in answer:
+                raise answer["error"]
+            return answer["is_alive"]()
+
+        return is_alive
+
 
 def process_start(pid: int) -> int | None:
     """The start time (clock ticks after boot) of process `pid` while it runs; None when it
@@ -271,13 +298,15 @@ def environment_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/.well-known/t3/environment"
 
 
-def wait_serving(port: int, timeout: float, *, is_alive: Callable[[], bool],
+def wait_serving(port: int, timeout: float, *, is_alive: Callable[[], bool | None],
                  interval: float = POLL_INTERVAL) -> dict:
     """Poll the instance on `port` until `/.well-known/t3/environment` answers 200; return its JSON.
 
-    Before every attempt `is_alive()` is asked: False raises NotServing at once. A 200
-    that is not a JSON object raises at once too. Connection errors and other statuses
-    are polled through until `timeout` seconds pass (then NotServing).
+    Before every attempt `is_alive()` is asked: False raises NotServing at once; None (not
+    known yet: `Services.liveness_ahead`) polls on, but a 200 is returned only from an
+    attempt `is_alive()` said True before. A 200 that is not a JSON object raises at once
+    too. Connection errors and other statuses are polled through until `timeout` seconds
+    pass (then NotServing).
     """
     import requests  # here: a run with nothing to do builds Services but never waits (~0.1 s of start-up)
 
@@ -287,7 +316,8 @@ def wait_serving(port: int, timeout: float, *, is_alive: Callable[[], bool],
     with requests.Session() as session:
         session.trust_env = False  # loopback: never through a proxy from the environment
         while True:
-            if not is_alive():
+            alive = is_alive()
+            if alive is not None and not alive:
                 raise NotServing(f"the instance on port {port} died while waiting for it to serve ({last})")
             remaining = deadline - time.monotonic()
             try:
@@ -302,8 +332,11 @@ def wait_serving(port: int, timeout: float, *, is_alive: Callable[[], bool],
                         data = None
                     if not isinstance(data, dict):
                         raise NotServing(f"{url} answered 200 without a JSON object: {response.text[:200]!r}")
-                    return data
-                last = f"HTTP {response.status_code}"
+                    if alive:
+                        return data
+                    last = "HTTP 200 before the unit was known to be alive"
+                else:
+                    last = f"HTTP {response.status_code}"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NotServing(f"the instance on port {port} did not serve within {timeout:g}s ({last})")

@@ -51,7 +51,7 @@ def move_and_restart(ctx: RunContext, os_user: str, release_dir: Path, port: int
         ctx.services.stop(unit)
         activate.point_user(ctx.cfg.active_dir, os_user, release_dir)
         ctx.services.start(unit)
-        serving = wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+        serving = wait_serving(port, ctx.cfg.ready_timeout, is_alive=ctx.services.liveness_ahead(unit))
     served = time.time()
     # The window in which the dispatch (which does not retry) fails this user's requests.
     ctx.events("RESTARTED", user=os_user, release=release_dir.name, stopped_at=f"{stopping:.3f}",

@@ -88,7 +88,7 @@ def roll_back_users(ctx: RunContext, users: list[str], *, good_release: Path, fa
                 restore_databases(ctx, os_user, failed_version, records, set_aside)
                 activate.point_user(cfg.active_dir, os_user, good_release)
                 ctx.services.start(unit)
-                wait_serving(ports[os_user], cfg.ready_timeout, is_alive=ctx.services.liveness(unit))
+                wait_serving(ports[os_user], cfg.ready_timeout, is_alive=ctx.services.liveness_ahead(unit))
         except Exception as exc:  # noqa: BLE001 - keep rolling back the others, then report loudly
             failed.append(os_user)
             events("ROLLBACK FAILED", user=os_user, version=failed_version, reason=str(exc))

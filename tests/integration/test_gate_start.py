@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from runner import proc
-from runner.gaterun import gate_argv, start_gate
+from runner.gaterun import gate_argv, start_gate, wait_exit
 
 DEADLINE = 60.0
 
@@ -65,7 +66,10 @@ def test_a_started_gate_runs_no_check_before_go_and_every_check_after(tmp_path, 
                       label="canary-wizard")
     try:
         wait_for(lambda: "T3-GATE HELD" in gate.log.read_text(), "hold line in the gate's log")
-        assert "3 tests collected" in gate.log.read_text()
+        held = gate.log.read_text()
+        assert "3 tests collected" in held
+        # set aside from the collector once collected: the gate's exit does not walk them
+        assert int(held.split(" objects frozen")[0].rsplit(" ", 1)[1]) > 10000
         assert handler.hits == 0 and not gate.junit.exists()  # held: nothing checked yet
         gate.go()
         result = gate.result()
@@ -97,3 +101,15 @@ def test_a_cancelled_gate_ends_without_checking(tmp_path, dispatch):
     assert handler.hits == 0
     with pytest.raises(RuntimeError, match="never told to go"):
         gate.result()
+
+
+def test_wait_exit_returns_the_exit_code_and_times_out_on_a_running_process(tmp_path):
+    done = proc.spawn([sys.executable, "-c", "raise SystemExit(3)"], log_path=tmp_path / "exits.log")
+    assert wait_exit(done, DEADLINE) == 3
+    assert wait_exit(done, DEADLINE) == 3  # already reaped: asked again, same answer
+    running = proc.spawn([sys.executable, "-c", "import time; time.sleep(60)"], log_path=tmp_path / "runs.log")
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exit(running, 0.1)
+    finally:
+        proc.terminate(running, timeout=5)

@@ -36,6 +36,16 @@ def test_good_build_passes_the_health_gate(tmp_path, seed_db, version):
     assert result.summary.startswith("T3-GATE PASS")
 
 
+def test_the_auth_note_reads_the_tables_as_the_migration_left_them(tmp_path, seed_db):
+    """The gate's own pairing (before the database checks) refills the auth tables; the note
+    about a migration that empties them is read at readiness, before that pairing."""
+    result = health(tmp_path, builds.GOOD_VERSIONS["good-0.0.28"], seed_db)
+    assert result.passed, result.reason()
+    notes = [line for line in result.log.read_text().splitlines() if line.startswith("T3-GATE NOTE auth tables")]
+    assert notes == ["T3-GATE NOTE auth tables reset by the migration (auth_sessions 2 -> 0, auth_pairing_links 2 -> 0)"
+                     ": this bump logs every browser out"], notes
+
+
 # profile -> (failing test, words the failure must contain)
 CAUGHT_BY = {
     "migration-fails-populated": ("populated-copy", 'Migration "33_'),

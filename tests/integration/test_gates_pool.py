@@ -3,6 +3,8 @@
 used; a failure is that case's verdict and frees its slot; nothing waits on itself."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from runner.t3client import GateFailure
@@ -22,9 +24,17 @@ class FakeServer:
         self.polls_left -= 1
         return self.polls_left <= 0
 
-    def stop(self):
+    waited = False
+
+    def stop_soon(self):
+        if not self.stopped:
+            self.log.append(("stop", self.key))
         self.stopped = True
-        self.log.append(("stop", self.key))
+
+    def stop(self, timeout=10.0):
+        self.stop_soon()
+        self.waited = True
+        self.log.append(("waited", self.key, timeout))
 
 
 class Launched:
@@ -32,7 +42,7 @@ class Launched:
         self.server = server
 
 
-def make_pool(keys, *, bound, first_port=0, failures=(), launch_errors=(), polls=1):
+def make_pool(keys, *, bound, first_port=0, failures=(), launch_errors=(), polls=1, on_ready=None):
     log, servers = [], {}
 
     def launch(key, port):
@@ -43,12 +53,12 @@ def make_pool(keys, *, bound, first_port=0, failures=(), launch_errors=(), polls
                                   failure=f"{key} exited" if key in failures else None)
         return Launched(servers[key])
 
-    return ServerPool(keys, launch, bound=bound, first_port=first_port), log, servers
+    return ServerPool(keys, launch, bound=bound, first_port=first_port, on_ready=on_ready), log, servers
 
 
 def alive(log):
     running, peak = set(), 0
-    for action, key in log:
+    for action, key, *_ in log:
         (running.add if action == "start" else running.discard)(key)
         peak = max(peak, len(running))
     return peak
@@ -62,7 +72,7 @@ def test_cases_start_together_up_to_the_bound_and_in_order():
         assert pool.get(key).server.key == key
         pool.release(key)
     assert alive(log) == 3
-    assert [k for action, k in log if action == "start"] == ["fresh", "a", "b", "c", "d"]
+    assert [k for action, k, *_ in log if action == "start"] == ["fresh", "a", "b", "c", "d"]
     assert all(s.stopped for s in servers.values())
 
 
@@ -97,7 +107,7 @@ def test_close_stops_every_server_still_up_and_starts_nothing_more():
     pool.get("a")
     pool.close()
     assert all(s.stopped for s in servers.values())
-    assert [k for action, k in log if action == "start"] == ["a", "b"]
+    assert [k for action, k, *_ in log if action == "start"] == ["a", "b"]
 
 
 def test_unknown_case_and_bad_bound_are_refused():
@@ -116,3 +126,39 @@ def test_no_database_after_start_is_named(tmp_path):
     (server.userdata / "settings.json").write_text("{}")
     with pytest.raises(GateFailure, match="after start, no statev2.sqlite or state.sqlite in the base dir"):
         server.live_db()
+
+
+def test_on_ready_is_called_once_per_case_when_its_server_is_first_seen_ready():
+    seen = []
+    pool, log, servers = make_pool(["fresh", "a", "b"], bound=3, polls=2, failures={"b"},
+                                   on_ready=lambda launched: seen.append(launched.server.key))
+    pool.get("fresh")
+    assert sorted(seen) == ["a", "fresh"]  # polled together: "a" was ready too; "b" failed, never ready
+    pool.get("a")
+    pool.release("fresh")
+    assert sorted(seen) == ["a", "fresh"]  # never twice
+
+
+def test_release_does_not_wait_for_the_server_to_exit_and_close_waits_for_every_one():
+    pool, log, servers = make_pool(["fresh", "a"], bound=1)
+    pool.get("fresh")
+    pool.release("fresh")
+    assert servers["fresh"].stopped and not servers["fresh"].waited  # the next case's checks go on
+    assert pool.get("a").server.key == "a"
+    pool.close()
+    assert all(s.waited for s in servers.values())
+
+
+def test_close_gives_every_server_one_shared_stop_deadline(monkeypatch):
+    """All were asked to stop at release: a build that ignores SIGTERM costs one graceful
+    wait at close, not one per case (50 users: 51 cases)."""
+    from gates import throwaway
+
+    pool, log, servers = make_pool(["a", "b", "c", "d"], bound=4)
+    for key in ["a", "b", "c", "d"]:
+        pool.get(key)
+    clock = iter(range(0, 100, 3))  # every look at the clock: 3 s later (each wait used up)
+    monkeypatch.setattr(throwaway, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    pool.close()
+    waits = [entry[2] for entry in log if entry[0] == "waited"]
+    assert waits == [7, 4, 1, 0.1]  # what is left of one 10 s deadline, never a fresh 10 s each

@@ -282,6 +282,52 @@ def test_wait_serving_polls_through_non_200_then_returns_the_json():
     assert env == {"environmentId": "e", "serverVersion": "0.0.24"} and handler.hits == 3
 
 
+def test_wait_serving_accepts_no_200_before_the_unit_is_known_alive():
+    """`Services.liveness_ahead`: polls start before systemctl has said which process is the
+    unit's, but an answer on the port counts only once it has (another process could hold it)."""
+    server, handler = _http_server(200, '{"serverVersion": "0.0.24"}', "application/json")
+    said = iter([None, None, True])
+    try:
+        env = services.wait_serving(server.server_address[1], 3600, is_alive=lambda: next(said))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert env == {"serverVersion": "0.0.24"} and handler.hits == 3
+
+
+def test_liveness_ahead_answers_as_liveness_once_systemctl_has_answered():
+    release = threading.Event()
+    answers = iter(["ActiveState=active\nMainPID=%d\n" % os.getpid(), "ActiveState=failed\nMainPID=0\n"])
+
+    def slow_run(argv, **kwargs):
+        release.wait(60)
+        return proc.Completed(tuple(argv), 0, next(answers), "", 0.0)
+
+    svc = Services("/sim/systemctl", run=slow_run)
+    alive = svc.liveness_ahead("t3-serve@wizard.service")
+    assert alive() is None  # systemctl has not answered yet
+    release.set()
+    deadline = time.monotonic() + 60
+    while alive() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert alive() is True
+    dead = svc.liveness_ahead("t3-serve@wizard.service")
+    while (verdict := dead()) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert verdict is False
+
+    def broken_run(argv, **kwargs):
+        return proc.Completed(tuple(argv), 0, "garbage", "", 0.0)
+
+    unsure = Services("/sim/systemctl", run=broken_run).liveness_ahead("t3-serve@wizard.service")
+    with pytest.raises(ServiceError, match="unparseable liveness"):
+        while unsure() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_wait_serving_200_without_json_is_a_verdict():
     server, handler = _http_server(200, "<html>app</html>")
     try:
