@@ -1,4 +1,4 @@
-"""The users' `t3 serve` instances as systemd sees them: start, stop, restart, ask.
+"""The users' `t3 serve` instances as systemd sees them: start, stop, ask.
 
 Every systemctl command line is built by a pure `*_argv` function and run through
 `proc.run`. The only units this module ever names are `t3-serve@<os_user>.service`,
@@ -6,9 +6,8 @@ built by `units.serve_unit_name` from a validated OS user: a unit name handed in
 taken apart, its user validated, and the name rebuilt (anything else is refused),
 so nothing else ever reaches systemctl's command line.
 
-systemctl runs with `TZ=UTC`, so `ActiveEnterTimestamp` comes back as
-`Sat 2026-11-28 08:25:47 UTC` whatever the host's zone; any other shape is an error
-(fail closed: a caller that cannot tell when an instance started must not guess).
+systemctl runs with `TZ=UTC` (its answers do not depend on the host's zone); an answer
+of any unexpected shape is an error (fail closed: a caller must not guess).
 
 `wait_serving` is the readiness check: it polls the instance's
 `/.well-known/t3/environment` every 50 ms until it answers 200 and returns the JSON;
@@ -21,7 +20,6 @@ import os
 import re
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 from . import proc
@@ -30,16 +28,14 @@ from .usermap import OS_USER_RE
 
 __all__ = [
     "ServiceError", "NotServing", "Services", "unit_of", "user_of_unit",
-    "start_argv", "stop_argv", "restart_argv", "is_active_argv", "show_argv", "list_running_argv",
-    "systemctl_env", "parse_main_pid", "parse_timestamp", "parse_running_instances",
+    "start_argv", "stop_argv", "is_active_argv", "show_argv", "list_running_argv",
+    "systemctl_env", "parse_main_pid", "parse_running_instances",
     "environment_url", "wait_serving", "POLL_INTERVAL", "process_start",
 ]
 
 POLL_INTERVAL = 0.05
 SERVE_PATTERN = "t3-serve@*"
 _UNIT_RE = re.compile(r"t3-serve@(.*)\.service")
-_TIMESTAMP_RE = re.compile(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun) (\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) UTC")
-_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # systemctl is-active: 0 = active/reloading; 3 = not active (inactive, failed, activating, ...).
 _IS_ACTIVE_CODES = (0, 3)
 
@@ -87,16 +83,12 @@ def stop_argv(systemctl: str, unit: str) -> list[str]:
     return [systemctl, "stop", _unit(unit)]
 
 
-def restart_argv(systemctl: str, unit: str) -> list[str]:
-    return [systemctl, "restart", _unit(unit)]
-
-
 def is_active_argv(systemctl: str, unit: str) -> list[str]:
     return [systemctl, "is-active", _unit(unit)]
 
 
 def show_argv(systemctl: str, unit: str, prop: str) -> list[str]:
-    if prop not in ("MainPID", "ActiveEnterTimestamp"):
+    if prop != "MainPID":
         raise ServiceError(f"property {prop!r} is not one this module reads")
     return [systemctl, "show", "-p", prop, "--value", _unit(unit)]
 
@@ -133,26 +125,6 @@ def parse_liveness(text: str) -> tuple[str, int | None]:
     if "ActiveState" not in fields or "MainPID" not in fields:
         raise ServiceError(f"unparseable liveness {text!r}")
     return fields["ActiveState"].strip(), parse_main_pid(fields["MainPID"])
-
-
-def parse_timestamp(text: str) -> datetime | None:
-    """`Sat 2026-11-28 08:25:47 UTC` -> an aware UTC datetime; "" (never) -> None.
-
-    Anything else, a weekday that does not match the date included, raises ServiceError.
-    """
-    value = text.strip()
-    if not value:
-        return None
-    match = _TIMESTAMP_RE.fullmatch(value)
-    if match is None:
-        raise ServiceError(f"unparseable timestamp {text!r} (expected like 'Sat 2026-11-28 08:25:47 UTC')")
-    try:
-        moment = datetime.strptime(match.group(2), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise ServiceError(f"unparseable timestamp {text!r} (no such date or time)") from None
-    if _WEEKDAYS[moment.weekday()] != match.group(1):
-        raise ServiceError(f"unparseable timestamp {text!r} (weekday does not match the date)")
-    return moment
 
 
 def parse_running_instances(text: str) -> list[str]:
@@ -193,18 +165,12 @@ class Services:
     def stop(self, unit: str) -> None:
         self._call(stop_argv(self.systemctl, unit))
 
-    def restart(self, unit: str) -> None:
-        self._call(restart_argv(self.systemctl, unit))
-
     def is_active(self, unit: str) -> bool:
         done = self._call(is_active_argv(self.systemctl, unit), ok_codes=_IS_ACTIVE_CODES)
         return done.exit_code == 0
 
     def main_pid(self, unit: str) -> int | None:
         return parse_main_pid(self._call(show_argv(self.systemctl, unit, "MainPID")).stdout)
-
-    def active_since(self, unit: str) -> datetime | None:
-        return parse_timestamp(self._call(show_argv(self.systemctl, unit, "ActiveEnterTimestamp")).stdout)
 
     def running_instances(self) -> list[str]:
         return parse_running_instances(self._call(list_running_argv(self.systemctl)).stdout)
