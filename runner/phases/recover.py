@@ -15,6 +15,8 @@ shows it, and the next command retries.
 """
 from __future__ import annotations
 
+import logging
+import os
 import re
 from contextlib import contextmanager
 
@@ -25,7 +27,9 @@ from ..refusals import RecoveryFailed
 from ..services import unit_of
 from ..state import RunLock, write_freeze
 
-__all__ = ["RecoveryFailed", "locked_and_recovered", "recover_unfinished_run", "still_on"]
+__all__ = ["RecoveryFailed", "locked_and_recovered", "recover_unfinished_run", "remove_dead_runs_scratch", "still_on"]
+
+log = logging.getLogger("t3-autoupdate")
 
 
 @contextmanager
@@ -36,7 +40,32 @@ def locked_and_recovered(ctx: RunContext, *, reads_ports: bool = True):
     with RunLock(ctx.cfg.lock_path):
         if reads_ports:
             ctx.ports()
+        remove_dead_runs_scratch(ctx.cfg)
         yield recover_unfinished_run(ctx)
+
+
+# Staging and a rollback's reinstall make their private scratch only under the run lock (run,
+# adopt, rollback, drain-deferred), so a `stage-*` or `rollback-*` directory the lock's holder
+# finds was left by a command that died holding it (its npm cache, the tarball, the gate
+# user's install), journal or not. Not `dry-run-*`: a dry run takes no lock, one may be
+# running now; not `health-*`: named by run, recovery removes a dead run's.
+LOCKED_SCRATCH = ("stage", "rollback")
+
+
+def remove_dead_runs_scratch(cfg) -> list:
+    """Remove the leftovers of LOCKED_SCRATCH (the caller holds the run lock); returns them."""
+    try:
+        names = os.listdir(cfg.tmpdir)
+    except FileNotFoundError:
+        return []
+    if not any(name.startswith(tuple(f"{p}-" for p in LOCKED_SCRATCH)) for name in names):
+        return []  # the usual case: scratch's own imports (tempfile, shutil) stay off a no-op run
+    from ..scratch import remove_leftovers
+
+    removed = [path for purpose in LOCKED_SCRATCH for path in remove_leftovers(cfg, purpose)]
+    for path in removed:
+        log.info("removed %s: private scratch a killed command left", path)
+    return removed
 
 
 def still_on(ctx: RunContext, os_user: str, version: str) -> bool:

@@ -139,7 +139,8 @@ def assert_consistent(world, before: dict, *, on: str) -> None:
     assert os.readlink(world.bin_link) == str(world.releases_dir / on / "bin" / "t3")
     assert not (world.state_dir / "journal").exists()
     assert not list(world.releases_dir.glob(".staging-*"))
-    assert not list(world.scratch.glob("health-*")), list(world.scratch.iterdir())
+    for purpose in ("health", "stage", "rollback"):  # a killed run's private scratch is removed too
+        assert not list(world.scratch.glob(f"{purpose}-*")), list(world.scratch.iterdir())
     for version in others - {V24}:  # 0.0.24 stays installed as the rollback target
         assert not (world.releases_dir / version).exists()
 
