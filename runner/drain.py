@@ -47,7 +47,11 @@ def drain_deferred(ctx: RunContext) -> int:
         ctx.open_run_dir("drain")
         failures = 0
         for os_user in sorted(pending):
-            current = activate.release_of_link(cfg.active_link(os_user))
+            try:
+                current = activate.release_of_link(cfg.active_link(os_user))
+            except activate.ActivationError as exc:  # this user's link, not the others' turn
+                events("DEFERRED", user=os_user, version=good, reason=f"release link unusable: {exc}")
+                continue
             if current == good and os_user not in off_link:
                 activate.clear_deferred(cfg.deferred_dir, os_user)
                 continue

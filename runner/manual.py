@@ -69,18 +69,22 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
         return 1
     with locked_and_recovered(ctx) as recovered:
         by_version: dict[str, list[str]] = {}
+        unusable: dict[str, str] = {}  # os_user -> why their link cannot be read: not on the target
         for os_user in cfg.os_users:
-            current = activate.release_of_link(cfg.active_link(os_user))
+            current, problem = _linked(cfg, os_user)
+            if problem:
+                unusable[os_user] = problem
+                continue
             # Only users on a NEWER build go back; one behind the target (deferred) is left for the drain.
             if current and current != target and compare(current, target) > 0:
                 by_version.setdefault(current, []).append(os_user)
-        if not by_version and recovered is not None and recovered.from_version == target:
+        if not by_version and not unusable and recovered is not None and recovered.from_version == target:
             # The unfinished run's recovery already put everyone back on the target.
             write_freeze(cfg.freeze_file, f"manual rollback to {target}", by="t3-autoupdate rollback")
             events("FROZEN", reason=f"manual rollback to {target}", freeze_file=str(cfg.freeze_file))
             events("ROLLED BACK", to=target, users="-", reason=f"recovery of run {recovered.run_id}")
             return 0
-        if not by_version:  # e.g. right after a good bump: last-good IS the current build
+        if not by_version and not unusable:  # e.g. right after a good bump: last-good IS the current build
             print(f"t3-autoupdate rollback: nothing to roll back: no user is on a build newer than {target}; "
                   f"name the build to go back to: t3-autoupdate rollback --to VERSION "
                   f"(installed: {', '.join(_installed(cfg.releases_dir)) or 'none'})", file=sys.stderr)
@@ -88,6 +92,8 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
         write_freeze(cfg.freeze_file, f"manual rollback to {target}", by="t3-autoupdate rollback")
         events("FROZEN", reason=f"manual rollback to {target}", freeze_file=str(cfg.freeze_file))
         failed: set[str] = set()  # restore failed or impossible: not on the target, whatever the link says
+        for os_user, problem in sorted(unusable.items()):  # one user's broken link stops nobody else's rollback
+            events("ROLLBACK FAILED", user=os_user, reason=f"{problem}; left as it is")
         set_aside: dict[str, list[str]] = {}
         for version, users in by_version.items():
             taken = {}
@@ -107,7 +113,8 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
             failed |= set(roll_back_users(ctx, [u for u in users if u in taken], good_release=cfg.release_dir(target),
                                           failed_version=version, backups=taken, set_aside=set_aside))
         moved = [u for us in by_version.values() for u in us]
-        left = {u: v for u in moved if (v := activate.release_of_link(cfg.active_link(u))) != target or u in failed}
+        left = {u: v for u in moved if (v := _linked(cfg, u)[0]) != target or u in failed}
+        left.update({u: "an unreadable link" for u in unusable})
         if left:
             where = ", ".join(f"{u} on {v or 'no release'}{' (restore failed)' if v == target else ''}"
                               for u, v in sorted(left.items()))
@@ -123,6 +130,14 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
         events("ROLLED BACK", to=target, users=",".join(moved),
                set_aside=",".join(f"{u}:{p}" for u, ps in sorted(set_aside.items()) for p in ps) or None)
         return 0
+
+
+def _linked(cfg, os_user: str) -> tuple[str | None, str | None]:
+    """(the version the user's release link names, None) or (None, why it cannot be read)."""
+    try:
+        return activate.release_of_link(cfg.active_link(os_user)), None
+    except activate.ActivationError as exc:
+        return None, str(exc)
 
 
 def _installed(releases_dir) -> list[str]:

@@ -35,14 +35,17 @@ def collect_status(cfg) -> dict:
     services = Services(cfg.systemctl)
     users = {}
     for os_user in cfg.os_users:
-        linked = activate.release_of_link(cfg.active_link(os_user))
+        try:
+            linked, link_problem = activate.release_of_link(cfg.active_link(os_user)), None
+        except activate.ActivationError as exc:  # said, not raised: status is read when things are wrong
+            linked, link_problem = None, str(exc)
         running = server_version(ports.get(os_user))
         try:
             off_link = running_off_link(services, unit_of(os_user), cfg.active_link(os_user))
         except Exception as exc:  # noqa: BLE001 - status reports what it cannot tell, never fails on it
             off_link = f"unknown: {exc}"
         users[os_user] = {"link": linked, "serving": running, "stale": bool(running and linked and running != linked),
-                          "off_link": off_link, "deferred": deferred.get(os_user),
+                          "off_link": off_link, "link_problem": link_problem, "deferred": deferred.get(os_user),
                           "off_last_good": bool(last_good and linked != last_good)}
     try:
         journal = load_journal(cfg.journal_path)
@@ -98,6 +101,8 @@ def format_status(status: dict) -> str:
         lines += _unfinished(status["unfinished_run"])
     for user, info in sorted(status["users"].items()):
         flags = []
+        if info.get("link_problem"):
+            flags.append(f"RELEASE LINK UNUSABLE: {info['link_problem']} (rollback and drain leave this user alone)")
         if info["stale"]:
             flags.append("STALE: serving differs from link (restart it when idle)")
         off_link = info.get("off_link")

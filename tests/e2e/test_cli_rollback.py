@@ -168,3 +168,30 @@ def test_rollback_to_a_release_whose_installed_tree_is_gone_reinstalls_it_offlin
     for user in world.users:
         assert_user_on(world, user.sso, V25)
         assert_logs_in(world, user.sso)
+
+
+def test_one_users_unusable_link_stops_nobody_elses_rollback(world):
+    """A file where emo's release link should be is emo's problem: the others are restored, the
+    rollback is partial (last-good and the operators' link stay), never a crash before anyone
+    was restored."""
+    world.registry.set_tag("nightly", V28)
+    bumped = world.run_tracker()
+    assert bumped.exit_code == 0, bumped.stderr
+    link = world.active_dir / "emo"
+    link.unlink()
+    link.write_text("not a link\n")
+
+    done = world.run_tracker("rollback", "--to", V24)
+    assert done.exit_code == 1, done.stderr
+    lines = events(done)
+    assert any(e.startswith("ROLLBACK FAILED user=emo") and "not a release link" in e for e in lines), lines
+    assert any(e.startswith(f"ROLLBACK PARTIAL to={V24}") and "emo" in e for e in lines), lines
+    for sso in ("vbarzin", "ancaelena98"):
+        assert_user_on(world, sso, V24)
+        assert_logs_in(world, sso)
+    assert (world.state_dir / "last-good").read_text().strip() == V28
+    assert os.readlink(world.bin_link) == str(world.releases_dir / V28 / "bin" / "t3")
+    assert world.freeze_file.exists()
+    status = world.run_tracker("status")  # says so, instead of crashing on the link
+    assert status.exit_code == 0, status.stderr
+    assert "emo: link=(none)" in status.stdout and "RELEASE LINK UNUSABLE" in status.stdout, status.stdout

@@ -79,6 +79,32 @@ def test_busy_user_is_deferred_and_keeps_logging_in(make_world):
     assert_logs_in(world, "emil.barzin")
 
 
+def test_drain_defers_a_user_whose_link_is_unusable_and_moves_the_others(make_world):
+    """Two busy users deferred; by the drain one's release link names no release (changed by
+    hand): that user stays deferred with the reason, the other is moved."""
+    world = make_world(db_options={"emo": {"in_flight": True}, "wizard": {"in_flight": True}})
+    world.registry.set_tag("nightly", V28)
+    done = world.run_tracker()
+    assert done.exit_code == 0, done.stderr
+    assert_user_on(world, "emil.barzin", V24)
+    assert_user_on(world, "vbarzin", V24)
+    import sqlite3
+    for os_user in ("emo", "wizard"):  # the turns end
+        with sqlite3.connect(world.database(os_user)) as conn:
+            conn.execute("UPDATE projection_thread_sessions SET active_turn_id = NULL, status = 'ready',"
+                         " updated_at = '2026-01-01T00:00:00Z'")
+    link = world.active_dir / "wizard"
+    link.unlink()
+    link.symlink_to("/nowhere/not-a-version")
+
+    drained = world.run_tracker("drain-deferred")
+    assert drained.exit_code == 0, drained.stderr
+    assert_user_on(world, "emil.barzin", V28)
+    assert any(e.startswith("DEFERRED user=wizard") and "release link unusable" in e for e in events(drained))
+    assert (world.state_dir / "deferred" / "wizard").exists()
+    assert world.server_version("vbarzin") == V24  # still serving what it ran, untouched
+
+
 def test_bad_build_is_stopped_by_the_health_gate_with_zero_failed_logins(world):
     bad = builds.BAD_VERSIONS["migration-drops-rows"]
     before, pids = fingerprints(world), main_pids(world)
