@@ -71,7 +71,7 @@ def test_status_of_a_healthy_fleet(world):
     data = status_json(world)
     assert data["last_good"] == V24 and data["frozen"] is None and data["quarantined"] == []
     assert data["unfinished_run"] is None
-    assert data["users"] == {u.os_user: {"link": V24, "serving": V24, "stale": False, "off_link": None,
+    assert data["users"] == {u.os_user: {"link": V24, "serving": V24, "stale": False, "off_link": None, "link_problem": None,
                                            "deferred": None, "off_last_good": False}
                              for u in world.users}
     done = world.run_tracker("status")
