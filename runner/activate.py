@@ -20,7 +20,7 @@ from . import state
 from .usermap import OS_USER_RE
 from .versions import VersionError, validate_version
 
-__all__ = ["ActivationError", "release_of_link", "point_user", "point_bin_link",
+__all__ = ["ActivationError", "release_of_link", "read_release_link", "point_user", "point_bin_link",
            "mark_deferred", "deferred_users", "clear_deferred"]
 
 
@@ -65,6 +65,15 @@ def release_of_link(link: Path) -> str | None:
         return validate_version(name, f"release link target of {link}")
     except VersionError as exc:
         raise ActivationError(str(exc)) from None
+
+
+def read_release_link(link: Path) -> tuple[str | None, str | None]:
+    """(`release_of_link(link)`, None), or (None, why the link cannot be read): for the commands
+    that go on for every other user when one user's link is broken (drain, rollback, status)."""
+    try:
+        return release_of_link(link), None
+    except ActivationError as exc:
+        return None, str(exc)
 
 
 def point_user(active_dir: Path, os_user: str, release_dir: Path) -> str | None:

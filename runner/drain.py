@@ -47,10 +47,9 @@ def drain_deferred(ctx: RunContext) -> int:
         ctx.open_run_dir("drain")
         failures = 0
         for os_user in sorted(pending):
-            try:
-                current = activate.release_of_link(cfg.active_link(os_user))
-            except activate.ActivationError as exc:  # this user's link, not the others' turn
-                events("DEFERRED", user=os_user, version=good, reason=f"release link unusable: {exc}")
+            current, problem = activate.read_release_link(cfg.active_link(os_user))
+            if problem:  # this user's link, not the others' turn
+                events("DEFERRED", user=os_user, version=good, reason=f"release link unusable: {problem}")
                 continue
             if current == good and os_user not in off_link:
                 activate.clear_deferred(cfg.deferred_dir, os_user)

@@ -71,7 +71,7 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
         by_version: dict[str, list[str]] = {}
         unusable: dict[str, str] = {}  # os_user -> why their link cannot be read: not on the target
         for os_user in cfg.os_users:
-            current, problem = _linked(cfg, os_user)
+            current, problem = activate.read_release_link(cfg.active_link(os_user))
             if problem:
                 unusable[os_user] = problem
                 continue
@@ -113,7 +113,8 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
             failed |= set(roll_back_users(ctx, [u for u in users if u in taken], good_release=cfg.release_dir(target),
                                           failed_version=version, backups=taken, set_aside=set_aside))
         moved = [u for us in by_version.values() for u in us]
-        left = {u: v for u in moved if (v := _linked(cfg, u)[0]) != target or u in failed}
+        on_now = {u: activate.read_release_link(cfg.active_link(u))[0] for u in moved}
+        left = {u: v for u, v in on_now.items() if v != target or u in failed}
         left.update({u: "an unreadable link" for u in unusable})
         if left:
             where = ", ".join(f"{u} on {v or 'no release'}{' (restore failed)' if v == target else ''}"
@@ -130,14 +131,6 @@ def manual_rollback(ctx: RunContext, *, to_version: str | None) -> int:
         events("ROLLED BACK", to=target, users=",".join(moved),
                set_aside=",".join(f"{u}:{p}" for u, ps in sorted(set_aside.items()) for p in ps) or None)
         return 0
-
-
-def _linked(cfg, os_user: str) -> tuple[str | None, str | None]:
-    """(the version the user's release link names, None) or (None, why it cannot be read)."""
-    try:
-        return activate.release_of_link(cfg.active_link(os_user)), None
-    except activate.ActivationError as exc:
-        return None, str(exc)
 
 
 def _installed(releases_dir) -> list[str]:

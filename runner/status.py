@@ -35,10 +35,8 @@ def collect_status(cfg) -> dict:
     services = Services(cfg.systemctl)
     users = {}
     for os_user in cfg.os_users:
-        try:
-            linked, link_problem = activate.release_of_link(cfg.active_link(os_user)), None
-        except activate.ActivationError as exc:  # said, not raised: status is read when things are wrong
-            linked, link_problem = None, str(exc)
+        # Said, not raised: status is read when things are wrong.
+        linked, link_problem = activate.read_release_link(cfg.active_link(os_user))
         running = server_version(ports.get(os_user))
         try:
             off_link = running_off_link(services, unit_of(os_user), cfg.active_link(os_user))

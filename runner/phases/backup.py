@@ -16,10 +16,7 @@ from ..journal import RunRecord, RunStopped
 
 def user_release(cfg, os_user: str) -> str | None:
     """The build a user's link points at; None when there is no link or it cannot be read."""
-    try:
-        return activate.release_of_link(cfg.active_link(os_user))
-    except activate.ActivationError:
-        return None
+    return activate.read_release_link(cfg.active_link(os_user))[0]
 
 
 def back_up_user(ctx: RunContext, os_user: str, version: str) -> list[catalogue.BackupRecord]:

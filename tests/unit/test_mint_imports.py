@@ -1,7 +1,7 @@
-"""Start-up imports of the two commands that run most often. The mint runs on every login (issue 9: login <= the old helper + 0.1 s), so its start-up
-imports only what minting needs. These modules cost it 4-15 ms each and are not needed to mint;
-a top-level import of any of them on the mint's path fails here. (urllib.parse and ipaddress
-stay: pathlib imports them.)"""
+"""Start-up imports of the two commands that run most often. The mint runs on every login
+(issue 9: login <= the old helper + 0.1 s), so its start-up imports only what minting needs.
+These modules cost it 4-15 ms each and are not needed to mint; a top-level import of any of
+them on the mint's path fails here. (urllib.parse and ipaddress stay: pathlib imports them.)"""
 import subprocess
 import sys
 
