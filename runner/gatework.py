@@ -1,9 +1,9 @@
 """Staging as the gate user: its environment, and root taking over what it produced.
 
 The gate user (config `gate_user`) runs npm and the candidate's `t3 --version` in its own
-0700 directory of private scratch (`runner.scratch`). Root then copies the packed tarball
-out no-follow (`copy_untrusted`) and moves the installed tree into the release's staging
-dir, making it root's (`adopt_gate_tree`, `take_ownership`), so users run a release the
+0700 directory of private scratch (`runner.scratch`). Root then copies the fetched tarball
+out of its npm cache (`runner.staging.npmcache`, no-follow) and moves the installed tree
+into the release's staging dir, making it root's (`adopt_gate_tree`, `take_ownership`), so users run a release the
 gate user cannot change and no gate-made symlink is ever followed.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import proc
 
-__all__ = ["GateWork", "gate_env", "copy_untrusted", "take_ownership", "adopt_gate_tree"]
+__all__ = ["GateWork", "gate_env", "take_ownership", "adopt_gate_tree"]
 
 
 @dataclass(frozen=True)
@@ -51,19 +51,6 @@ def gate_env(gate_dir: Path, registry: str | None) -> dict[str, str]:
     if registry:
         extra["npm_config_registry"] = registry
     return proc.child_env(extra)
-
-
-def copy_untrusted(src: Path, dest: Path) -> None:
-    """Copy a gate-owned regular file into root's dir: no-follow, non-blocking, regular only."""
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(src))
-        with os.fdopen(os.dup(fd), "rb") as fh, open(dest, "xb") as out:
-            shutil.copyfileobj(fh, out, 1 << 20)
-        os.chmod(dest, 0o644)
-    finally:
-        os.close(fd)
 
 
 def take_ownership(top: Path) -> None:

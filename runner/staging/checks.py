@@ -1,4 +1,4 @@
-"""The command lines of staging (`npm pack`, `npm install`, `t3 --version`) and the checks of
+"""The command lines of staging (`npm install`, `t3 --version`) and the checks of
 what they produce: a tarball naming a path twice is refused, the tarball's and the INSTALLED
 package.json must name the package and version, `t3 --version` must report the version."""
 from __future__ import annotations
@@ -20,22 +20,27 @@ BIN_NAME = "t3"
 class StageError(Exception):
     """Staging (or reinstalling) a release failed; nothing was left behind.
 
-    `step` is one of: gate, space, pack, tarball, install, version, verify, rename."""
+    `step` is one of: gate, space, fetch (the install from the registry, and taking its
+    tarball from npm's cache), tarball, install, version, verify, rename."""
 
     def __init__(self, version: str, step: str, detail: str) -> None:
         self.version, self.step, self.detail = version, step, detail
         super().__init__(f"stage {version}: {step}: {detail}")
 
 
-def npm_pack_argv(npm: str, package: str, version: str, dest: Path, cache_dir: Path, *,
-                  fetch_timeout_ms: int = 120000) -> list[str]:
+def npm_fetch_install_argv(npm: str, package: str, version: str, prefix: Path, cache_dir: Path, *,
+                           fetch_timeout_ms: int = 120000) -> list[str]:
+    """Install `<package>@<version>` from the registry: fresh, empty cache; `--prefer-online` so
+    a cached packument never stands in for the registry's; one fetch attempt, bounded; `--json`
+    so a failure is npm's error code and summary (`npm_said`)."""
     spec = f"{validate_package(package)}@{versions.validate_version(version)}"
-    return [str(npm), "pack", spec, "--pack-destination", str(dest), "--json",
+    return [str(npm), "install", "--global", "--prefix", str(prefix), spec, "--json",
             "--prefer-online", "--fetch-retries=0", f"--fetch-timeout={int(fetch_timeout_ms)}",
-            "--cache", str(cache_dir), "--ignore-scripts"]
+            "--no-audit", "--no-fund", "--cache", str(cache_dir), "--ignore-scripts"]
 
 
 def npm_install_argv(npm: str, prefix: Path, tarball: Path, cache_dir: Path) -> list[str]:
+    """Install a kept tarball offline (a rollback's reinstall: no network at all)."""
     tarball = Path(tarball)
     if not tarball.is_absolute() or tarball.suffix != ".tgz":
         raise ValueError(f"npm_install_argv: expected an absolute path to a .tgz, got {tarball}")
@@ -109,15 +114,3 @@ def tarball_manifest(path: Path) -> dict:
     if manifest is None:
         raise ValueError("no package/package.json in the tarball")
     return manifest
-
-
-def packed_tarball(staging: Path, stdout: str, version: str) -> Path:
-    try:
-        entries = json.loads(stdout)
-        name = entries[0]["filename"] if isinstance(entries, list) and len(entries) == 1 else None
-    except (ValueError, KeyError, TypeError):
-        name = None
-    found = sorted(p.name for p in staging.glob("*.tgz"))
-    if not isinstance(name, str) or found != [name] or "/" in name:
-        raise StageError(version, "pack", f"npm pack printed {stdout.strip()[:200]!r}; tarballs found: {found}")
-    return staging / name

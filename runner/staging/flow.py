@@ -1,27 +1,30 @@
 """Staging a candidate, and reinstalling a release from its kept tarball.
 
 Staging happens in `<releases_dir>/.staging-<version>-<pid>/` (same filesystem, so the final
-rename is atomic): `npm pack <pkg>@<version>` (fresh, empty cache; npm checks the registry's
-integrity), sha512 of the tarball, a check that the tarball's package.json names that package
-and version, `npm install --global --offline <tarball>` (never with lifecycle scripts:
-`--ignore-scripts` on pack and install), a check of the INSTALLED package.json, then
-`bin/t3 --version` must report the version. Only then is the directory renamed to
-`<releases_dir>/<version>`, and `bin/t3 --version` checked again from there. Any failure
-removes the staging directory and raises `StageError` naming the step.
+rename is atomic): `npm install --global <pkg>@<version>` from the registry (fresh, empty
+cache, `--prefer-online`; npm checks the tarball against the registry's integrity; never
+with lifecycle scripts: `--ignore-scripts`), the tarball it fetched copied out of that cache
+with its sha512 (`npmcache`: one npm start-up, not `npm pack` and then an offline install),
+a check that the tarball names no path twice and its package.json names that package and
+version, a check of the INSTALLED package.json, then `bin/t3 --version` must report the
+version. Only then is the directory renamed to `<releases_dir>/<version>`, and `bin/t3
+--version` checked again from there. Any failure removes the staging directory and raises
+`StageError` naming the step. Nothing of the candidate runs before those checks: the
+install runs no script, and `t3 --version` comes after them.
 
 `stage_for(cfg, ...)` is how the runner stages: every npm step and every `t3 --version` runs
 as the unprivileged gate user (config `gate_user`) in a fresh private scratch directory
-(`runner.scratch`) with an explicit environment (`gate_env`); root copies the packed tarball
-out (no-follow), moves the gate's installed tree into the staging dir and makes it root's
-(`take_ownership`: root:root, no group/other write), so users run a release the gate user
-cannot change.
+(`runner.scratch`) with an explicit environment (`gate_env`); root copies the fetched tarball
+out of the gate's npm cache (by descriptor, no-follow), moves the gate's installed tree into
+the staging dir and makes it root's (`take_ownership`: root:root, no group/other write), so
+users run a release the gate user cannot change.
 
 An existing `<releases_dir>/<version>` (an earlier run staged it) is verified (release.json,
 tarball sha512, `bin/t3 --version`) and reused without touching the network; if it fails
 verification it is rebuilt and replaced atomically.
 
 npm verifies no integrity for a local tarball, so `reinstall_from_tarball` compares the kept
-tarball with the sha512 recorded at pack time before installing it offline; a rollback goes
+tarball with the sha512 recorded at staging before installing it offline; a rollback goes
 through `release_for_rollback`, which reinstalls a release whose installed tree is missing or
 broken that way (the rollback needs no network).
 """
@@ -39,11 +42,12 @@ from typing import Iterator, Mapping
 
 from runner import proc, versions
 from runner.gateuser import GateUserError, gate_ids
-from runner.gatework import GateWork, adopt_gate_tree, copy_untrusted
+from runner.gatework import GateWork, adopt_gate_tree
 from runner.resolve import validate_package
 from runner.scratch import ScratchError, private_scratch
-from runner.staging.checks import (BIN_NAME, StageError, check_installed_manifest, check_version, npm_install_argv,
-                                   npm_pack_argv, npm_said, packed_tarball, sha512_of, tarball_manifest)
+from runner.staging.checks import (BIN_NAME, StageError, check_installed_manifest, check_version,
+                                   npm_fetch_install_argv, npm_install_argv, npm_said, sha512_of, tarball_manifest)
+from runner.staging.npmcache import CacheError, copy_cached_tarball, tarball_name
 from runner.staging.releases import (RELEASE_FILE, Release, check_kept_tarball, load_release, move_into_place,
                                      new_staging, verify_release, write_record)
 
@@ -60,22 +64,25 @@ class _Deadline:
         return max(1.0, self.end - time.monotonic())
 
 
-def _install_and_check(npm: str, staging: Path, tarball: Path, version: str, env, deadline: _Deadline,
-                       gate: GateWork | None = None, package: str | None = None) -> None:
-    """`npm install` the tarball (scripts never run), then `t3 --version`. With a gate, npm runs
-    as the gate user into its own prefix, and root then takes the tree into `staging`."""
+def _npm_places(staging: Path, env, gate: GateWork | None) -> tuple[Path, Path, dict, Path]:
+    """Where npm installs and caches, how it runs, and its cwd: as the gate user in its own
+    dir, or (no gate: tests, and the reinstall they drive) root's staging dir itself."""
     if gate is None:
-        prefix, cache, run_as = staging, staging / ".npm-cache", {"env": env}
-    else:
-        prefix, cache, run_as = gate.subdir("prefix"), gate.dir / "npm-cache", gate.run_kwargs()
+        return staging, staging / ".npm-cache", {"env": env}, staging
+    return gate.subdir("prefix"), gate.dir / "npm-cache", gate.run_kwargs(), gate.dir
+
+
+def _npm(argv: list[str], step: str, version: str, cwd: Path, run_as: dict, deadline: _Deadline) -> None:
     try:
-        proc.run(npm_install_argv(npm, prefix, tarball, cache), cwd=gate.dir if gate else staging,
-                 timeout=deadline.left(), **run_as)
+        proc.run(argv, cwd=cwd, timeout=deadline.left(), **run_as)
     except proc.CommandError as exc:
-        raise StageError(version, "install", npm_said(exc)) from exc
-    finally:
-        if gate is None:
-            shutil.rmtree(cache, ignore_errors=True)
+        raise StageError(version, step, npm_said(exc)) from exc
+
+
+def _adopt_and_check(prefix: Path, staging: Path, version: str, deadline: _Deadline,
+                     gate: GateWork | None = None, package: str | None = None) -> None:
+    """With a gate, root takes the gate user's installed tree into `staging`; then the
+    INSTALLED package.json (when the package is known) and `t3 --version`."""
     if gate is not None:
         try:
             adopt_gate_tree(prefix, staging)
@@ -84,6 +91,25 @@ def _install_and_check(npm: str, staging: Path, tarball: Path, version: str, env
     if package is not None:
         check_installed_manifest(staging, package, version)
     check_version(staging / "bin" / BIN_NAME, version, "staged", deadline.left(), gate)
+
+
+def _fetch_and_install(npm: str, package: str, version: str, staging: Path, env, gate: GateWork | None,
+                       deadline: _Deadline, fetch_timeout_ms: int) -> tuple[Path, Path, str]:
+    """`npm install <package>@<version>` from the registry (scripts never run), and the tarball
+    it fetched copied out of its fresh cache into `staging` (runner.staging.npmcache): one npm
+    start-up. Returns (npm's prefix, the kept tarball, its sha512)."""
+    prefix, cache, run_as, cwd = _npm_places(staging, env, gate)
+    tarball = staging / tarball_name(package, version)
+    try:
+        _npm(npm_fetch_install_argv(npm, package, version, prefix, cache, fetch_timeout_ms=fetch_timeout_ms),
+             "fetch", version, cwd, run_as, deadline)
+        sha = copy_cached_tarball(gate.dir.parent if gate else staging, cache, package, version, tarball)
+    except (CacheError, OSError) as exc:
+        raise StageError(version, "fetch", f"taking the fetched tarball: {exc}") from exc
+    finally:
+        if gate is None:
+            shutil.rmtree(cache, ignore_errors=True)
+    return prefix, tarball, sha
 
 
 def _finish(staging: Path, final: Path, version: str, package: str, tarball_name: str, sha: str,
@@ -129,8 +155,8 @@ def stage_release(npm: str, package: str, version: str, releases_dir: Path, *, e
                                            f"less than the {min_free_bytes} required")
     staging = new_staging(releases_dir, version)
     try:
-        tarball = _pack(npm, package, version, staging, env, gate, deadline, fetch_timeout_ms)
-        sha = sha512_of(tarball)
+        prefix, tarball, sha = _fetch_and_install(npm, package, version, staging, env, gate, deadline,
+                                                  fetch_timeout_ms)
         try:
             manifest = tarball_manifest(tarball)
         except (OSError, ValueError, tarfile.TarError) as exc:
@@ -138,7 +164,7 @@ def stage_release(npm: str, package: str, version: str, releases_dir: Path, *, e
         if manifest.get("name") != package or manifest.get("version") != version:
             raise StageError(version, "tarball", f"{tarball.name} holds {manifest.get('name')!r}@"
                                                  f"{manifest.get('version')!r}, expected {package}@{version}")
-        _install_and_check(npm, staging, tarball, version, env, deadline, gate, package)
+        _adopt_and_check(prefix, staging, version, deadline, gate, package)
         release = _finish(staging, final, version, package, tarball.name, sha, deadline, gate)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -146,32 +172,6 @@ def stage_release(npm: str, package: str, version: str, releases_dir: Path, *, e
     log.info("stage: %s@%s staged at %s (%s)%s", package, version, final, sha,
              f" as gate uid {gate.user.uid}" if gate else "")
     return release
-
-
-def _pack(npm: str, package: str, version: str, staging: Path, env, gate: GateWork | None,
-          deadline: _Deadline, fetch_timeout_ms: int) -> Path:
-    """`npm pack` into `staging` (as the gate user into its own dir, then copied by root)."""
-    if gate is None:
-        dest, cache, run_as, cwd = staging, staging / ".npm-cache", {"env": env}, staging
-    else:
-        dest, cache, run_as, cwd = gate.subdir("pack"), gate.dir / "npm-cache", gate.run_kwargs(), gate.dir
-    try:
-        done = proc.run(npm_pack_argv(npm, package, version, dest, cache, fetch_timeout_ms=fetch_timeout_ms),
-                        cwd=cwd, timeout=deadline.left(), **run_as)
-    except proc.CommandError as exc:
-        raise StageError(version, "pack", npm_said(exc)) from exc
-    finally:
-        if gate is None:
-            shutil.rmtree(cache, ignore_errors=True)
-    packed = packed_tarball(dest, done.stdout, version)
-    if gate is None:
-        return packed
-    tarball = staging / packed.name
-    try:
-        copy_untrusted(packed, tarball)
-    except OSError as exc:
-        raise StageError(version, "pack", f"copying {packed}: {exc}") from exc
-    return tarball
 
 
 @contextlib.contextmanager
@@ -219,7 +219,13 @@ def reinstall_from_tarball(npm: str, release: Release, *, env: Mapping[str, str]
                 package = tarball_manifest(copy).get("name")
             except (OSError, ValueError, tarfile.TarError) as exc:
                 raise StageError(version, "tarball", f"{copy.name}: {exc}") from exc
-        _install_and_check(npm, staging, copy, version, env, deadline, gate)
+        prefix, cache, run_as, cwd = _npm_places(staging, env, gate)
+        try:
+            _npm(npm_install_argv(npm, prefix, copy, cache), "install", version, cwd, run_as, deadline)
+        finally:
+            if gate is None:
+                shutil.rmtree(cache, ignore_errors=True)
+        _adopt_and_check(prefix, staging, version, deadline, gate)
         rebuilt = _finish(staging, release.prefix, version, validate_package(package), copy.name,
                           release.sha512, deadline, gate)
     except BaseException:

@@ -93,7 +93,7 @@ def new_staging(releases_dir: Path, version: str) -> Path:
 
 
 def check_kept_tarball(release: Release) -> None:
-    """The kept tarball must be the bytes `npm pack` fetched (npm checks no integrity of a local file)."""
+    """The kept tarball must be the bytes npm fetched at staging (npm checks no integrity of a local file)."""
     try:
         actual = sha512_of(release.tarball)
     except OSError as exc:

@@ -376,7 +376,7 @@ def _snapshot(world) -> dict:
 def test_a_second_run_while_one_holds_the_lock_exits_at_once_without_side_effects(world):
     before = fingerprints(world)
     world.registry.set_tag("nightly", V28)
-    npm = StopAt(world, "npm", proc_which("npm"), ["pack"])  # the first run waits at its stage
+    npm = StopAt(world, "npm", proc_which("npm"), ["install"])  # the first run waits at its stage
     first = Tracker(world, "first", T3_NPM=str(npm.path))
     npm.wait_stopped(first)
     # Staging runs beside the backups: once they are done the journal says "stage", and nothing

@@ -213,7 +213,7 @@ def test_tampered_tarball_fails_stage_and_installs_nothing(shared):
         done = shared.run_tracker()
         assert done.exit_code == 1, done.stderr
         line = event_line(done, "STAGE FAILED ")
-        assert f"version={V25}" in line and "pack" in line and "EINTEGRITY" in line, line
+        assert f"version={V25}" in line and "fetch" in line and "EINTEGRITY" in line, line
         before.assert_unchanged(V24)  # releases dir: still only 0.0.24, no .staging-* left
         assert summary_of(shared)["result"] == "stage-failed"
         assert not any(e.startswith(("HEALTH-CHECK", "CANARY")) for e in events(done))

@@ -11,7 +11,7 @@ import pytest
 from runner.quarantine import clear_quarantine, quarantine_build, quarantined_versions, read_quarantine
 from runner.resolve import (CODES, Decision, ResolveError, Target, decide, npm_view_argv, parse_view_output,
                             validate_package, validate_tag)
-from runner.staging.checks import npm_install_argv, npm_pack_argv, t3_version_argv
+from runner.staging.checks import npm_fetch_install_argv, npm_install_argv, t3_version_argv
 
 UTC = timezone.utc
 N25 = "0.0.25-nightly.20260608.497"
@@ -28,11 +28,12 @@ def test_npm_view_argv():
     assert npm_view_argv("npm", "@acme/t3", "latest", Path("/c"))[2] == "@acme/t3@latest"
 
 
-def test_npm_pack_install_and_version_argv():
-    assert npm_pack_argv("npm", "t3", N28, Path("/r/.staging"), Path("/r/.staging/.npm-cache"),
-                         fetch_timeout_ms=9000) == [
-        "npm", "pack", f"t3@{N28}", "--pack-destination", "/r/.staging", "--json", "--prefer-online",
-        "--fetch-retries=0", "--fetch-timeout=9000", "--cache", "/r/.staging/.npm-cache", "--ignore-scripts"]
+def test_npm_install_and_version_argv():
+    assert npm_fetch_install_argv("npm", "t3", N28, Path("/g/prefix"), Path("/g/npm-cache"),
+                                  fetch_timeout_ms=9000) == [
+        "npm", "install", "--global", "--prefix", "/g/prefix", f"t3@{N28}", "--json", "--prefer-online",
+        "--fetch-retries=0", "--fetch-timeout=9000", "--no-audit", "--no-fund", "--cache", "/g/npm-cache",
+        "--ignore-scripts"]
     assert npm_install_argv("npm", Path("/r/s"), Path("/r/s/t3-0.0.24.tgz"), Path("/r/s/.c")) == [
         "npm", "install", "--global", "--prefix", "/r/s", "--offline", "/r/s/t3-0.0.24.tgz",
         "--no-audit", "--no-fund", "--cache", "/r/s/.c", "--ignore-scripts"]
@@ -55,9 +56,9 @@ def test_bad_tags_are_refused(tag):
 
 
 @pytest.mark.parametrize("version", ["v0.0.24", "0.0.24+b", "latest", "0.0.24 --global", "../0.0.24"])
-def test_pack_argv_refuses_bad_versions(version):
+def test_fetch_install_argv_refuses_bad_versions(version):
     with pytest.raises(ValueError):
-        npm_pack_argv("npm", "t3", version, Path("/d"), Path("/c"))
+        npm_fetch_install_argv("npm", "t3", version, Path("/p"), Path("/c"))
 
 
 def test_install_argv_needs_an_absolute_tgz():

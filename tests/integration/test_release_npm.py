@@ -192,7 +192,7 @@ def test_tampered_tarball_fails_staging_and_leaves_nothing(sim):
     sim.reg.tamper(V28)
     with pytest.raises(StageError, match="EINTEGRITY") as info:
         sim.stage(V28)
-    assert info.value.step == "pack"
+    assert info.value.step == "fetch"
     assert sim.leftovers() == []
 
 
@@ -200,14 +200,14 @@ def test_unpublished_version_and_stopped_registry_fail_staging(sim):
     sim.publish("good-0.0.24")
     with pytest.raises(StageError, match="ETARGET|E404") as info:
         sim.stage(V28)
-    assert info.value.step == "pack" and sim.leftovers() == []
+    assert info.value.step == "fetch" and sim.leftovers() == []
     sim.reg.stop()
     with pytest.raises(StageError, match="ECONNREFUSED"):
         sim.stage(V24)
     assert sim.leftovers() == []
 
 
-def test_install_step_failure_leaves_nothing(sim, tmp_path):
+def test_a_failing_npm_install_leaves_nothing(sim, tmp_path):
     sim.publish("good-0.0.28")
     fake = tmp_path / "npm-install-fails"
     fake.write_text('#!/bin/sh\nif [ "$1" = install ]; then echo "npm error code EBOOM" >&2; exit 1; fi\n'
@@ -215,7 +215,7 @@ def test_install_step_failure_leaves_nothing(sim, tmp_path):
     fake.chmod(0o755)
     with pytest.raises(StageError, match="EBOOM") as info:
         stage_release(str(fake), "t3", V28, sim.releases, env=sim.env)
-    assert info.value.step == "install" and sim.leftovers() == []
+    assert info.value.step == "fetch" and sim.leftovers() == []
 
 
 def test_not_enough_space_stops_before_npm(sim):
