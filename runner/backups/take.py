@@ -4,8 +4,8 @@ A backup is `VACUUM INTO` a temporary name (one read transaction: a consistent s
 that includes committed WAL content and never blocks the running serve), checked with
 `PRAGMA integrity_check`, counted (`projection_*` rows: the same two sqlite3 processes, run as
 the owner, copy and list the source's tables, then check the copy and count them), hashed and
-fsynced by root meanwhile, then renamed to its catalogue name (`runner.backups.catalogue`) after its manifest is
-written. Free space is checked first, by page count x page size (not the file's size).
+fsynced by root meanwhile; root then writes its manifest and renames it to its catalogue name
+(`runner.backups.catalogue`), both through the backup dir's descriptor (`trees`). Free space is checked first, by page count x page size (not the file's size).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from runner.backups.catalogue import (BACKUP_KINDS, BackupRecord, backup_file_na
                                       prune, timestamp)
 from runner.backups.tools import OwnerTools
 from runner.backups.trees import (SQLITE_MAGIC, TMP_PREFIX, USER_RE, VERSION_RE, BackupError, OpenDir, backup_errors, check_name,
-                                  lstat_at, move_into_place, open_backup_dir, open_user_tree, remove_quietly,
+                                  create_file_at, lstat_at, move_into_place, open_backup_dir, open_user_tree, remove_quietly,
                                   remove_stale, scan_databases, size_at, take_ownership)
 from runner.userfiles import UserFileError, close_quietly, free_bytes_fd, open_file_at, read_head, sha256_fd, unlink_at
 
@@ -73,18 +73,10 @@ def _database_bytes_at(dir_fd: int, name: str, shown: Path) -> int:
         os.close(fd)
 
 
-def _write_manifest(tools: OwnerTools, bdir: OpenDir, backup_name: str, content: dict) -> str:
+def _write_manifest(bdir: OpenDir, owner: proc.UserIds, backup_name: str, content: dict) -> str:
     name = manifest_name(backup_name)
-    data = (json.dumps(content, indent=1, sort_keys=True) + "\n").encode()
     unlink_at(bdir.fd, name)  # an orphan of a killed run: its backup never got its final name
-    tools.dd(bdir.path / name, data=data)
-    fd = open_file_at(bdir.fd, name, bdir.path / name)
-    try:
-        take_ownership(fd, tools.owner, bdir.path / name)
-        if read_head(fd, len(data) + 1) != data:
-            raise UserFileError(f"{bdir.path / name}: manifest does not read back as written")
-    finally:
-        os.close(fd)
+    create_file_at(bdir, name, (json.dumps(content, indent=1, sort_keys=True) + "\n").encode(), owner)
     return name
 
 
@@ -141,8 +133,8 @@ def copy_into_backup_dir(tools: OwnerTools, src: Path, bdir: OpenDir, final: str
                       copied - started, time.monotonic() - copied)
         if manifest is not None:
             leftovers.append(manifest_name(final))
-            _write_manifest(tools, bdir, final, manifest(facts))
-        move_into_place(tools, bdir, tmp, final, fd)
+            _write_manifest(bdir, tools.owner, final, manifest(facts))
+        move_into_place(None, bdir, tmp, final, fd)
         return facts
     except BaseException:
         remove_quietly(bdir, leftovers)

@@ -1,6 +1,7 @@
 """The child processes of a backup or restore, run as the owner of the files: `sqlite3`
-(the online copy, the checks, the row counts), `dd` (byte copies and manifests, no-follow,
-exclusive create) and `mv` (renames replace a symlink, never write through it)."""
+(the online copy, the checks, the row counts), `dd` (a restore's byte copy, no-follow,
+exclusive create) and `mv` (a restore's rename in userdata: it replaces a symlink, never
+writes through it)."""
 from __future__ import annotations
 
 import json

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import proc
+from runner import proc, userfiles
 from runner.userfiles import (NotFound, UserFileError, describe, ensure_owned_dir, lstat_at, open_dir_at,
                               open_file_at, open_trusted_dir, read_head, same_file, unlink_at)
 from runner.backups.tools import OwnerTools
@@ -185,12 +185,43 @@ def take_ownership(fd: int, owner: proc.UserIds, shown: Path) -> None:
     os.fchmod(fd, 0o600)
 
 
-def move_into_place(tools: OwnerTools, d: OpenDir, tmp: str, final: str, fd: int) -> None:
-    tools.move(d.path / tmp, d.path / final)
+def move_into_place(tools: OwnerTools | None, d: OpenDir, tmp: str, final: str, fd: int) -> None:
+    """Rename `tmp` to `final` in `d`, then check `final` is the verified inode behind `fd`.
+
+    In a user's own tree (`tools` given) the owner renames (`mv`): a home may sit on a
+    filesystem that refuses root. In a backup dir (`tools` None: below the operator's
+    trusted backup root, where root made the dir) root renames by the dir's descriptor.
+    Either way rename(2) replaces a symlink, never writes through it."""
+    if tools is not None:
+        tools.move(d.path / tmp, d.path / final)
+    else:
+        os.rename(userfiles.check_name(tmp), userfiles.check_name(final), src_dir_fd=d.fd, dst_dir_fd=d.fd)
     st = lstat_at(d.fd, final)
     if st is None or not same_file(st, os.fstat(fd)) or lstat_at(d.fd, tmp) is not None:
         raise UserFileError(f"{d.path / final} is not the verified file after the rename")
     os.fsync(d.fd)
+
+
+def create_file_at(d: OpenDir, name: str, data: bytes, owner: proc.UserIds) -> None:
+    """A new file `name` in the backup dir `d` holding `data`, written by root (exclusive and
+    no-follow: an existing name or a planted symlink is an error, never written through), given
+    to the owner (0600) and fsynced. Opened by path: every component above `name` is root's
+    (the trusted backup root and its entry for the user), and the new file must then be the
+    one `d`'s descriptor sees under `name`."""
+    shown = d.path / userfiles.check_name(name)
+    fd = os.open(shown, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        st = lstat_at(d.fd, name)
+        if st is None or not same_file(st, os.fstat(fd)):
+            raise UserFileError(f"{shown} is not in the backup dir that was opened")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if os.geteuid() == 0:
+            os.fchown(fd, owner.uid, owner.gid)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def find_user_databases(userdata_dir, *, home_dir=None) -> list[str]:

@@ -632,3 +632,39 @@ def test_a_users_bad_file_fails_that_users_backup_naming_it_without_harm(owned, 
     if problem == "symlink-to-etc-passwd":
         assert sha(Path("/etc/passwd")) == passwd
     assert temporaries(t.bdir) == []
+
+
+@needs_root
+def test_a_backup_runs_only_the_owners_two_sqlite3_and_root_finishes_it_by_descriptor(owned, monkeypatch):
+    """The copy and its check are the owner's (a real unprivileged uid); the manifest and the
+    rename are root's, through the backup dir (two process start-ups per database fewer:
+    most of a small backup's time). What they leave is the owner's, 0600."""
+    t = owned
+    runs, real = [], proc.run
+
+    def spy(argv, **kw):
+        runs.append((os.path.basename(argv[0]), kw.get("as_user")))
+        return real(argv, **kw)
+
+    monkeypatch.setattr(proc, "run", spy)
+    [record] = _backup(t)
+    assert [(name, user.uid) for name, user in runs] == [("sqlite3", t.uid), ("sqlite3", t.uid)]
+    manifest = t.bdir / f".{record.path.name}.json"
+    for p in (record.path, manifest):
+        st = os.lstat(p)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_nlink) == (t.uid, t.uid, 0o600, 1)
+    assert catalogue.prebump_backups(t.backups, "alice")[0].sha256 == record.sha256 == sha(record.path)
+
+
+def test_root_never_writes_a_manifest_through_a_planted_symlink(tmp_path):
+    bdir_path = _mkdirs(tmp_path / "backups" / "alice", 0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (bdir_path / ".x.sqlite.json").symlink_to(victim)
+    fd = os.open(bdir_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            trees.create_file_at(trees.OpenDir(fd, bdir_path), ".x.sqlite.json", b"{}\n", proc.UserIds(0, 0, "root"))
+    finally:
+        os.close(fd)
+    assert victim.read_text() == "precious\n" and (bdir_path / ".x.sqlite.json").is_symlink()
