@@ -16,6 +16,11 @@ process's peak RSS. Then the FLOOR, the work no tracker can skip, on the same wo
   user's own instance on the new build, migrating the user's pre-bump databases (put back
   after the stop, untimed) as the run's restart did.
 
+Then the CHECKS every run makes on top of that floor, each measured alone on the same world
+(what a tracker that keeps its checks cannot go below): the resolve's `npm view` (fresh cache),
+the health gate's pytest start-up and collection (`pytest --co` of gates/test_health.py, as the
+runner starts it), and per user one login through the dispatch (the mint and the exchange).
+
 Targets (issue 12): run <= 1.25 x floor; 50 users: wall time linear in users, per user <= its
 restart + readiness + 0.5 s, memory flat. The last table puts every case side by side.
 """
@@ -42,6 +47,9 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from runner import proc  # noqa: E402
+from runner.gaterun import GATES_DIR, GATE_FILES  # noqa: E402
+from runner.resolve import npm_view_argv  # noqa: E402
+from runner.t3client import DispatchClient  # noqa: E402
 from runner.units import serve_unit_name  # noqa: E402
 from tests.sim import builds  # noqa: E402
 from tests.sim.proc import ServeProcess  # noqa: E402
@@ -269,6 +277,51 @@ def measure_floor(world: World, work: Path) -> Floor:
     return Floor(stage, throwaway, restarts)
 
 
+def timed(what) -> float:
+    started = time.monotonic()
+    what()
+    return time.monotonic() - started
+
+
+@dataclass
+class Checks:
+    """The checks every run makes beyond the floor, each measured alone (seconds)."""
+    resolve: float           # npm view, fresh cache
+    health_start: float      # the health gate's pytest: start-up and collection
+    logins: dict[str, float]  # one login through the dispatch per user
+
+    @property
+    def total(self) -> float:
+        return self.resolve + self.health_start + sum(self.logins.values())
+
+
+def measure_checks(world: World, work: Path) -> Checks:
+    cache = work / "checks-npm-cache"
+    resolve = timed(lambda: proc.run(npm_view_argv("npm", "t3", "nightly", cache), env=world.npm_env(),
+                                     cwd=work, timeout=120))
+    user = world.users[0].os_user
+    seed = sorted((world.backup_dest / user).glob(f"state-prebump-{TARGET}-*.sqlite"))[-1]
+    collect = [sys.executable, "-m", "pytest", str(GATES_DIR / GATE_FILES["health"]), "--co", "-q",
+               "-p", "pytest_timeout", "--seed-db", f"{user}={seed}"]
+    env = {**proc.child_env(), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+    def collect_only() -> None:  # the gate fails a run that passed nothing: collecting alone exits 1
+        done = proc.run(collect, env=env, cwd=work, timeout=120, ok_codes=(0, 1))
+        if "tests collected" not in done.stdout:
+            raise RuntimeError(f"the health gate collected nothing: {done.stdout[-500:]}")
+
+    health_start = timed(collect_only)
+    dispatch = DispatchClient(world.dispatch.url)
+
+    def login(sso: str) -> None:
+        answer = dispatch.visit(sso)
+        if answer.status_code != 302:
+            raise RuntimeError(f"{sso}'s login answered {answer.status_code}, expected 302")
+
+    logins = {u.os_user: timed(lambda sso=u.sso: login(sso)) for u in world.users}
+    return Checks(resolve, health_start, logins)
+
+
 # ------------------------------------------------------------------ reading a run
 
 @dataclass
@@ -334,6 +387,7 @@ class Case:
     run: Run
     floor: Floor
     per_user: list[UserTimes]
+    checks: Checks | None = None
 
     @property
     def wall(self) -> float:
@@ -367,20 +421,32 @@ def print_case(case: Case) -> None:
     print(f"{'floor total':<40} {floor.total:>7.2f}")
     print(f"{'whole run':<40} {case.wall:>7.2f}")
     print(f"{'run / floor (target <= 1.25)':<40} {case.wall / floor.total:>7.2f}")
+    checks = case.checks
+    if checks is not None:
+        print(f"\n{'checks every run makes, each alone':<40} {'s':>7}")
+        print(f"{'resolve: npm view':<40} {checks.resolve:>7.2f}")
+        print(f"{'health gate: pytest start + collection':<40} {checks.health_start:>7.2f}")
+        print(f"{f'logins through the dispatch x{len(checks.logins)}':<40} {sum(checks.logins.values()):>7.2f}")
+        with_checks = floor.total + checks.total
+        print(f"{'floor + checks':<40} {with_checks:>7.2f}")
+        print(f"{'run / (floor + checks)':<40} {case.wall / with_checks:>7.2f}")
     if run.exit_code != 0:
         print("RUN FAILED; its last lines:\n" + "".join(run.stderr[-15:]))
 
 
 def print_summary(cases: list[Case]) -> None:
     print("\n=== every case: wall vs floor; canary per user vs restart+readiness (target: excess <= 0.5 s)")
-    print(f"{'users':>5} {'delay':>5} {'wall s':>7} {'floor s':>7} {'ratio':>6} {'canary s':>8} {'per user':>8} "
+    print(f"{'users':>5} {'delay':>5} {'wall s':>7} {'floor s':>7} {'ratio':>6} {'+checks':>7} {'ratio':>6} "
+          f"{'canary s':>8} {'per user':>8} "
           f"{'restart':>7} {'excess':>7} {'RSS MB':>7} {'CPU s':>7} {'load':>11}")
     for case in cases:
         canary = next(s for name, s in phase_rows(case.run) if name.startswith("canary"))
         per_user = canary / case.users if canary is not None else None
         restart = statistics.median(case.floor.restarts.values())
+        with_checks = case.floor.total + case.checks.total if case.checks else None
         print(f"{case.users:>5} {case.delay:>5g} {case.wall:>7.2f} {case.floor.total:>7.2f} "
-              f"{case.wall / case.floor.total:>6.2f} {fmt(canary, 8)} {fmt(per_user, 8)} {restart:>7.2f} "
+              f"{case.wall / case.floor.total:>6.2f} {fmt(with_checks)} "
+              f"{fmt(case.wall / with_checks if with_checks else None, 6)} {fmt(canary, 8)} {fmt(per_user, 8)} {restart:>7.2f} "
               f"{fmt(per_user - restart if per_user is not None else None)} {case.run.peak_rss_kb / 1024:>7.1f} "
               f"{case.run.cpu:>7.2f} {case.run.load[0] + '->' + case.run.load[1]:>11}")
     for delay in sorted({c.delay for c in cases}):
@@ -408,8 +474,9 @@ def bench_case(users: int, delay: float, work_root: Path, keep: bool) -> Case:
         run = run_tracker(world)
         print(f"[{users} users, delay {delay:g} s] run exit {run.exit_code} in {run.ended - run.started:.1f} s; "
               "measuring the floor", flush=True)
-        floor = measure_floor(world, work) if run.exit_code == 0 else Floor(float("nan"), float("nan"), {})
-        return Case(users, delay, run, floor, user_rows(run))
+        if run.exit_code != 0:
+            return Case(users, delay, run, Floor(float("nan"), float("nan"), {}), user_rows(run))
+        return Case(users, delay, run, measure_floor(world, work), user_rows(run), measure_checks(world, work))
     finally:
         world.stop()
         if not keep:
