@@ -104,6 +104,7 @@ def pytest_configure(config):
     config._t3_gate = GateSettings(config)
     config._t3_gate_counts = _COUNTS
     config._t3_gate_notes = []
+    config._t3_gate_stopped = None
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +170,7 @@ def read_options_file(path: str, config) -> dict[str, str]:
     regular file opened without following a link, one JSON object of options in FILE_OPTIONS
     (each once, none also on the command line) to string values."""
     def refuse(why: str):
-        pytest.exit(f"T3-GATE bad options file {path}: {why}", returncode=1)
+        stop(config, f"bad options file {path}: {why}")
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -228,8 +229,15 @@ def _hold(config, path: str, held_line: str) -> None:
         reporter.flush()
     while not os.path.lexists(path):
         if time.monotonic() >= deadline:
-            pytest.exit(f"T3-GATE not started: {path} did not appear within {within:g}s", returncode=1)
+            stop(config, f"not started: {path} did not appear within {within:g}s")
         time.sleep(START_POLL)
+
+
+def stop(config, reason: str) -> None:
+    """End the gate before any check ran, a failure: the summary's `T3-GATE STOPPED` line says
+    why (the runner's verdict quotes it, runner/gaterun.py)."""
+    config._t3_gate_stopped = reason
+    pytest.exit(f"T3-GATE {reason}", returncode=1)
 
 
 def pytest_collection_finish(session):
@@ -251,6 +259,7 @@ def pytest_collection_finish(session):
 
 
 START_POLL = 0.02  # the gate's start after go costs at most this
+STOPPED = "T3-GATE STOPPED "  # the summary line of a gate ended before its checks, and why
 _COUNTS = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
 
 
@@ -279,6 +288,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     counts = config._t3_gate_counts
     for note in config._t3_gate_notes:
         terminalreporter.write_line(f"T3-GATE NOTE {note}")
+    if config._t3_gate_stopped:
+        terminalreporter.write_line(f"{STOPPED}{config._t3_gate_stopped}")
     terminalreporter.write_line(
         f"T3-GATE {_verdict(counts, exitstatus)} passed={counts['passed']} failed={counts['failed']} "
         f"errors={counts['error']} skipped={counts['skipped']} exit={int(exitstatus)}"
