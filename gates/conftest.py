@@ -176,9 +176,10 @@ def read_options_file(path: str, config) -> dict[str, str]:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:  # ELOOP: a symlink
         refuse(f"cannot be opened without following a link: {exc.strerror}")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        refuse("not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            refuse("not a regular file")
         data = handle.read(OPTIONS_FILE_MAX + 1)
     if len(data) > OPTIONS_FILE_MAX:
         refuse(f"larger than {OPTIONS_FILE_MAX} bytes")
