@@ -10,8 +10,10 @@ exits non-zero, and one summary line says PASS or FAIL.
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -43,8 +45,14 @@ OPTIONS = [
     ("--canary-version", None, "version every canary instance must run (default: the release its link points to)"),
     ("--start-when", None, "run no test until this file exists (the runner starts a gate early, so its start-up "
      "overlaps the restart it waits for; default: start at once)"),
-    ("--start-within", None, "seconds --start-when may hold the gate; then it fails (default: 900)"),
+    ("--options-when", None, "collect no test until this file exists, then take options from it: a JSON object "
+     "of option names as listed here to string values (the runner starts the health gate while it stages, before "
+     "the build and its seeds exist, so its start-up is done by then; default: the command line's options only)"),
+    ("--start-within", None, "seconds --options-when or --start-when may hold the gate; then it fails (default: 900)"),
 ]
+# What an options file may set: any gate option, but never a second hold for options.
+FILE_OPTIONS = frozenset(option for option, _, _ in OPTIONS) - {"--options-when"}
+OPTIONS_FILE_MAX = 1 << 20  # bytes; a bigger file is not the runner's
 
 
 def pytest_addoption(parser):
@@ -96,6 +104,7 @@ def pytest_configure(config):
     config._t3_gate = GateSettings(config)
     config._t3_gate_counts = _COUNTS
     config._t3_gate_notes = []
+    config._t3_gate_stopped = None
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +143,104 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("sso_user", users, ids=users, scope="module")
 
 
+def option_dest(option: str) -> str:
+    """Where pytest keeps `option` on `config.option` (as `GateSettings.get` reads it)."""
+    return option.lstrip("-").replace("-", "_")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session):
+    """Hold a gate started before its options exist (`--options-when`): the health gate's
+    cases are its seeds, known only once the build is staged and the seeds copied, so it is
+    held before collection. What needs no option is done first: pytest's start-up and the
+    import of the gate's test modules (the bulk of what is left is collecting the cases). The
+    file's options are then set as if given on the command line."""
+    config = session.config
+    options_file = config._t3_gate.get("--options-when")
+    if options_file is None:
+        return
+    _import_gate_modules(config)
+    _hold(config, options_file, f"T3-GATE HELD for options until {options_file} exists")
+    for option, value in read_options_file(options_file, config).items():
+        setattr(config.option, option_dest(option), value)
+
+
+def read_options_file(path: str, config) -> dict[str, str]:
+    """The options in `path`, or the gate fails (exit code 1) naming the file and the key: a
+    regular file opened without following a link, one JSON object of options in FILE_OPTIONS
+    (each once, none also on the command line) to string values."""
+    def refuse(why: str):
+        stop(config, f"bad options file {path}: {why}")
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:  # ELOOP: a symlink
+        refuse(f"cannot be opened without following a link: {exc.strerror}")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        refuse("not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(OPTIONS_FILE_MAX + 1)
+    if len(data) > OPTIONS_FILE_MAX:
+        refuse(f"larger than {OPTIONS_FILE_MAX} bytes")
+
+    def unique(pairs):
+        keys = [key for key, _ in pairs]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            refuse(f"key {twice[0]!r} given twice")
+        return dict(pairs)
+
+    try:
+        values = json.loads(data, object_pairs_hook=unique)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError says the line and column
+        refuse(f"not JSON: {exc}")
+    if not isinstance(values, dict):
+        refuse(f"not a JSON object but {type(values).__name__}")
+    for key, value in values.items():
+        if key not in FILE_OPTIONS:
+            refuse(f"key {key!r} is not a gate option (one of {', '.join(sorted(FILE_OPTIONS))})")
+        if not isinstance(value, str):
+            refuse(f"key {key!r}: the value must be a string, not {type(value).__name__}")
+        if config.getoption(option_dest(key)) is not None:
+            refuse(f"key {key!r} is also on the command line")
+    return values
+
+
+def _import_gate_modules(config) -> None:
+    """Import the gate test modules named on the command line, as collection would (pytest's
+    assertion rewriting is in place by now; collection then finds them imported). They only
+    define checks and import what those use: nothing runs, nothing reads an option."""
+    package = __name__.rpartition(".")[0]
+    here = Path(__file__).resolve().parent
+    for arg in config.args:
+        path = Path(arg.split("::")[0]).resolve()
+        if package and path.parent == here and path.suffix == ".py" and path.name.startswith("test_"):
+            importlib.import_module(f"{package}.{path.stem}")
+
+
+def _hold(config, path: str, held_line: str) -> None:
+    """Wait (polling every START_POLL) until `path` exists, at most --start-within seconds;
+    then the gate fails: it was never told to start, so it proved nothing."""
+    within = float(config._t3_gate.get("--start-within") or 900)
+    deadline = time.monotonic() + within
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:  # what a reader of the gate's log (or a test) sees while it waits
+        reporter.write_line(held_line)
+        reporter.flush()
+    while not os.path.lexists(path):
+        if time.monotonic() >= deadline:
+            stop(config, f"not started: {path} did not appear within {within:g}s")
+        time.sleep(START_POLL)
+
+
+def stop(config, reason: str) -> None:
+    """End the gate before any check ran, a failure: the summary's `T3-GATE STOPPED` line says
+    why (the runner's verdict quotes it, runner/gaterun.py)."""
+    config._t3_gate_stopped = reason
+    pytest.exit(f"T3-GATE {reason}", returncode=1)
+
+
 def pytest_collection_finish(session):
     """Imports and collection are done, no check has run: set what exists now aside from the
     cyclic garbage collector, then hold a gate started early at its start line. A gate never
@@ -148,20 +255,12 @@ def pytest_collection_finish(session):
     go_file = session.config._t3_gate.get("--start-when")
     if go_file is None:
         return
-    within = float(session.config._t3_gate.get("--start-within") or 900)
-    deadline = time.monotonic() + within
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:  # what a reader of the gate's log (or a test) sees while it waits
-        reporter.write_line(f"T3-GATE HELD until {go_file} exists ({len(session.items)} tests collected, "
-                            f"{gc.get_freeze_count()} objects frozen)")
-        reporter.flush()
-    while not os.path.exists(go_file):
-        if time.monotonic() >= deadline:
-            pytest.exit(f"T3-GATE not started: {go_file} did not appear within {within:g}s", returncode=1)
-        time.sleep(START_POLL)
+    _hold(session.config, go_file, f"T3-GATE HELD until {go_file} exists ({len(session.items)} tests collected, "
+                                   f"{gc.get_freeze_count()} objects frozen)")
 
 
 START_POLL = 0.02  # the gate's start after go costs at most this
+STOPPED = "T3-GATE STOPPED "  # the summary line of a gate ended before its checks, and why
 _COUNTS = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
 
 
@@ -190,6 +289,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     counts = config._t3_gate_counts
     for note in config._t3_gate_notes:
         terminalreporter.write_line(f"T3-GATE NOTE {note}")
+    if config._t3_gate_stopped:
+        terminalreporter.write_line(f"{STOPPED}{config._t3_gate_stopped}")
     terminalreporter.write_line(
         f"T3-GATE {_verdict(counts, exitstatus)} passed={counts['passed']} failed={counts['failed']} "
         f"errors={counts['error']} skipped={counts['skipped']} exit={int(exitstatus)}"

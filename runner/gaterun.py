@@ -6,6 +6,7 @@ shows at least one test, every test passed, and a zero exit code.
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import subprocess
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Mapping
 
 from . import proc
+from .state import atomic_write
 
 GATES_DIR = Path(__file__).resolve().parent.parent / "gates"
 GATE_FILES = {"health": "test_health.py", "canary": "test_canary.py"}
+STOPPED = "T3-GATE STOPPED "  # gates/conftest.py: a gate ended before its checks says why on this line
 
 
 @dataclass
@@ -99,27 +102,51 @@ def run_gate(gate: str, *, run_dir: Path, options: Mapping[str, str], keyword: s
 
 
 class PendingGate:
-    """A gate process started ahead of its moment (`start_gate`): it has imported pytest and
-    the gate suite and collected its tests, and waits at its start line until `go()`. The
+    """A gate process started ahead of its moment (`start_gate`), held until `go()`. Held at
+    its start line, it has imported pytest and the gate suite and collected its tests: the
     canary's gate is started before the user's stop, so its start-up (most of a gate run's
-    CPU) overlaps the restart instead of following it. Every check still runs after `go()`.
+    CPU) overlaps the restart instead of following it. Held for its options
+    (`options_at_go`), it has imported them but collects nothing until `go(options)`: the
+    health gate's cases are its seeds, which exist only after staging and the seed copies, so
+    it is started beside staging. Every check still runs after `go()`.
 
     `result()` waits for the verdict (at most `timeout` seconds after `go()`, then it is
-    killed: a failure); `cancel()` ends a gate that will not be needed. A runner that dies
-    takes its pending gates with it (proc.spawn: they die with their parent)."""
+    killed: a failure); `cancel()` ends a gate that will not be needed (a no-op once it has
+    ended), as does leaving it as a context. A runner that dies takes its pending gates with
+    it (proc.spawn: they die with their parent)."""
 
-    def __init__(self, gate: str, popen, *, junit: Path, log: Path, go_file: Path, timeout: float):
+    def __init__(self, gate: str, popen, *, junit: Path, log: Path, go_file: Path, timeout: float,
+                 options_at_go: bool = False):
         self.gate, self._popen, self.junit, self.log = gate, popen, junit, log
-        self._go_file, self._timeout = go_file, timeout
+        self._go_file, self._timeout, self._options_at_go = go_file, timeout, options_at_go
         self._went: float | None = None
 
-    def go(self) -> None:
-        fd = os.open(self._go_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        os.close(fd)
+    def go(self, options: Mapping[str, str] | None = None) -> None:
+        """Start the checks; `options` (gate option -> value) exactly when started `options_at_go`.
+        A file of options appears whole or not at all (written aside, fsynced, renamed into place)."""
+        if self._went is not None:
+            raise RuntimeError(f"{self.gate} gate told to go twice")
+        if (options is not None) != self._options_at_go:
+            raise ValueError(f"{self.gate} gate: options at go {'needed' if self._options_at_go else 'not taken'}")
+        if options is None:  # nothing to read: its appearing is the whole message
+            os.close(os.open(self._go_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        else:
+            atomic_write(self._go_file, json.dumps({key: str(value) for key, value in options.items()}), 0o600,
+                         exclusive=True)
         self._went = time.monotonic()
 
     def cancel(self) -> None:
         proc.terminate(self._popen, timeout=5)
+
+    def ended(self) -> bool:
+        """Whether its process has ended (before `go()`: it gave up waiting, a verdict on nothing)."""
+        return self._popen.poll() is not None
+
+    def __enter__(self) -> "PendingGate":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.cancel()
 
     def result(self) -> GateResult:
         if self._went is None:
@@ -152,24 +179,31 @@ def wait_exit(popen, timeout: float) -> int:
 
 def start_gate(gate: str, *, run_dir: Path, options: Mapping[str, str], env: Mapping[str, str] | None = None,
                timeout: float = 900.0, start_within: float = 900.0, python: str = sys.executable,
-               label: str | None = None) -> PendingGate:
-    """`run_gate`, started now and held at its start line until `.go()` (then `.result()`);
-    `start_within` bounds the hold, after which the gate gives up by itself (a failure)."""
+               label: str | None = None, options_at_go: bool = False) -> PendingGate:
+    """`run_gate`, started now and held until `.go()` (then `.result()`): at its start line, or
+    with `options_at_go` before collection, until `.go(options)` adds the options not known
+    yet; `start_within` bounds the hold, after which the gate gives up by itself (a failure)."""
     label = label or gate
     junit, log = _report_paths(run_dir, label)
-    go_file = run_dir / f"go-{label}"
-    options = {**options, "--start-when": str(go_file), "--start-within": f"{start_within:g}"}
+    go_file = _go_file(run_dir, label, options_at_go)
+    hold = "--options-when" if options_at_go else "--start-when"
+    options = {**options, hold: str(go_file), "--start-within": f"{start_within:g}"}
     argv = gate_argv(python, gate, junit=junit, options=options)
     popen = proc.spawn(argv, log_path=log, env=_gate_env(env), cwd=run_dir)
-    return PendingGate(gate, popen, junit=junit, log=log, go_file=go_file, timeout=timeout)
+    return PendingGate(gate, popen, junit=junit, log=log, go_file=go_file, timeout=timeout,
+                       options_at_go=options_at_go)
+
+
+def _go_file(run_dir: Path, label: str, options_at_go: bool) -> Path:
+    return run_dir / (f"go-{label}.json" if options_at_go else f"go-{label}")
 
 
 def _report_paths(run_dir: Path, label: str) -> tuple[Path, Path]:
     """(junit report, output log) of one gate run; neither may exist yet (a gate's verdict is
-    read from its own files only)."""
+    read from its own files only), nor may its go files."""
     run_dir.mkdir(parents=True, exist_ok=True)
     junit, log = run_dir / f"junit-{label}.xml", run_dir / f"gate-{label}.log"
-    for path in (junit, log, run_dir / f"go-{label}"):
+    for path in (junit, log, _go_file(run_dir, label, False), _go_file(run_dir, label, True)):
         if os.path.lexists(path):
             path.unlink()
     return junit, log
@@ -194,8 +228,9 @@ def gate_verdict(gate: str, exit_code: int, output: str, junit: Path, log: Path)
         return result
     result.tests, result.failures, result.errors, result.skipped = (
         totals["tests"], totals["failures"], totals["errors"], totals["skipped"])
-    if result.tests == 0:
-        result.problems.insert(0, "the gate collected no tests")
+    if result.tests == 0:  # the gate's own word on why, when it stopped before its checks
+        stopped = next((line[len(STOPPED):] for line in output.splitlines() if line.startswith(STOPPED)), None)
+        result.problems.insert(0, f"the gate stopped: {stopped}" if stopped else "the gate collected no tests")
     result.passed = (exit_code == 0 and result.tests > 0 and not (result.failures or result.errors or result.skipped)
                      and summary.startswith("T3-GATE PASS"))
     return result

@@ -33,13 +33,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write a whole file or nothing: temp in the same dir, fsync, rename, fsync dir."""
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, *, exclusive: bool = False) -> None:
+    """Write a whole file or nothing: temp in the same dir, fsync, rename, fsync dir.
+    `exclusive`: the temp file must be new (O_EXCL), never one that was left there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC) | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(payload)

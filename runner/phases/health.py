@@ -16,9 +16,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import goodbuilds
+from .. import goodbuilds, proc
 from ..context import RunContext
-from ..gaterun import run_gate
+from ..gaterun import PendingGate, start_gate
 from ..gateuser import GateUserError
 from ..journal import RunRecord, RunStopped
 from ..livedb import V1_NAME, V2_NAME, live_database_name
@@ -136,42 +136,76 @@ def seed_option(seeds: dict[str, list[Path]]) -> str:
     return ",".join(f"{user}={path}" for user, paths in sorted(seeds.items()) for path in paths)
 
 
-def health_options(ctx: RunContext, staged, copies: dict[str, list[Path]], scratch: Path) -> dict[str, str]:
-    cfg = ctx.cfg
-    return {**PYTEST_OPTIONS, "--t3-bin": str(staged.bin), "--expect-version": staged.version,
-            "--seed-db": seed_option(copies),
-            "--scratch": str(scratch), "--gate-user": cfg.gate_user, "--serve-host": cfg.serve_host,
+def health_gate_options(cfg) -> dict[str, str]:
+    """The gate's options known before the build is staged (its process starts with them)."""
+    return {**PYTEST_OPTIONS, "--gate-user": cfg.gate_user, "--serve-host": cfg.serve_host,
             "--smoke-port": str(cfg.smoke_port), "--ready-timeout": str(cfg.ready_timeout),
             "--cookie-name": cfg.cookie_name}
 
 
-def check_health(ctx: RunContext, staged, records: dict[str, list]) -> HealthVerdict:
+def candidate_options(staged, copies: dict[str, list[Path]], scratch: Path) -> dict[str, str]:
+    """The gate's options known once the build is staged and the seeds copied (given at go)."""
+    return {"--t3-bin": str(staged.bin), "--expect-version": staged.version, "--seed-db": seed_option(copies),
+            "--scratch": str(scratch)}
+
+
+def start_health_gate(ctx: RunContext) -> PendingGate:
+    """The health gate's pytest, started now and held before collection until `check_health`
+    gives it the build and the seeds: a bump starts it beside the backups and staging, so its
+    start-up is done when they are. Leaving it as a context ends it unless it has given its
+    verdict (every way out of a run before its go)."""
+    return start_gate("health", run_dir=ctx.run_dir, options=health_gate_options(ctx.cfg), env=ctx.env,
+                      timeout=ctx.cfg.gate_timeout, start_within=HOLD_LIMIT, options_at_go=True)
+
+
+# How long a started health gate waits for its options before it gives up by itself. The
+# runner always tells it to go or ends it, and it dies with the runner: this bound only ends
+# a gate whose runner hangs, and lies far beyond staging's and the backups' own deadlines, so
+# a slow night never ends a gate before its go (and if one did, check_health does not judge
+# the build by it).
+HOLD_LIMIT = 3600.0
+
+
+def check_health(ctx: RunContext, staged, records: dict[str, list], gate: PendingGate | None = None) -> HealthVerdict:
     """Gate the staged build on private copies of every user's data; the verdict names the
-    cause of a failure (a seed that cannot be copied safely names its user and file)."""
-    seeds = health_seeds(records)
-    if not seeds:
-        return HealthVerdict(False, NO_SEED, None)
+    cause of a failure (a seed that cannot be copied safely names its user and file). `gate`:
+    the health gate started ahead (`start_health_gate`), else it is started here; it is
+    ended on every way out that does not tell it to go."""
+    pending = gate
     try:
+        seeds = health_seeds(records)
+        if not seeds:
+            return HealthVerdict(False, NO_SEED, None)
         with private_scratch(ctx.cfg, health_purpose(ctx.run_id)) as (root_dir, _gate_dir):
-            copies, unseeded = copy_seeds(seeds, root_dir / "seeds")
-            for os_user, reason in unseeded.items():
-                ctx.events("SEED REFUSED", user=os_user, reason=reason)
-            if not copies:
-                return HealthVerdict(False, "no seed could be copied safely: " + "; ".join(unseeded.values()),
-                                     None, build_judged=False, unseeded=unseeded)
-            gate = run_gate("health", run_dir=ctx.run_dir, env=ctx.env, timeout=ctx.cfg.gate_timeout,
-                            options=health_options(ctx, staged, copies, root_dir))
-    except (GateUserError, ScratchError, OSError) as exc:  # fail closed, never a hang or a follow
+            pending = pending or start_health_gate(ctx)
+            with pending:  # ended (if it has not given its verdict) before its scratch is removed
+                copies, unseeded = copy_seeds(seeds, root_dir / "seeds")
+                for os_user, reason in unseeded.items():
+                    ctx.events("SEED REFUSED", user=os_user, reason=reason)
+                if not copies:
+                    return HealthVerdict(False, "no seed could be copied safely: " + "; ".join(unseeded.values()),
+                                         None, build_judged=False, unseeded=unseeded)
+                if pending.ended():  # it gave up waiting (HOLD_LIMIT): a verdict on nothing, not on the build
+                    return HealthVerdict(False, "the health gate could not run: it ended before it was started",
+                                         None, build_judged=False)
+                pending.go(candidate_options(staged, copies, root_dir))
+                result = pending.result()
+    except (GateUserError, ScratchError, OSError, proc.CommandError) as exc:  # fail closed, never a hang or a follow
         return HealthVerdict(False, f"the health gate could not run: {exc}", None, build_judged=False)
-    return HealthVerdict(gate.passed, gate.reason(), gate.report, unseeded=unseeded)
+    finally:
+        if pending is not None:  # also one started ahead when there was no seed or no scratch
+            pending.cancel()
+    return HealthVerdict(result.passed, result.reason(), result.report, unseeded=unseeded)
 
 
-def prove_candidate(ctx: RunContext, record: RunRecord, staged, taken: dict[str, list]) -> None:
-    """The health phase of a bump: the gate on this run's backups (`taken`). A failure stops the
+def prove_candidate(ctx: RunContext, record: RunRecord, staged, taken: dict[str, list],
+                    gate: PendingGate | None = None) -> None:
+    """The health phase of a bump: the gate (`gate`, started ahead by the bump: `start_health_gate`)
+    on this run's backups (`taken`). A failure stops the
     run before anyone is touched: the build is quarantined when the gate judged it (a host
     problem quarantines nothing) and its release removed. A user whose seed was refused joins
     the record's `unproven`: deferred, never moved on data the gate did not see."""
-    verdict = check_health(ctx, staged, taken)
+    verdict = check_health(ctx, staged, taken, gate)
     report = str(verdict.report) if verdict.report is not None else None
     record.health_report = report
     if verdict.failure:

@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import tarfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -239,15 +240,16 @@ def gated(tmp_path):
                            said=said)
 
 
-def _check_health_within_deadline(gated, records=None):
+def _check_health_within_deadline(gated, records=None, gate=None):
     """check_health in a thread: a hang is a failure of this test, never a hang of the suite."""
     import threading
 
     from runner.phases.health import check_health
 
     out = {}
-    records = records or {"alice": [gated.record]}
-    worker = threading.Thread(target=lambda: out.update(v=check_health(gated.ctx, gated.staged, records)), daemon=True)
+    records = {"alice": [gated.record]} if records is None else records
+    worker = threading.Thread(target=lambda: out.update(v=check_health(gated.ctx, gated.staged, records, gate)),
+                              daemon=True)
     worker.start()
     worker.join(SEED_DEADLINE)
     assert not worker.is_alive(), f"the health phase still runs after {SEED_DEADLINE:g}s: a hang"
@@ -320,6 +322,39 @@ def test_when_no_seed_is_left_the_gate_did_not_judge_the_build(gated):
     _as_attacker("truncate", "-s", "0", str(gated.record.path))
     verdict = _check_health_within_deadline(gated)
     assert not verdict.passed and not verdict.build_judged, verdict  # the run quarantines nothing for it
+
+
+def _health_gate_started_ahead(gated):
+    """The health gate as a bump starts it, beside staging: held for its options."""
+    from runner.phases.health import start_health_gate
+
+    gate = start_health_gate(gated.ctx)
+    deadline = time.monotonic() + SEED_DEADLINE
+    while "T3-GATE HELD for options" not in (gate.log.read_text() if gate.log.exists() else ""):
+        assert time.monotonic() < deadline and not gate.ended(), "the health gate never reached its hold"
+        time.sleep(0.05)
+    return gate
+
+
+def test_a_health_gate_started_ahead_judges_the_seeds_copied_after_it_started(gated):
+    gate = _health_gate_started_ahead(gated)
+    verdict = _check_health_within_deadline(gated, gate=gate)
+    assert verdict.passed, verdict.reason
+    assert "test_database_integrity_ok[populated-alice]" in verdict.report.read_text()
+    assert list(gated.ctx.cfg.tmpdir.iterdir()) == []  # the private scratch is gone
+
+
+@pytest.mark.parametrize("records", ["no-seed", "seed-refused"])
+def test_a_health_gate_started_ahead_is_ended_when_the_run_stops_before_its_go(gated, records):
+    """No seed at all, or every seed refused: the verdict comes without the gate, which is
+    ended then and there (not left held until the runner exits)."""
+    if records == "seed-refused":
+        _as_attacker("truncate", "-s", "0", str(gated.record.path))
+    gate = _health_gate_started_ahead(gated)
+    verdict = _check_health_within_deadline(gated, {} if records == "no-seed" else None, gate=gate)
+    assert not verdict.passed and verdict.report is None, verdict
+    assert gate.ended()
+    assert not gate.junit.exists() or "populated-" not in gate.junit.read_text()  # it never collected a case
 
 
 def test_a_user_precreating_the_old_scratch_path_gets_nothing_written_through_it(gated):
