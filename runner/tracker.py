@@ -81,14 +81,14 @@ def bump(ctx: RunContext, record: RunRecord) -> int:
     # their start-up is part of the no-op run's cost (issue 12: npm view + 0.2 s).
     from .phases.canary import roll_out, undo_canary
     from .phases.commit import commit
-    from .phases.health import prove_candidate, start_health_gate
+    from .phases.health import health_gate_ahead, prove_candidate
 
     journal = ctx.cfg.journal_path
     try:
         record.enter(journal, "backup")
         # The health gate's pytest starts up beside the backups and staging, held for the build
         # and its seeds; any way out before it is told to go ends it (and a dead runner takes it).
-        with start_health_gate(ctx) as health_gate:
+        with health_gate_ahead(ctx) as health_gate:
             taken, staged = back_up_while_staging(ctx, record)
             record.enter(journal, "health")
             prove_candidate(ctx, record, staged, taken, health_gate)

@@ -11,8 +11,9 @@ those copies; every candidate process in it runs as the gate user.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from ..livedb import V1_NAME, V2_NAME, live_database_name
 from ..scratch import ScratchError, private_scratch
 from ..userfiles import UserFileError, open_dir_at, open_file_at, open_trusted_dir
 from .rejection import count_rejection, quarantine
+
+log = logging.getLogger("t3-autoupdate.health")
 
 NO_SEED = "no populated database to seed the health gate"
 
@@ -156,6 +159,18 @@ def start_health_gate(ctx: RunContext) -> PendingGate:
     verdict (every way out of a run before its go)."""
     return start_gate("health", run_dir=ctx.run_dir, options=health_gate_options(ctx.cfg), env=ctx.env,
                       timeout=ctx.cfg.gate_timeout, start_within=HOLD_LIMIT, options_at_go=True)
+
+
+def health_gate_ahead(ctx: RunContext):
+    """`start_health_gate` for a bump, as a context. When its process cannot start now (no
+    fork, no interpreter), the bump goes on without it: `check_health` then starts the gate at
+    its moment, where failing to start is a verdict that judges no build (never a crash of
+    the run before anyone was backed up)."""
+    try:
+        return start_health_gate(ctx)
+    except proc.CommandError as exc:
+        log.warning("health gate not started ahead (it starts at its moment instead): %s", exc)
+        return nullcontext(None)
 
 
 # How long a started health gate waits for its options before it gives up by itself. The

@@ -420,3 +420,20 @@ def test_a_users_session_cookie_is_not_valid_against_the_throwaway_server_which_
         candidate.server.stop()
     with sqlite3.connect(f"file:{gated.record.path}?mode=ro", uri=True) as conn:  # her backup is untouched
         assert conn.execute("SELECT COUNT(*) FROM auth_sessions WHERE session_id = ?", (cookie,)).fetchone()[0] == 1
+
+
+def test_a_health_gate_that_cannot_start_is_a_verdict_on_no_build_never_a_crash(gated, monkeypatch):
+    """No fork or no interpreter when the bump starts its gate ahead: the run goes on without
+    it; at its moment check_health tries again, and failing then judges no build."""
+    from runner import gaterun
+    from runner.phases.health import health_gate_ahead
+
+    def cannot_start(argv, **_kw):
+        raise proc.CommandError(tuple(argv), 126, reason="could not start: [Errno 11] Resource temporarily unavailable")
+
+    monkeypatch.setattr(gaterun.proc, "spawn", cannot_start)
+    with health_gate_ahead(gated.ctx) as gate:
+        assert gate is None
+        verdict = _check_health_within_deadline(gated, gate=gate)
+    assert not verdict.passed and not verdict.build_judged, verdict
+    assert "could not start" in verdict.reason and list(gated.ctx.cfg.tmpdir.iterdir()) == []
