@@ -22,10 +22,6 @@ from .state import atomic_write
 
 GATES_DIR = Path(__file__).resolve().parent.parent / "gates"
 GATE_FILES = {"health": "test_health.py", "canary": "test_canary.py"}
-# A gate started ahead starts up this much below normal priority: on a busy host its start-up
-# takes the CPU the work it waits for leaves idle (staging's npm, a user's server starting and
-# migrating) instead of slowing that work down; `go()` gives the priority back.
-HELD_NICE = 10
 STOPPED = "T3-GATE STOPPED "  # gates/conftest.py: a gate ended before its checks says why on this line
 
 
@@ -127,13 +123,11 @@ class PendingGate:
 
     def go(self, options: Mapping[str, str] | None = None) -> None:
         """Start the checks; `options` (gate option -> value) exactly when started `options_at_go`.
-        A file of options appears whole or not at all (written aside, fsynced, renamed into place).
-        The gate gets its normal priority back first: its checks are the run's critical path."""
+        A file of options appears whole or not at all (written aside, fsynced, renamed into place)."""
         if self._went is not None:
             raise RuntimeError(f"{self.gate} gate told to go twice")
         if (options is not None) != self._options_at_go:
             raise ValueError(f"{self.gate} gate: options at go {'needed' if self._options_at_go else 'not taken'}")
-        proc.set_priority(self._popen.pid, os.getpriority(os.PRIO_PROCESS, 0))
         if options is None:  # nothing to read: its appearing is the whole message
             os.close(os.open(self._go_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         else:
@@ -195,7 +189,7 @@ def start_gate(gate: str, *, run_dir: Path, options: Mapping[str, str], env: Map
     hold = "--options-when" if options_at_go else "--start-when"
     options = {**options, hold: str(go_file), "--start-within": f"{start_within:g}"}
     argv = gate_argv(python, gate, junit=junit, options=options)
-    popen = proc.spawn(argv, log_path=log, env=_gate_env(env), cwd=run_dir, nice=HELD_NICE)
+    popen = proc.spawn(argv, log_path=log, env=_gate_env(env), cwd=run_dir)
     return PendingGate(gate, popen, junit=junit, log=log, go_file=go_file, timeout=timeout,
                        options_at_go=options_at_go)
 

@@ -108,11 +108,10 @@ def _drop_privileges(user: UserIds | None):
     return preexec
 
 
-def _die_with_parent(user: UserIds | None, nice: int = 0):
-    """preexec for a long-lived child: lower its priority by `nice`, drop privileges, then ask
-    the kernel to SIGKILL it when its parent dies, so a killed runner or gate never leaves a
-    throwaway server running. (PR_SET_PDEATHSIG is cleared by a change of credentials, so it
-    is set after the drop.)"""
+def _die_with_parent(user: UserIds | None):
+    """preexec for a long-lived child: drop privileges, then ask the kernel to SIGKILL it
+    when its parent dies, so a killed runner or gate never leaves a throwaway server running.
+    (PR_SET_PDEATHSIG is cleared by a change of credentials, so it is set after the drop.)"""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
@@ -121,8 +120,6 @@ def _die_with_parent(user: UserIds | None, nice: int = 0):
     pr_set_pdeathsig = 1
 
     def preexec():
-        if nice:
-            os.nice(nice)
         if drop is not None:
             drop()
         if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
@@ -216,13 +213,11 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
     as_user: UserIds | None = None,
-    nice: int = 0,
 ):
     """Start a long-lived process (a throwaway server) in its own session.
 
     Output goes to log_path so a failure can quote it. Returns the Popen; stop it
     with `terminate`. It is SIGKILLed by the kernel if this process dies first.
-    `nice`: start it that much below normal priority (`set_priority` raises it again).
     """
     argv = tuple(str(a) for a in argv)
     _debug("spawn: %s", argv)
@@ -231,26 +226,10 @@ def spawn(
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else child_env(), cwd=cwd,
-                start_new_session=True, preexec_fn=_die_with_parent(as_user, nice),
+                start_new_session=True, preexec_fn=_die_with_parent(as_user),
             )
         except OSError as exc:
             raise CommandError(argv, 126, reason=f"could not start: {exc}") from exc
-
-
-def set_priority(pid: int, nice: int = 0) -> bool:
-    """Give every thread of process `pid` the nice value `nice` (setpriority is per thread on
-    Linux). False when that is not allowed (raising a priority needs root) or the process is
-    gone: it then keeps running where it was."""
-    try:
-        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        tids = [pid]
-    try:
-        for tid in tids:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-    except OSError:
-        return False
-    return True
 
 
 def ask_to_stop(popen) -> None:

@@ -185,11 +185,3 @@ with user_lock(state, "alice", exclusive=False, timeout=30):
     (state / f"out-{i}").write_text(str(time.monotonic()))
 """
 
-
-def nice_of_every_thread(pid: int) -> dict[int, int]:
-    """tid -> nice value, from /proc (field 19 of stat, after the command's parentheses)."""
-    values = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/stat") as fh:
-            values[int(tid)] = int(fh.read().rsplit(")", 1)[1].split()[16])
-    return values

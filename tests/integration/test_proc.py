@@ -8,7 +8,6 @@ import time
 import pytest
 
 from runner import proc
-from tests.runner_checks import nice_of_every_thread
 
 
 def test_run_returns_output_and_exit_code():
@@ -156,24 +155,3 @@ def test_a_secret_in_the_runners_environment_reaches_no_child(tmp_path, monkeypa
     popen = proc.spawn(show, log_path=log_path)
     assert popen.wait(30) == 0
     assert log_path.read_text().strip() == "absent"
-
-
-def test_spawn_can_start_below_normal_priority_and_set_priority_raises_every_thread(tmp_path):
-    """A gate started ahead starts up at nice 10 (runner/gaterun.py HELD_NICE); at its go every
-    thread it has by then gets the runner's priority back (setpriority is per thread)."""
-    log_path = tmp_path / "log"
-    script = ("import threading, time; threading.Thread(target=time.sleep, args=(60,), daemon=True).start();"
-              " print('threads', flush=True); time.sleep(60)")
-    popen = proc.spawn([sys.executable, "-c", script], log_path=log_path, nice=10)
-    try:
-        deadline = time.monotonic() + 10
-        while b"threads" not in log_path.read_bytes() and time.monotonic() < deadline:
-            threading_event_wait(0.05)
-        own = os.getpriority(os.PRIO_PROCESS, 0)
-        held = nice_of_every_thread(popen.pid)
-        assert len(held) == 2 and set(held.values()) == {own + 10}, held
-        assert proc.set_priority(popen.pid, own)
-        assert set(nice_of_every_thread(popen.pid).values()) == {own}
-    finally:
-        proc.terminate(popen, timeout=5)
-    assert not proc.set_priority(popen.pid, own)  # gone: nothing to do, no error
