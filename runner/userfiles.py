@@ -24,7 +24,7 @@ from pathlib import Path
 
 __all__ = [
     "UserFileError", "NotFound", "check_name", "open_trusted_dir", "open_dir_at", "lstat_at",
-    "open_file_at", "describe", "same_file", "sha256_fd", "read_head", "unlink_at",
+    "open_file_at", "describe", "same_file", "sha256_fd", "write_all", "copy_to_new_file", "read_head", "unlink_at",
     "free_bytes_fd", "ensure_owned_dir", "close_quietly",
 ]
 
@@ -142,6 +142,33 @@ def sha256_fd(fd: int) -> str:
         digest.update(chunk)
         offset += len(chunk)
     return digest.hexdigest()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd` (os.write may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def copy_to_new_file(src_fd: int, dest: str | os.PathLike, mode: int, digest, limit: int | None = None) -> int:
+    """Copy the file behind `src_fd`, from its start (positional reads), into the new file `dest`
+    (exclusive, no-follow: never an existing path), `mode`, fsynced; every byte copied is fed to
+    `digest` (a hashlib object), so the hash is of exactly what was copied. With `limit`, it
+    stops once more than `limit` bytes were copied (a file grown meanwhile shows as a size
+    mismatch, not as an endless copy). Returns the number of bytes copied."""
+    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    copied = 0
+    try:
+        while (limit is None or copied <= limit) and (chunk := os.pread(src_fd, _CHUNK, copied)):
+            digest.update(chunk)
+            write_all(out, chunk)
+            copied += len(chunk)
+        os.fchmod(out, mode)  # creation applied the umask
+        os.fsync(out)
+    finally:
+        os.close(out)
+    return copied
 
 
 def read_head(fd: int, size: int) -> bytes:

@@ -214,9 +214,7 @@ def create_file_at(d: OpenDir, name: str, data: bytes, owner: proc.UserIds) -> N
         st = lstat_at(d.fd, name)
         if st is None or not same_file(st, os.fstat(fd)):
             raise UserFileError(f"{shown} is not in the backup dir that was opened")
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        userfiles.write_all(fd, data)
         if os.geteuid() == 0:
             os.fchown(fd, owner.uid, owner.gid)
         os.fsync(fd)

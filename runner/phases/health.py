@@ -24,7 +24,7 @@ from ..gateuser import GateUserError
 from ..journal import RunRecord, RunStopped
 from ..livedb import V1_NAME, V2_NAME, live_database_name
 from ..scratch import ScratchError, private_scratch
-from ..userfiles import UserFileError, open_dir_at, open_file_at, open_trusted_dir
+from ..userfiles import UserFileError, copy_to_new_file, open_dir_at, open_file_at, open_trusted_dir
 from .rejection import count_rejection, quarantine
 
 log = logging.getLogger("t3-autoupdate.health")
@@ -101,16 +101,8 @@ def copy_seed(record, dest: Path) -> Path:
         size = os.fstat(fd).st_size
         if size != record.bytes:  # first: a swapped sparse huge file is refused before any read
             raise SeedError(f"{shown}: {size} bytes, its backup recorded {record.bytes}: changed since the backup")
-        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        digest, offset = hashlib.sha256(), 0
-        try:
-            while offset <= record.bytes and (chunk := os.pread(fd, 1 << 20, offset)):
-                digest.update(chunk)
-                os.write(out, chunk)
-                offset += len(chunk)
-            os.fsync(out)
-        finally:
-            os.close(out)
+        digest = hashlib.sha256()
+        offset = copy_to_new_file(fd, dest, 0o600, digest, limit=record.bytes)
         if (offset, digest.hexdigest()) != (record.bytes, record.sha256):
             os.unlink(dest)
             raise SeedError(f"{shown}: sha256 {digest.hexdigest()} ({offset} bytes) does not match its backup's"

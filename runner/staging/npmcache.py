@@ -27,11 +27,11 @@ import binascii
 import hashlib
 import json
 import os
-import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from runner.userfiles import UserFileError, close_quietly, open_dir_at, open_file_at, open_trusted_dir
+from runner.userfiles import (UserFileError, close_quietly, copy_to_new_file, open_dir_at, open_file_at,
+                             open_trusted_dir)
 
 REQUEST_KEY = "make-fetch-happen:request-cache:"
 MAX_BUCKET_BYTES = 4 << 20  # an index bucket holds a few lines; anything larger is not npm's
@@ -123,7 +123,10 @@ def copy_cached_tarball(trusted: Path, cache_dir: Path, package: str, version: s
         for name in dirs:
             fds.append(open_dir_at(fds[-1], name, cache_dir / "_cacache" / name))
         fds.append(open_file_at(fds[-1], leaf, cache_dir / "_cacache" / "/".join(dirs) / leaf))
-        sha512 = _copy(fds[-1], dest)
+        digest = hashlib.sha512()
+        # 0644: the gate user installs from it later, and the run's umask is 0077
+        copy_to_new_file(fds[-1], dest, 0o644, digest)
+        sha512 = "sha512-" + base64.b64encode(digest.digest()).decode()
     except UserFileError as exc:
         raise CacheError(f"reading npm's cache: {exc}") from None
     finally:
@@ -133,22 +136,3 @@ def copy_cached_tarball(trusted: Path, cache_dir: Path, package: str, version: s
         os.unlink(dest)
         raise CacheError(f"the cached tarball of {package}@{version} hashes to {sha512}, its entry says {integrity}")
     return sha512
-
-
-def _copy(fd: int, dest: Path) -> str:
-    """Copy from `fd` to the new file `dest` (0644, fsynced); the sha512 of the bytes copied."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        raise CacheError("the cached tarball is not a regular file")
-    digest = hashlib.sha512()
-    out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            digest.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out, view):]
-        os.fchmod(out, 0o644)  # the run's umask is 0077; the gate user installs from releases later
-        os.fsync(out)
-    finally:
-        os.close(out)
-    return "sha512-" + base64.b64encode(digest.digest()).decode()
