@@ -64,12 +64,18 @@ class _Deadline:
         return max(1.0, self.end - time.monotonic())
 
 
-def _npm_places(staging: Path, env, gate: GateWork | None) -> tuple[Path, Path, dict, Path]:
+@contextlib.contextmanager
+def _npm_at(staging: Path, env, gate: GateWork | None) -> Iterator[tuple[Path, Path, dict, Path]]:
     """Where npm installs and caches, how it runs, and its cwd: as the gate user in its own
-    dir, or (no gate: tests, and the reinstall they drive) root's staging dir itself."""
-    if gate is None:
-        return staging, staging / ".npm-cache", {"env": env}, staging
-    return gate.subdir("prefix"), gate.dir / "npm-cache", gate.run_kwargs(), gate.dir
+    dir (removed with the gate's scratch), or (no gate: tests, and the reinstall they drive)
+    root's staging dir itself, whose npm cache is removed on the way out."""
+    if gate is not None:
+        yield gate.subdir("prefix"), gate.dir / "npm-cache", gate.run_kwargs(), gate.dir
+        return
+    try:
+        yield staging, staging / ".npm-cache", {"env": env}, staging
+    finally:
+        shutil.rmtree(staging / ".npm-cache", ignore_errors=True)
 
 
 def _npm(argv: list[str], step: str, version: str, cwd: Path, run_as: dict, deadline: _Deadline) -> None:
@@ -98,17 +104,14 @@ def _fetch_and_install(npm: str, package: str, version: str, staging: Path, env,
     """`npm install <package>@<version>` from the registry (scripts never run), and the tarball
     it fetched copied out of its fresh cache into `staging` (runner.staging.npmcache): one npm
     start-up. Returns (npm's prefix, the kept tarball, its sha512)."""
-    prefix, cache, run_as, cwd = _npm_places(staging, env, gate)
     tarball = staging / tarball_name(package, version)
-    try:
+    with _npm_at(staging, env, gate) as (prefix, cache, run_as, cwd):
         _npm(npm_fetch_install_argv(npm, package, version, prefix, cache, fetch_timeout_ms=fetch_timeout_ms),
              "fetch", version, cwd, run_as, deadline)
-        sha = copy_cached_tarball(gate.dir.parent if gate else staging, cache, package, version, tarball)
-    except (CacheError, OSError) as exc:
-        raise StageError(version, "fetch", f"taking the fetched tarball: {exc}") from exc
-    finally:
-        if gate is None:
-            shutil.rmtree(cache, ignore_errors=True)
+        try:
+            sha = copy_cached_tarball(gate.dir.parent if gate else staging, cache, package, version, tarball)
+        except (CacheError, OSError) as exc:
+            raise StageError(version, "fetch", f"taking the fetched tarball: {exc}") from exc
     return prefix, tarball, sha
 
 
@@ -219,12 +222,8 @@ def reinstall_from_tarball(npm: str, release: Release, *, env: Mapping[str, str]
                 package = tarball_manifest(copy).get("name")
             except (OSError, ValueError, tarfile.TarError) as exc:
                 raise StageError(version, "tarball", f"{copy.name}: {exc}") from exc
-        prefix, cache, run_as, cwd = _npm_places(staging, env, gate)
-        try:
+        with _npm_at(staging, env, gate) as (prefix, cache, run_as, cwd):
             _npm(npm_install_argv(npm, prefix, copy, cache), "install", version, cwd, run_as, deadline)
-        finally:
-            if gate is None:
-                shutil.rmtree(cache, ignore_errors=True)
         _adopt_and_check(prefix, staging, version, deadline, gate)
         rebuilt = _finish(staging, release.prefix, version, validate_package(package), copy.name,
                           release.sha512, deadline, gate)
