@@ -30,9 +30,9 @@ class OwnerTools:
         self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C",
                     "SQLITE_TMPDIR": str(scratch), "TMPDIR": str(scratch)}
 
-    def run(self, argv: list[str], *, input: bytes | None = None) -> proc.Completed:
+    def run(self, argv: list[str]) -> proc.Completed:
         try:
-            return proc.run(argv, env=self.env, cwd="/", timeout=self.timeout, as_user=self.owner, input=input)
+            return proc.run(argv, env=self.env, cwd="/", timeout=self.timeout, as_user=self.owner)
         except proc.CommandError as exc:
             hint = ""
             if self.owner.uid != os.geteuid():
@@ -84,11 +84,9 @@ class OwnerTools:
             problems.append(f"the copy's projection tables {found} are not the source's {tables}")
         return problems, counts
 
-    def dd(self, dest: Path, *, src: Path | None = None, data: bytes | None = None) -> None:
-        argv = [self.programs["dd"], f"of={dest}", "bs=4M", "oflag=nofollow", "conv=excl,fsync", "status=none"]
-        if src is not None:
-            argv += [f"if={src}", "iflag=nofollow"]
-        self.run(argv, input=data)
+    def dd(self, dest: Path, *, src: Path) -> None:
+        self.run([self.programs["dd"], f"of={dest}", "bs=4M", "oflag=nofollow", "conv=excl,fsync", "status=none",
+                  f"if={src}", "iflag=nofollow"])
 
     def move(self, src: Path, dest: Path) -> None:
         self.run([self.programs["mv"], "-f", "-T", "--", str(src), str(dest)])
