@@ -39,11 +39,32 @@ class ServeNotReady(TimeoutError):
         self.output = output
 
 
+# The simulated world's servers get ports from below the kernel's ephemeral range (32768-60999
+# by default): a port picked by bind(0) and released comes from that range, where the kernel
+# hands it out again as some connection's source port (the suite makes thousands: npm, HTTP
+# checks) before the server binds it, and the world then failed with EADDRINUSE. Each xdist
+# worker scans its own slice of PORT_BASE.., so two workers never pick the same port.
+PORT_BASE, PORT_SLICE, PORT_SLICES = 20000, 2500, 5
+_next_port: int | None = None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind to port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port that was free a moment ago, from this worker's slice below the ephemeral range
+    (successive calls go on through the slice, wrapping round)."""
+    global _next_port
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    start = PORT_BASE + (int(worker) % PORT_SLICES if worker.isdigit() else 0) * PORT_SLICE
+    if _next_port is None or not start <= _next_port < start + PORT_SLICE:
+        _next_port = start
+    for _ in range(PORT_SLICE):
+        port, _next_port = _next_port, start + (_next_port + 1 - start) % PORT_SLICE
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # in use (another program of the machine): the next one
+            return port
+    raise RuntimeError(f"no free port in {start}-{start + PORT_SLICE - 1}")
 
 
 def http_answers(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -44,6 +44,7 @@ from runner.units import load_template, render_unit, serve_unit_name
 
 from . import builds, dbgen
 from .dispatch import Dispatch
+from .proc import free_port
 from .prober import LoginProber
 from .registry import NpmRegistry
 from .systemctl import install_systemctl
@@ -84,14 +85,6 @@ def unused_ids(count: int, start: int = UID_BASE, avoid: set[int] = frozenset())
 
 DEPLOYMENT_USERS = (SimUser("vbarzin", "wizard"), SimUser("emil.barzin", "emo"), SimUser("ancaelena98", "ancamilea"))
 SCHEMA_OF = {v: builds.PROFILES[p].schema_level for v, p in builds.CATALOGUE}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.05):
